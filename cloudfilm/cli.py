@@ -1,0 +1,150 @@
+"""The one ``cloudfilm`` command: synth, serve, token, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cloudfilm.config import ConfigError, StackSettings, load_settings, parse_hostport
+
+logger = logging.getLogger("cloudfilm")
+
+ROLES = ("admin", "clinician")
+
+
+def _add_stack_flags(p: argparse.ArgumentParser, *, data_default: str | None = None) -> None:
+    p.add_argument("--data", default=data_default, help="data directory (store, index, spool)")
+    p.add_argument("--http", metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8080)")
+    p.add_argument(
+        "--dicom", metavar="HOST:PORT", help="DICOM SCP address (default 127.0.0.1:11112)"
+    )
+    p.add_argument("--ae", help="the gateway's AE title (default CLOUDFILM)")
+    p.add_argument("--hospital", help="hospital id of this gateway (default HOSP1)")
+    p.add_argument("--config", type=Path, help="TOML file of settings (see README)")
+
+
+def _settings(args: argparse.Namespace) -> StackSettings:
+    overrides: dict[str, Any] = {"data_dir": args.data, "ae_title": args.ae}
+    overrides["hospital"] = getattr(args, "hospital", None)
+    if args.http:
+        overrides["http_host"], overrides["http_port"] = parse_hostport(args.http, "--http")
+    if args.dicom:
+        overrides["dicom_host"], overrides["dicom_port"] = parse_hostport(args.dicom, "--dicom")
+    return load_settings(overrides, config_file=args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloudfilm", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic study (DICOM Part 10 files)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--modality", choices=("CT", "MR", "DX", "US"), default="CT")
+    p.add_argument("--images", type=int, default=50)
+    p.add_argument("--frames", type=int, default=None, help="frames per image (US default 10)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--patient-id", default=None)
+
+    p = sub.add_parser("serve", help="run the embedded stack (gateway + store + index + API)")
+    _add_stack_flags(p)
+
+    p = sub.add_parser("token", help="print a bearer token for the API")
+    p.add_argument("--data", required=True, help="data directory of the stack")
+    p.add_argument("--hospital", required=True)
+    p.add_argument("--role", choices=ROLES, required=True)
+    p.add_argument("--subject", default="", help="who the token is for (shown in the audit)")
+    p.add_argument("--ttl-hours", type=int, default=24)
+    p.add_argument("--config", type=Path)
+
+    p = sub.add_parser("demo", help="start the stack, send a synthetic CT, print the links")
+    _add_stack_flags(p, data_default="cloudfilm-data")
+    p.add_argument("--images", type=int, default=60, help="CT slices to synthesise and send")
+    p.add_argument("--once", action="store_true", help="exit after printing the links")
+    return parser
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from cloudfilm.synth import synthesize_study
+
+    t0 = time.perf_counter()
+    paths = synthesize_study(
+        args.out,
+        modality=args.modality,
+        images=args.images,
+        seed=args.seed,
+        frames=args.frames,
+        patient_id=args.patient_id,
+    )
+    size = sum(p.stat().st_size for p in paths)
+    print(
+        f"wrote {len(paths)} files, {size / 1e6:.1f} MB, to {args.out} "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cloudfilm.stack import serve_until_signal
+
+    return asyncio.run(serve_until_signal(_settings(args)))
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from viewer_api.auth import TokenSigner, load_or_create_secret
+
+    settings = load_settings(
+        {"data_dir": args.data, "hospital": args.hospital}, config_file=args.config
+    )
+    if not 1 <= args.ttl_hours <= 24 * 366:
+        raise ConfigError(f"--ttl-hours must be 1..8784, got {args.ttl_hours}")
+    signer = TokenSigner(load_or_create_secret(settings.secret_path))
+    print(
+        signer.issue(
+            settings.hospital, args.role, subject=args.subject, ttl_s=args.ttl_hours * 3600
+        )
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cloudfilm.demo import DemoFailed, run_demo
+
+    if args.images < 1:
+        raise ConfigError(f"--images must be at least 1, got {args.images}")
+    try:
+        return asyncio.run(run_demo(_settings(args), images=args.images, once=args.once))
+    except DemoFailed as exc:
+        print(f"cloudfilm demo: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+COMMANDS = {"synth": cmd_synth, "serve": cmd_serve, "token": cmd_token, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"cloudfilm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Settings of the embedded stack: one frozen dataclass, built once in the CLI.
+
+Sources, later ones winning: defaults, a TOML file (``--config`` or ``DATA/cloudfilm.toml``),
+environment variables ``CLOUDFILM_<FIELD>`` (upper case), then command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from image_store.keys import check_hospital
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value or an unknown name."""
+
+
+@dataclass(frozen=True, slots=True)
+class StackSettings:
+    data_dir: Path = Path("cloudfilm-data")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    ae_title: str = "CLOUDFILM"
+    hospital: str = "HOSP1"
+    public_base_url: str = ""
+    """The URL clients reach the API at; default http://HTTP_HOST:HTTP_PORT."""
+    spool_high_water_mb: int = 20_480
+    spool_min_free_mb: int = 512
+    upload_workers: int = 2
+    upload_batch: int = 32
+    fsync: bool = True
+    share_ttl_hours: int = 720
+
+    @property
+    def base_url(self) -> str:
+        return self.public_base_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_dir / "index.sqlite"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def shares_path(self) -> Path:
+        return self.data_dir / "shares.sqlite"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.sqlite"
+
+    @property
+    def secret_path(self) -> Path:
+        return self.data_dir / "secrets" / "api.key"
+
+
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port); port 0 lets the OS choose."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return text in ("1", "true", "yes", "on")
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (Path, "Path"):
+            return Path(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name} has a bad value {raw!r}") from exc
+
+
+def load_settings(
+    overrides: dict[str, Any], *, config_file: Path | None = None, env: dict[str, str] | None = None
+) -> StackSettings:
+    """Merge defaults, the TOML file, the environment and ``overrides`` (None values skipped)."""
+    env = dict(os.environ) if env is None else env
+    fields = {f.name: f.type for f in dataclasses.fields(StackSettings)}
+    values: dict[str, Any] = {}
+    data_dir = overrides.get("data_dir") or env.get("CLOUDFILM_DATA_DIR")
+    if config_file is None and data_dir:
+        candidate = Path(data_dir) / "cloudfilm.toml"
+        config_file = candidate if candidate.is_file() else None
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                table = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        for key, raw in table.items():
+            if key not in fields:
+                raise ConfigError(f"unknown setting {key!r} in {config_file}")
+            values[key] = _coerce(key, raw, fields[key])
+    for name, kind in fields.items():
+        raw_env = env.get(f"CLOUDFILM_{name.upper()}")
+        if raw_env is not None:
+            values[name] = _coerce(name, raw_env, kind)
+    for name, raw in overrides.items():
+        if raw is None:
+            continue
+        if name not in fields:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, raw, fields[name])
+    settings = StackSettings(**values)
+    try:
+        check_hospital(settings.hospital)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not 1 <= len(settings.ae_title) <= 16:
+        raise ConfigError(f"AE title must be 1-16 characters, got {settings.ae_title!r}")
+    return settings

@@ -1,0 +1,154 @@
+"""The embedded all-in-one stack: gateway + store + index + API in one process.
+
+It wires the same interfaces a region runs on several machines (filesystem store and SQLite
+index here), so the demo and the end-to-end tests exercise the real code paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from cloudfilm.config import StackSettings
+from dicom_codecs.render import render_thumbnail
+from image_store.derived import series_thumbnail
+from image_store.index.sqlite import SqliteIndex
+from image_store.ingest import LocalIngest
+from image_store.objects.filesystem import FilesystemObjectStore
+from pacs_gateway.scp import ScpSettings, start_scp
+from pacs_gateway.spool import Spool
+from pacs_gateway.uploader import Uploader, UploaderSettings
+from viewer_api.app import ViewerSettings, create_app
+from viewer_api.audit import SqliteAuditLog
+from viewer_api.auth import TokenSigner, load_or_create_secret
+from viewer_api.share import SqliteShareLinks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Stack:
+    """The opened components; ``start`` binds the sockets, ``stop`` releases everything."""
+
+    settings: StackSettings
+    store: FilesystemObjectStore
+    index: SqliteIndex
+    spool: Spool
+    uploader: Uploader
+    shares: SqliteShareLinks
+    audit: SqliteAuditLog
+    signer: TokenSigner
+    runner: web.AppRunner | None = None
+    scp: Any = None
+    http_port: int = 0
+    dicom_port: int = 0
+
+    @classmethod
+    def open(cls, settings: StackSettings) -> Stack:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = FilesystemObjectStore(settings.objects_dir, fsync=settings.fsync)
+        index = SqliteIndex(settings.index_path)
+        spool = Spool(
+            settings.spool_dir,
+            high_water_bytes=settings.spool_high_water_mb * 1024**2,
+            min_free_bytes=settings.spool_min_free_mb * 1024**2,
+            fsync=settings.fsync,
+        )
+
+        def warm_thumbnails(series_uids: set[str]) -> None:
+            for uid in sorted(series_uids):
+                series_thumbnail(store, index, uid, render_thumbnail)
+
+        uploader = Uploader(
+            spool,
+            LocalIngest(store, index),
+            settings.hospital,
+            UploaderSettings(workers=settings.upload_workers, batch_size=settings.upload_batch),
+            on_idle=warm_thumbnails,
+        )
+        return cls(
+            settings=settings,
+            store=store,
+            index=index,
+            spool=spool,
+            uploader=uploader,
+            shares=SqliteShareLinks(settings.shares_path),
+            audit=SqliteAuditLog(settings.audit_path),
+            signer=TokenSigner(load_or_create_secret(settings.secret_path)),
+        )
+
+    def base_url(self) -> str:
+        s = self.settings
+        return s.public_base_url.rstrip("/") or f"http://{s.http_host}:{self.http_port}"
+
+    async def start(self) -> None:
+        s = self.settings
+        sock = socket.create_server((s.http_host, s.http_port))
+        self.http_port = int(sock.getsockname()[1])
+        app = create_app(
+            ViewerSettings(public_base_url=self.base_url(), share_ttl_s=s.share_ttl_hours * 3600),
+            self.store,
+            self.index,
+            self.shares,
+            self.audit,
+            self.signer,
+        )
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.SockSite(self.runner, sock).start()
+        self.uploader.start()
+        self.scp = start_scp(
+            ScpSettings(ae_title=s.ae_title, host=s.dicom_host, port=s.dicom_port), self.spool
+        )
+        self.dicom_port = int(self.scp.server_address[1])
+        logger.info(
+            "CloudFilm up: http %s, DICOM %s@%s:%d",
+            self.base_url(),
+            s.ae_title,
+            s.dicom_host,
+            self.dicom_port,
+        )
+
+    async def stop(self) -> None:
+        if self.scp is not None:
+            await asyncio.to_thread(self.scp.shutdown)
+            self.scp = None
+        await asyncio.to_thread(self.uploader.stop)
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        self.index.close()
+
+
+async def serve_until_signal(
+    settings: StackSettings, on_ready: Callable[[Stack], Awaitable[bool]] | None = None
+) -> int:
+    """Run the stack until SIGINT/SIGTERM (or until ``on_ready`` returns False); exit code."""
+    stack = Stack.open(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        await stack.start()
+        if on_ready is not None:
+            keep_serving = await on_ready(stack)
+            if not keep_serving:
+                return 0
+        print(
+            f"ready: http {stack.base_url()} dicom {settings.ae_title}@{settings.dicom_host}:"
+            f"{stack.dicom_port}",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await stack.stop()
+    return code

@@ -1,0 +1,123 @@
+"""The one place where DICOM headers are parsed (pydicom, ``stop_before_pixels``).
+
+The gateway's uploader and STOW-RS both call :func:`read_header`; nothing else parses DICOM
+headers. The bytes themselves are stored exactly as received.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from image_store.errors import InvalidDicom
+from image_store.keys import check_uid
+from image_store.records import InstanceHeader, PatientInfo
+
+logger = logging.getLogger(__name__)
+
+_BULK_THRESHOLD = 1024
+"""Elements with values larger than this go out of the metadata JSON as BulkDataURI."""
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bulk_uri(elem: DataElement) -> str:
+    return f"bulkdata/{elem.tag:08X}"
+
+
+def metadata_json(ds: Dataset) -> str:
+    """DICOM JSON of a dataset's header; large values become BulkDataURIs relative to the
+    instance (``bulkdata/GGGGEEEE``)."""
+    obj: dict[str, Any] = ds.to_json_dict(
+        bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=_bulk_uri
+    )
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def read_header(data: bytes) -> InstanceHeader:
+    """Parse the header of a DICOM Part 10 file (or a raw dataset) held in memory.
+
+    Raises InvalidDicom when the bytes are not DICOM or lack the UIDs every instance must have.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        raise InvalidDicom(f"cannot parse DICOM header: {exc}") from exc
+    return header_from_dataset(ds)
+
+
+def header_from_dataset(ds: Dataset) -> InstanceHeader:
+    """Build the index record of an already-read dataset (pixel data, if any, is ignored)."""
+    try:
+        meta = getattr(ds, "file_meta", None)
+        ts = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else ""
+        uids: dict[str, str] = {}
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            value = _text(ds, keyword)
+            if not value:
+                raise InvalidDicom(f"required attribute {keyword} is missing")
+            uids[keyword] = check_uid(value, keyword)
+        if ts:
+            check_uid(ts, "TransferSyntaxUID")
+        ds_for_json = ds.copy()
+        ds_for_json.pop(0x7FE00010, None)
+        patient = PatientInfo(
+            patient_id=_text(ds, "PatientID"),
+            issuer=_text(ds, "IssuerOfPatientID"),
+            name=_text(ds, "PatientName"),
+            birth_date=_text(ds, "PatientBirthDate"),
+            sex=_text(ds, "PatientSex"),
+        )
+        return InstanceHeader(
+            patient=patient,
+            study_uid=uids["StudyInstanceUID"],
+            study_date=_text(ds, "StudyDate"),
+            study_time=_text(ds, "StudyTime"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_description=_text(ds, "StudyDescription"),
+            referring_physician=_text(ds, "ReferringPhysicianName"),
+            study_id=_text(ds, "StudyID"),
+            series_uid=uids["SeriesInstanceUID"],
+            modality=_text(ds, "Modality"),
+            series_number=_int(ds, "SeriesNumber"),
+            series_description=_text(ds, "SeriesDescription"),
+            body_part=_text(ds, "BodyPartExamined"),
+            sop_uid=uids["SOPInstanceUID"],
+            sop_class_uid=uids["SOPClassUID"],
+            instance_number=_int(ds, "InstanceNumber"),
+            transfer_syntax_uid=ts,
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            number_of_frames=_int(ds, "NumberOfFrames"),
+            specific_character_set=_text(ds, "SpecificCharacterSet"),
+            metadata_json=metadata_json(ds_for_json),
+        )
+    except InvalidDicom:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, LookupError) as exc:
+        # pydicom raises these for malformed element values (bad VR, bad length, bad charset)
+        raise InvalidDicom(f"malformed DICOM header: {exc}") from exc

@@ -1,0 +1,72 @@
+"""The two interfaces of the regional store: an object store for bytes and an index for queries.
+
+Filesystem and S3 implement ObjectStore; SQLite and PostgreSQL implement Index. Apps depend on
+these protocols only, so every backend runs the same code paths (and the same contract tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO, Protocol
+
+from image_store.records import (
+    AddResult,
+    ByteRange,
+    InstanceQuery,
+    InstanceRecord,
+    InstanceSummary,
+    ObjectInfo,
+    SeriesQuery,
+    SeriesRecord,
+    StudyQuery,
+    StudyRecord,
+)
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes | BinaryIO, *, sha256: str | None = None) -> ObjectInfo:
+        """Store ``data`` atomically under ``key`` (readers see the old or the new object).
+
+        With ``sha256`` given, the stored bytes are checked against it (IntegrityError).
+        """
+        ...
+
+    def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        """The object's bytes (or a range of them); ObjectNotFound when absent."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and sha256 of the object, or None when absent."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; absent objects are not an error."""
+        ...
+
+    def iter_keys(self, prefix: str) -> Iterator[str]:
+        """Keys that start with ``prefix``, in sorted order."""
+        ...
+
+
+class Index(Protocol):
+    def add_instances(self, recs: Sequence[InstanceRecord]) -> AddResult:
+        """Commit a batch in one transaction. Idempotent: the same record twice is unchanged."""
+        ...
+
+    def find_studies(self, q: StudyQuery, *, limit: int, offset: int = 0) -> list[StudyRecord]: ...
+
+    def find_series(self, q: SeriesQuery, *, limit: int, offset: int = 0) -> list[SeriesRecord]: ...
+
+    def find_instances(
+        self, q: InstanceQuery, *, limit: int, offset: int = 0
+    ) -> list[InstanceSummary]: ...
+
+    def instance_metadata(self, q: InstanceQuery) -> list[str]:
+        """DICOM JSON objects (as JSON text) of the matching instances, in instance order."""
+        ...
+
+    def get_study(self, study_uid: str) -> StudyRecord | None: ...
+
+    def count_instances(self) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,171 @@
+"""Plain records that cross the image_store interfaces: what is indexed and what queries return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class PatientInfo:
+    """Patient module attributes as the hospital sent them (never logged)."""
+
+    patient_id: str
+    issuer: str = ""
+    name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """What the index keeps of one instance, extracted once from its header."""
+
+    patient: PatientInfo
+    study_uid: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_description: str
+    referring_physician: str
+    study_id: str
+    series_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    body_part: str
+    sop_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    transfer_syntax_uid: str
+    rows: int | None
+    columns: int | None
+    number_of_frames: int | None
+    specific_character_set: str
+    metadata_json: str
+    """DICOM JSON (PS3.18 F.2) of the header, without pixel data or other bulk data."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """An instance as committed: its header, where its bytes are and what they hash to."""
+
+    hospital: str
+    header: InstanceHeader
+    object_key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRecord:
+    hospital: str
+    patient: PatientInfo
+    study_uid: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_description: str
+    referring_physician: str
+    study_id: str
+    modalities: tuple[str, ...]
+    number_of_series: int
+    number_of_instances: int
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRecord:
+    hospital: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    body_part: str
+    number_of_instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSummary:
+    """An instance as queries return it (no metadata blob)."""
+
+    hospital: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    transfer_syntax_uid: str
+    rows: int | None
+    columns: int | None
+    number_of_frames: int | None
+    object_key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class StudyQuery:
+    """QIDO-RS study matching. Empty fields do not constrain.
+
+    ``hospitals`` restricts results to those hospitals (None = every hospital); the caller's
+    authorisation decides it, never the client. ``patient_name`` may hold '*' and '?' wildcards;
+    dates are YYYYMMDD, either bound may be empty.
+    """
+
+    hospitals: frozenset[str] | None = None
+    patient_id: str = ""
+    patient_name: str = ""
+    study_date_from: str = ""
+    study_date_to: str = ""
+    modalities: tuple[str, ...] = ()
+    accession_number: str = ""
+    study_uids: tuple[str, ...] = ()
+    referring_physician: str = ""
+    study_description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesQuery:
+    hospitals: frozenset[str] | None = None
+    study_uid: str = ""
+    series_uids: tuple[str, ...] = ()
+    modality: str = ""
+    series_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceQuery:
+    hospitals: frozenset[str] | None = None
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uids: tuple[str, ...] = ()
+    sop_class_uid: str = ""
+    instance_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """Bytes [start, end) of an object; end None means to the end."""
+
+    start: int
+    end: int | None = None
+
+
+@dataclass(slots=True)
+class AddResult:
+    """What add_instances did: new rows, replaced rows (same SOP UID, other bytes), unchanged."""
+
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    replaced_uids: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """(SOP Instance UID, reason) of records the index refused; the rest were committed."""

@@ -1,0 +1,1 @@
+"""pacs_gateway."""

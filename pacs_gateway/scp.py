@@ -1,0 +1,93 @@
+"""The gateway's DICOM side: a pynetdicom Storage SCP that spools before it answers Success.
+
+The handler never decodes the dataset: it writes the bytes as received behind a File Meta
+header (which records the calling AE title) and returns the DIMSE status. Errors become
+statuses here, at the edge: out of spool or disk space is 0xA700, so the modality retries.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import FileMetaDataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from image_store.keys import is_valid_uid
+from pacs_gateway.errors import SpoolFull
+from pacs_gateway.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC210
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+@dataclass(frozen=True, slots=True)
+class ScpSettings:
+    ae_title: str = "CLOUDFILM"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    maximum_pdu_size: int = 131072
+    maximum_associations: int = 16
+    network_timeout_s: float = 60.0
+
+
+def handle_store(event: Any, spool: Spool) -> int:
+    """EVT_C_STORE: spool the instance durably, then return the DIMSE status."""
+    req = event.request
+    sop_uid = str(req.AffectedSOPInstanceUID or "")
+    if not is_valid_uid(sop_uid):
+        logger.warning("C-STORE refused: invalid Affected SOP Instance UID %r", sop_uid[:80])
+        return STATUS_CANNOT_UNDERSTAND
+    meta: FileMetaDataset = event.file_meta
+    meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
+    body = req.DataSet.getbuffer()
+    try:
+        spool.accept([_PREAMBLE, encode_file_meta(meta), body], sop_uid)
+    except SpoolFull as exc:
+        logger.warning("C-STORE %s refused, out of resources: %s", sop_uid, exc)
+        return STATUS_OUT_OF_RESOURCES
+    except OSError as exc:
+        level = logging.WARNING if exc.errno in (errno.ENOSPC, errno.EDQUOT) else logging.ERROR
+        logger.log(level, "C-STORE %s refused, spool write failed: %s", sop_uid, exc)
+        return STATUS_OUT_OF_RESOURCES
+    finally:
+        body.release()
+    return STATUS_SUCCESS
+
+
+def handle_echo(event: Any) -> int:
+    return STATUS_SUCCESS
+
+
+def build_ae(settings: ScpSettings) -> Any:
+    """An AE that accepts every storage SOP class pynetdicom knows in every transfer syntax."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.maximum_pdu_size
+    ae.maximum_associations = settings.maximum_associations
+    ae.network_timeout = settings.network_timeout_s
+    for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_scp(settings: ScpSettings, spool: Spool) -> Any:
+    """Start the SCP in background threads; returns pynetdicom's server (call .shutdown())."""
+    ae = build_ae(settings)
+    handlers = [
+        (evt.EVT_C_STORE, handle_store, [spool]),
+        (evt.EVT_C_ECHO, handle_echo),
+    ]
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    logger.info("DICOM SCP %s listening on %s:%d", settings.ae_title, settings.host, settings.port)
+    return server

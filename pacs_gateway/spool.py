@@ -1,0 +1,203 @@
+"""The gateway's durable spool: every accepted instance is a fsynced file until the cloud has it.
+
+Layout under the spool root::
+
+    incoming/   files being written (a crash leaves at most a partial file here; never acked)
+    ready/      complete, fsynced instances waiting for upload, oldest first by name
+    failed/     instances the cloud refused permanently, each with a ``.reason`` text beside it
+
+A file reaches ``ready/`` only by ``rename`` after ``fsync`` of its bytes, and the directory is
+fsynced after the rename, so once :meth:`Spool.accept` returns the instance survives a crash or
+power loss. The file is a DICOM Part 10 file: its file meta carries the SOP UIDs, the transfer
+syntax and the calling AE title, so the spool needs no other record.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from image_store.keys import check_uid
+from image_store.objects.filesystem import fsync_dir
+from pacs_gateway.errors import SpoolFull
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    path: Path
+    size: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def sop_uid(self) -> str:
+        # names are "<ns timestamp>-<seq>-<sop uid>.dcm"
+        return self.path.stem.split("-", 2)[2]
+
+    @property
+    def accepted_ns(self) -> int:
+        return int(self.path.stem.split("-", 1)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    depth: int
+    bytes: int
+    oldest_age_s: float
+    failed: int
+
+
+class Spool:
+    """A directory of instances accepted from modalities and not yet committed in the cloud."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        high_water_bytes: int = 20 * 1024**3,
+        min_free_bytes: int = 512 * 1024**2,
+        fsync: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / "incoming"
+        self.ready = self.root / "ready"
+        self.failed = self.root / "failed"
+        for d in (self.incoming, self.ready, self.failed):
+            d.mkdir(parents=True, exist_ok=True)
+        self.high_water_bytes = high_water_bytes
+        self.min_free_bytes = min_free_bytes
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._work = threading.Event()
+        # partial files are never acknowledged: drop what a crash left behind
+        for leftover in self.incoming.iterdir():
+            leftover.unlink(missing_ok=True)
+        entries = self.pending()
+        self._depth = len(entries)
+        self._bytes = sum(e.size for e in entries)
+        if entries:
+            self._work.set()
+            logger.info("spool resumes with %d pending instances", len(entries))
+
+    # -- accepting -----------------------------------------------------------------------------
+
+    def accept(self, parts: Sequence[bytes | memoryview], sop_uid: str) -> SpoolEntry:
+        """Write an instance (the concatenation of ``parts``) durably; raise SpoolFull instead of
+        accepting when over the high-water mark or short of disk."""
+        check_uid(sop_uid, "SOPInstanceUID")
+        size = sum(len(p) for p in parts)
+        with self._lock:
+            if self._bytes + size > self.high_water_bytes:
+                raise SpoolFull(
+                    f"spool holds {self._bytes} bytes, high-water mark {self.high_water_bytes}"
+                )
+            self._bytes += size  # reserve before the write so concurrent stores see it
+            self._depth += 1
+            seq = next(self._seq)
+        name = f"{time.time_ns():020d}-{seq:06d}-{sop_uid}.dcm"
+        tmp = self.incoming / name
+        final = self.ready / name
+        try:
+            if shutil.disk_usage(self.root).free - size < self.min_free_bytes:
+                raise SpoolFull(f"less than {self.min_free_bytes} bytes free on the spool disk")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                written = os.writev(fd, list(parts))
+                if written != size:  # short writev: finish the rest
+                    rest = b"".join(bytes(p) for p in parts)[written:]
+                    while rest:
+                        n = os.write(fd, rest)
+                        rest = rest[n:]
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            if self._fsync:
+                fsync_dir(self.ready)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            with self._lock:
+                self._bytes -= size
+                self._depth -= 1
+            raise
+        self._work.set()
+        return SpoolEntry(final, size)
+
+    # -- draining ------------------------------------------------------------------------------
+
+    def pending(self, limit: int | None = None) -> list[SpoolEntry]:
+        """Ready entries, oldest first."""
+        names = sorted(n for n in os.listdir(self.ready) if n.endswith(".dcm"))
+        if limit is not None:
+            names = names[:limit]
+        out = []
+        for n in names:
+            p = self.ready / n
+            try:
+                out.append(SpoolEntry(p, p.stat().st_size))
+            except FileNotFoundError:
+                continue
+        return out
+
+    def remove(self, entries: Iterable[SpoolEntry]) -> None:
+        """Forget entries the cloud has committed (one directory fsync per batch)."""
+        removed = 0
+        freed = 0
+        for e in entries:
+            try:
+                e.path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            freed += e.size
+        if removed and self._fsync:
+            fsync_dir(self.ready)
+        with self._lock:
+            self._depth -= removed
+            self._bytes -= freed
+
+    def fail(self, entry: SpoolEntry, reason: str) -> None:
+        """Move an entry the cloud refused permanently to failed/ with its reason."""
+        dest = self.failed / entry.name
+        reason_file = dest.with_suffix(".reason")
+        reason_file.write_text(reason + "\n", encoding="utf-8")
+        try:
+            os.rename(entry.path, dest)
+        except FileNotFoundError:
+            return
+        if self._fsync:
+            fsync_dir(self.failed)
+            fsync_dir(self.ready)
+        with self._lock:
+            self._depth -= 1
+            self._bytes -= entry.size
+        logger.warning("spool entry %s failed permanently: %s", entry.name, reason)
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until something was accepted (or ``timeout``); clears the signal."""
+        got = self._work.wait(timeout)
+        self._work.clear()
+        return got
+
+    def wake(self) -> None:
+        self._work.set()
+
+    def stats(self) -> SpoolStats:
+        oldest = self.pending(limit=1)
+        age = (time.time_ns() - oldest[0].accepted_ns) / 1e9 if oldest else 0.0
+        failed = sum(1 for n in os.listdir(self.failed) if n.endswith(".dcm"))
+        with self._lock:
+            return SpoolStats(depth=self._depth, bytes=self._bytes, oldest_age_s=age, failed=failed)

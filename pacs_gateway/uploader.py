@@ -1,0 +1,166 @@
+"""Moves spooled instances to the cloud, retrying until they get there.
+
+Workers claim batches of the oldest ready entries, deliver them through an IngestSink (the
+embedded store or the regional ingest API), and remove an entry from the spool only after the
+sink reports it committed (object stored and checksummed, index committed). Transient failures
+back off exponentially with full jitter; refused instances move to ``failed/`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from image_store.ingest import IngestOutcome, IngestSink
+from pacs_gateway.spool import Spool, SpoolEntry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class UploaderSettings:
+    workers: int = 2
+    batch_size: int = 32
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 30.0
+    idle_poll_s: float = 1.0
+
+
+@dataclass(slots=True)
+class UploaderCounters:
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    refused: int = 0
+    failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+OnIdle = Callable[[set[str]], None]
+"""Called with the Series Instance UIDs committed since the last call, once the spool is empty."""
+
+
+class Uploader:
+    def __init__(
+        self,
+        spool: Spool,
+        sink: IngestSink,
+        hospital: str,
+        settings: UploaderSettings = UploaderSettings(),
+        *,
+        on_idle: OnIdle | None = None,
+    ) -> None:
+        self.spool = spool
+        self.sink = sink
+        self.hospital = hospital
+        self.settings = settings
+        self.counters = UploaderCounters()
+        self._on_idle = on_idle
+        self._stop = threading.Event()
+        self._claim_lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._touched: set[str] = set()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for n in range(self.settings.workers):
+            t = threading.Thread(target=self._run, name=f"uploader-{n}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.spool.wake()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+
+    def _claim(self) -> list[SpoolEntry]:
+        with self._claim_lock:
+            batch = []
+            for e in self.spool.pending(limit=self.settings.batch_size + len(self._in_flight)):
+                if e.name not in self._in_flight:
+                    batch.append(e)
+                    self._in_flight.add(e.name)
+                    if len(batch) >= self.settings.batch_size:
+                        break
+            return batch
+
+    def _release(self, batch: list[SpoolEntry]) -> None:
+        with self._claim_lock:
+            for e in batch:
+                self._in_flight.discard(e.name)
+
+    def upload_batch(self) -> int:
+        """Deliver one batch; returns how many entries left the spool. Raises on transient
+        failure (the entries stay in the spool)."""
+        batch = self._claim()
+        if not batch:
+            return 0
+        try:
+            datas = [e.path.read_bytes() for e in batch]
+            outcomes = self.sink.ingest(self.hospital, datas)
+            self._settle(batch, outcomes)
+            return len(batch)
+        finally:
+            self._release(batch)
+
+    def _settle(self, batch: list[SpoolEntry], outcomes: list[IngestOutcome]) -> None:
+        done = []
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if outcome.ok:
+                done.append(entry)
+                self._touched.add(outcome.series_uid)
+            else:
+                self.spool.fail(entry, outcome.reason or "refused by the cloud")
+        self.spool.remove(done)
+        with self.counters.lock:
+            self.counters.uploaded += len(done)
+            self.counters.uploaded_bytes += sum(e.size for e in done)
+            self.counters.refused += len(batch) - len(done)
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            try:
+                moved = self.upload_batch()
+                delay = 0.0
+            except Exception:  # the edge of the worker: every failure is retried
+                with self.counters.lock:
+                    self.counters.failures += 1
+                delay = min(
+                    self.settings.backoff_max_s, max(self.settings.backoff_initial_s, delay * 2)
+                )
+                sleep = random.uniform(0, delay)  # full jitter
+                logger.exception("upload failed; retrying in %.2f s", sleep)
+                self._stop.wait(sleep)
+                continue
+            if moved == 0:
+                self._idle()
+                self.spool.wait_for_work(self.settings.idle_poll_s)
+
+    def _idle(self) -> None:
+        if self._on_idle is None or not self._touched:
+            return
+        with self._claim_lock:
+            if self._in_flight:
+                return
+            touched, self._touched = self._touched, set()
+        try:
+            self._on_idle(touched)
+        except Exception:
+            logger.exception("idle hook failed")
+
+    def wait_drained(self, timeout: float) -> bool:
+        """True once the spool is empty and nothing is in flight (for tests and the demo)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._claim_lock:
+                busy = bool(self._in_flight)
+            if not busy and not self.spool.pending(limit=1):
+                return True
+            time.sleep(0.05)
+        return False

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything CloudFilm needs on a fresh Debian 12 machine (run as root, or with sudo):
+#   scripts/setup.sh          the runtime: a virtualenv in .venv with the project installed
+#   scripts/setup.sh --dev    also the Debian packages and Python tools the test suite uses
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$(realpath "$0")")/.."
+dev=0; [ "${1:-}" = "--dev" ] && dev=1
+
+apt_pkgs=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
+if [ "$dev" = 1 ]; then
+  command -v storescu >/dev/null || apt_pkgs+=(dcmtk)
+fi
+if [ "${#apt_pkgs[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${apt_pkgs[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${apt_pkgs[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+stamp=.venv/.cloudfilm-installed-$dev
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  if [ "$dev" = 1 ]; then .venv/bin/python -m pip install -q -e '.[dev]'; else .venv/bin/python -m pip install -q -e .; fi
+  touch "$stamp"
+fi

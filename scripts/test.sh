@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (Debian packages, virtualenv), then runs the
+# linters, the type checker and the test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$(realpath "$0")")/.."
+bash scripts/setup.sh --dev
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.venv/numba-cache}"
+echo "== ruff";   .venv/bin/ruff check .
+echo "== ruff format --check"; .venv/bin/ruff format --check .
+echo "== mypy";   .venv/bin/mypy
+echo "== pytest"; .venv/bin/python -m pytest "$@"

@@ -1,0 +1,130 @@
+"""Fixtures that run the real embedded stack (`cloudfilm serve`) as a subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+READY = re.compile(r"^ready: http (\S+) dicom (\S+)@([\d.]+):(\d+)")
+
+
+@dataclass(frozen=True)
+class Server:
+    base: str
+    ae: str
+    dicom_host: str
+    dicom_port: int
+    data: Path
+    pid: int
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "cloudfilm.cli", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return out.stdout.strip()
+
+    def token(self, hospital: str = "HOSP1", role: str = "clinician") -> str:
+        return self.cli("token", "--data", str(self.data), "--hospital", hospital, "--role", role)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def http(
+    url: str,
+    *,
+    token: str | None = None,
+    method: str = "GET",
+    body: object | None = None,
+    accept: str | None = None,
+) -> Reply:
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if accept:
+        headers["Accept"] = accept
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
+    except urllib.error.HTTPError as e:
+        return Reply(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
+
+
+def start_server(data: Path, log: Path) -> tuple[subprocess.Popen[str], Server]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloudfilm.cli",
+            "serve",
+            "--data",
+            str(data),
+            "--http",
+            "127.0.0.1:0",
+            "--dicom",
+            "127.0.0.1:0",
+            "--ae",
+            "CLOUDFILM",
+            "--hospital",
+            "HOSP1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=open(log, "a"),  # noqa: SIM115 - closed with the process
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = READY.match(line)
+        if m:
+            return proc, Server(m[1], m[2], m[3], int(m[4]), data, proc.pid)
+    proc.kill()
+    raise RuntimeError(f"cloudfilm serve did not start:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("stack")
+    proc, srv = start_server(root / "data", root / "serve.log")
+    yield srv
+    stop_server(proc)

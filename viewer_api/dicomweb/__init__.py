@@ -1,0 +1,1 @@
+"""viewer_api/dicomweb."""
