@@ -11,7 +11,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +22,7 @@ from image_store.derived import series_thumbnail
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
+from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
 from pacs_gateway.scp import ScpSettings, start_scp
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
@@ -49,6 +50,8 @@ class Stack:
     scp: Any = None
     http_port: int = 0
     dicom_port: int = 0
+    store_counters: StoreCounters = field(default_factory=StoreCounters)
+    rate_meter: RateMeter = field(default_factory=RateMeter)
 
     @classmethod
     def open(cls, settings: StackSettings) -> Stack:
@@ -100,12 +103,15 @@ class Stack:
             self.audit,
             self.signer,
         )
+        app.router.add_get("/metrics", self._metrics)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
         self.uploader.start()
         self.scp = start_scp(
-            ScpSettings(ae_title=s.ae_title, host=s.dicom_host, port=s.dicom_port), self.spool
+            ScpSettings(ae_title=s.ae_title, host=s.dicom_host, port=s.dicom_port),
+            self.spool,
+            self.store_counters,
         )
         self.dicom_port = int(self.scp.server_address[1])
         logger.info(
@@ -114,6 +120,17 @@ class Stack:
             s.ae_title,
             s.dicom_host,
             self.dicom_port,
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = await asyncio.to_thread(
+            render_metrics, self.spool, self.uploader, self.store_counters, self.rate_meter
+        )
+        return web.Response(
+            text=text,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
         )
 
     async def stop(self) -> None:

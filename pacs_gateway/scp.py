@@ -20,6 +20,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from image_store.keys import is_valid_uid
 from pacs_gateway.errors import SpoolFull
+from pacs_gateway.metrics import StoreCounters
 from pacs_gateway.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -40,27 +41,31 @@ class ScpSettings:
     network_timeout_s: float = 60.0
 
 
-def handle_store(event: Any, spool: Spool) -> int:
+def handle_store(event: Any, spool: Spool, counters: StoreCounters) -> int:
     """EVT_C_STORE: spool the instance durably, then return the DIMSE status."""
     req = event.request
     sop_uid = str(req.AffectedSOPInstanceUID or "")
     if not is_valid_uid(sop_uid):
         logger.warning("C-STORE refused: invalid Affected SOP Instance UID %r", sop_uid[:80])
+        counters.add_refused(resources=False)
         return STATUS_CANNOT_UNDERSTAND
     meta: FileMetaDataset = event.file_meta
     meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
     body = req.DataSet.getbuffer()
     try:
-        spool.accept([_PREAMBLE, encode_file_meta(meta), body], sop_uid)
+        entry = spool.accept([_PREAMBLE, encode_file_meta(meta), body], sop_uid)
     except SpoolFull as exc:
         logger.warning("C-STORE %s refused, out of resources: %s", sop_uid, exc)
+        counters.add_refused(resources=True)
         return STATUS_OUT_OF_RESOURCES
     except OSError as exc:
         level = logging.WARNING if exc.errno in (errno.ENOSPC, errno.EDQUOT) else logging.ERROR
         logger.log(level, "C-STORE %s refused, spool write failed: %s", sop_uid, exc)
+        counters.add_refused(resources=True)
         return STATUS_OUT_OF_RESOURCES
     finally:
         body.release()
+    counters.add_accepted(entry.size)
     return STATUS_SUCCESS
 
 
@@ -81,11 +86,11 @@ def build_ae(settings: ScpSettings) -> Any:
     return ae
 
 
-def start_scp(settings: ScpSettings, spool: Spool) -> Any:
+def start_scp(settings: ScpSettings, spool: Spool, counters: StoreCounters | None = None) -> Any:
     """Start the SCP in background threads; returns pynetdicom's server (call .shutdown())."""
     ae = build_ae(settings)
     handlers = [
-        (evt.EVT_C_STORE, handle_store, [spool]),
+        (evt.EVT_C_STORE, handle_store, [spool, counters or StoreCounters()]),
         (evt.EVT_C_ECHO, handle_echo),
     ]
     server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)

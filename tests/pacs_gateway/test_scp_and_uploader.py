@@ -14,6 +14,7 @@ from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import IngestOutcome, LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.records import InstanceQuery
+from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
 from pacs_gateway.scp import ScpSettings, start_scp
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
@@ -140,3 +141,24 @@ def test_uploader_moves_refused_instances_to_failed(spool: Spool, tmp_path: Path
     assert spool.pending() == [] and spool.stats().failed == 1
     assert index.count_instances() == 0
     index.close()
+
+
+def test_metrics_text_counts_accepted_and_refused(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s", high_water_bytes=20_000)
+    counters = StoreCounters()
+    server = start_scp(ScpSettings(ae_title="GW", port=0), spool, counters)
+    try:
+        assoc = _associate(server, CTImageStorage, MRImageStorage)
+        assert assoc.send_c_store(pydicom.dcmread(_path("MR_small.dcm"))).Status == 0
+        assert assoc.send_c_store(pydicom.dcmread(_path("CT_small.dcm"))).Status == 0xA700
+        assoc.release()
+    finally:
+        server.shutdown()
+    up = Uploader(
+        spool, LocalIngest(FilesystemObjectStore(tmp_path / "o"), SqliteIndex(tmp_path / "i")), "H1"
+    )
+    text = render_metrics(spool, up, counters, RateMeter())
+    assert "cloudfilm_store_accepted_total 1\n" in text
+    assert 'cloudfilm_store_refused_total{reason="out_of_resources"} 1\n' in text
+    assert "cloudfilm_spool_depth 1\n" in text
+    assert "# TYPE cloudfilm_upload_failures_total counter" in text

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloudfilm.cli import main
+
+
+def test_token_command_prints_a_token_the_api_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from viewer_api.auth import TokenSigner, load_or_create_secret
+
+    assert main(["token", "--data", str(tmp_path), "--hospital", "H1", "--role", "admin"]) == 0
+    token = capsys.readouterr().out.strip()
+    signer = TokenSigner(load_or_create_secret(tmp_path / "secrets" / "api.key"))
+    principal = signer.verify(token)
+    assert (principal.hospital, principal.role) == ("H1", "admin")
+
+
+def test_token_with_a_bad_hospital_is_a_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["token", "--data", str(tmp_path), "--hospital", "../x", "--role", "admin"])
+    assert code == 2
+    assert "hospital id" in capsys.readouterr().err
+
+
+def test_synth_command_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", str(tmp_path), "--modality", "MR", "--images", "3", "--seed", "2"]) == 0
+    assert len(list(tmp_path.glob("*.dcm"))) == 3
+    assert "wrote 3 files" in capsys.readouterr().out
+
+
+def test_synth_bad_count_is_a_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", str(tmp_path), "--images", "0"]) == 2
+    assert "images" in capsys.readouterr().err
+
+
+def test_serve_with_a_bad_address_is_a_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--http", "nowhere"]) == 2
+    assert "--http must be HOST:PORT" in capsys.readouterr().err
