@@ -8,8 +8,13 @@ statuses here, at the edge: out of spool or disk space is 0xA700, so the modalit
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
+import socketserver
+import ssl
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import FileMetaDataset
@@ -17,6 +22,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from image_store.keys import is_valid_uid
 from pacs_gateway.errors import SpoolFull
@@ -36,9 +42,59 @@ class ScpSettings:
     ae_title: str = "CLOUDFILM"
     host: str = "127.0.0.1"
     port: int = 11112
-    maximum_pdu_size: int = 131072
+    maximum_pdu_size: int = 0
+    """0 = unlimited: storescu then sends its largest PDUs (131072 bytes)."""
     maximum_associations: int = 16
     network_timeout_s: float = 60.0
+    allowed_calling_aes: frozenset[str] = frozenset()
+    """Calling AE titles accepted; empty accepts any."""
+    allowed_networks: tuple[str, ...] = ()
+    """Peer addresses accepted, as CIDRs (e.g. '10.1.0.0/16'); empty accepts any."""
+    tls: TlsSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """DICOM TLS (PS3.15 B.1): the gateway's certificate, and the CA its peers must present."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    """When set, peers must present a certificate signed by this CA (mutual TLS)."""
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            ctx.load_verify_locations(self.client_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+
+class GatewayServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, refusing connections from outside the allowed networks
+    before any PDU is read."""
+
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket (the AE's list of servers is not used here:
+        start_scp owns the thread)."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if not self.allowed_networks:
+            return True
+        try:
+            peer = ipaddress.ip_address(client_address[0])
+        except ValueError:
+            return False
+        if any(peer in net for net in self.allowed_networks):
+            return True
+        logger.warning("connection from %s refused: not in the allowed networks", peer)
+        return False
 
 
 def handle_store(event: Any, spool: Spool, counters: StoreCounters) -> int:
@@ -83,6 +139,8 @@ def build_ae(settings: ScpSettings) -> Any:
         if cx.abstract_syntax is not None:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    if settings.allowed_calling_aes:
+        ae.require_calling_aet = sorted(settings.allowed_calling_aes)
     return ae
 
 
@@ -93,6 +151,15 @@ def start_scp(settings: ScpSettings, spool: Spool, counters: StoreCounters | Non
         (evt.EVT_C_STORE, handle_store, [spool, counters or StoreCounters()]),
         (evt.EVT_C_ECHO, handle_echo),
     ]
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks)
+    server = ae.make_server(
+        (settings.host, settings.port),
+        evt_handlers=handlers,
+        ssl_context=settings.tls.context() if settings.tls else None,
+        server_class=GatewayServer,
+    )
+    server.allowed_networks = networks
+    thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
+    thread.start()
     logger.info("DICOM SCP %s listening on %s:%d", settings.ae_title, settings.host, settings.port)
     return server
