@@ -10,13 +10,14 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from image_store.errors import ImageStoreError
-from image_store.keys import check_hospital, instance_key
+from image_store.keys import check_hospital, instance_key, prior_version_key
 from image_store.metadata import read_header
 from image_store.ports import Index, ObjectStore
-from image_store.records import InstanceRecord
+from image_store.records import InstanceHeader, InstanceQuery, InstanceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -43,57 +44,115 @@ class IngestSink(Protocol):
     def ingest(self, hospital: str, items: Sequence[bytes]) -> list[IngestOutcome]: ...
 
 
+class DuplicatePolicy(StrEnum):
+    """What to do with an instance whose SOP Instance UID is stored with other bytes."""
+
+    KEEP_NEWER = "keep-newer"
+    """Store the new bytes; keep the old ones as a prior version (and log it)."""
+    REJECT = "reject"
+    """Refuse the new bytes; the stored instance stays as it is."""
+
+
 class LocalIngest:
     """IngestSink writing straight into an ObjectStore and an Index."""
 
-    def __init__(self, store: ObjectStore, index: Index) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        index: Index,
+        *,
+        duplicates: DuplicatePolicy = DuplicatePolicy.KEEP_NEWER,
+    ) -> None:
         self.store = store
         self.index = index
+        self.duplicates = duplicates
 
     def ingest(self, hospital: str, items: Sequence[bytes]) -> list[IngestOutcome]:
         check_hospital(hospital)
-        outcomes: list[IngestOutcome | None] = [None] * len(items)
-        recs: list[InstanceRecord] = []
-        positions: list[int] = []
+        parsed: list[tuple[int, InstanceHeader, str] | IngestOutcome] = []
+        seen: set[str] = set()
         for i, data in enumerate(items):
             try:
                 header = read_header(data)
                 key = instance_key(hospital, header.study_uid, header.series_uid, header.sop_uid)
             except ImageStoreError as exc:
-                outcomes[i] = IngestOutcome(ok=False, reason=str(exc))
+                parsed.append(IngestOutcome(ok=False, reason=str(exc)))
                 continue
+            if header.sop_uid in seen:
+                # the same instance twice in one batch: commit the first part, then the rest
+                return self._commit(hospital, items, parsed) + self.ingest(hospital, items[i:])
+            seen.add(header.sop_uid)
+            parsed.append((i, header, key))
+        return self._commit(hospital, items, parsed)
+
+    def _commit(
+        self,
+        hospital: str,
+        items: Sequence[bytes],
+        parsed: list[tuple[int, InstanceHeader, str] | IngestOutcome],
+    ) -> list[IngestOutcome]:
+        todo = [p for p in parsed if not isinstance(p, IngestOutcome)]
+        uids = tuple(h.sop_uid for _, h, _ in todo)
+        existing = (
+            {
+                s.sop_uid: s
+                for s in self.index.find_instances(InstanceQuery(sop_uids=uids), limit=len(uids))
+            }
+            if uids
+            else {}
+        )
+        recs: list[InstanceRecord] = []
+        refused: dict[str, str] = {}
+        fresh: set[str] = set()  # keys that held nothing before this batch
+        for i, header, key in todo:
+            data = items[i]
             digest = hashlib.sha256(data).hexdigest()
-            info = self.store.put(key, data, sha256=digest)
+            old = existing.get(header.sop_uid)
+            if old is not None and old.sha256 != digest and old.object_key == key:
+                if self.duplicates is DuplicatePolicy.REJECT:
+                    refused[header.sop_uid] = (
+                        "SOP Instance UID already stored with different content (policy: reject)"
+                    )
+                    continue
+                prior = prior_version_key(key, old.sha256)
+                self.store.put(prior, self.store.get(key), sha256=old.sha256)
+                logger.warning(
+                    "instance %s received with new content; previous kept as %s",
+                    header.sop_uid,
+                    prior,
+                )
+            if old is None or old.object_key != key:
+                self.store.put(key, data, sha256=digest)
+                fresh.add(key)
+            elif old.sha256 != digest:
+                self.store.put(key, data, sha256=digest)
             recs.append(
                 InstanceRecord(
-                    hospital=hospital,
-                    header=header,
-                    object_key=key,
-                    size=info.size,
-                    sha256=info.sha256,
+                    hospital=hospital, header=header, object_key=key, size=len(data), sha256=digest
                 )
             )
-            positions.append(i)
         result = self.index.add_instances(recs)
-        rejected = dict(result.rejected)
+        refused.update(result.rejected)
         replaced = set(result.replaced_uids)
-        for pos, rec in zip(positions, recs, strict=True):
-            h = rec.header
-            reason = rejected.get(h.sop_uid)
+        outcomes: list[IngestOutcome] = []
+        for p in parsed:
+            if isinstance(p, IngestOutcome):
+                outcomes.append(p)
+                continue
+            _, h, key = p
+            reason = refused.get(h.sop_uid)
+            if reason is not None and key in fresh:
+                self.store.delete(key)  # the index refused a new object: leave no orphan
             if reason is not None:
-                self.store.delete(rec.object_key)
-                logger.warning("index refused %s: %s", h.sop_uid, reason)
-            elif h.sop_uid in replaced:
-                logger.warning("instance %s replaced by different bytes", h.sop_uid)
-            outcomes[pos] = IngestOutcome(
-                ok=reason is None,
-                sop_uid=h.sop_uid,
-                study_uid=h.study_uid,
-                series_uid=h.series_uid,
-                reason=reason or "",
-                replaced=h.sop_uid in replaced,
+                logger.warning("instance %s refused: %s", h.sop_uid, reason)
+            outcomes.append(
+                IngestOutcome(
+                    ok=reason is None,
+                    sop_uid=h.sop_uid,
+                    study_uid=h.study_uid,
+                    series_uid=h.series_uid,
+                    reason=reason or "",
+                    replaced=h.sop_uid in replaced,
+                )
             )
-        return [
-            o if o is not None else IngestOutcome(ok=False, reason="not processed")
-            for o in outcomes
-        ]
+        return outcomes

@@ -80,3 +80,10 @@ def check_key(key: str) -> str:
     ):
         raise InvalidKey(f"object key has an invalid form: {key[:120]!r}")
     return key
+
+
+def prior_version_key(key: str, sha256: str) -> str:
+    """Where the replaced bytes of an instance are kept (same prefix, the old hash in the name)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise InvalidKey(f"sha256 must be 64 hex digits, got {sha256[:70]!r}")
+    return f"{check_key(key)}.v-{sha256[:32]}"

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from image_store.index.sql import SQLITE, instance_where, series_where, study_where
+from image_store.keys import prior_version_key
 from image_store.records import (
     AddResult,
     InstanceQuery,
     InstanceRecord,
     InstanceSummary,
+    ObjectInfo,
     PatientInfo,
     SeriesQuery,
     SeriesRecord,
@@ -92,6 +94,14 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, instance_number);
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS instance_versions (
+    sop_uid TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    object_key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    replaced_at REAL NOT NULL,
+    PRIMARY KEY (sop_uid, sha256)
+);
 """
 
 _STUDY_COLS = (
@@ -261,7 +271,9 @@ class SqliteIndex:
     ) -> str | None:
         h = rec.header
         row = conn.execute(
-            "SELECT hospital, series_uid, sha256 FROM instances WHERE sop_uid = ?", (h.sop_uid,)
+            "SELECT hospital, series_uid, sha256, object_key, size FROM instances "
+            "WHERE sop_uid = ?",
+            (h.sop_uid,),
         ).fetchone()
         if row is not None:
             if row[0] != rec.hospital or row[1] != h.series_uid:
@@ -364,6 +376,11 @@ class SqliteIndex:
         if row is None:
             result.added += 1
         else:
+            conn.execute(
+                "INSERT INTO instance_versions (sop_uid, sha256, object_key, size, replaced_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (h.sop_uid, row[2], prior_version_key(row[3], row[2]), row[4], now),
+            )
             result.replaced += 1
             result.replaced_uids.append(h.sop_uid)
         return None
@@ -410,6 +427,14 @@ class SqliteIndex:
             "ORDER BY i.series_uid, i.instance_number, i.sop_uid"
         )
         return [str(r[0]) for r in self._conn().execute(sql, params)]
+
+    def prior_versions(self, sop_uid: str) -> list[ObjectInfo]:
+        rows = self._conn().execute(
+            "SELECT object_key, size, sha256 FROM instance_versions WHERE sop_uid = ? "
+            "ORDER BY replaced_at",
+            (sop_uid,),
+        )
+        return [ObjectInfo(key=str(k), size=int(n), sha256=str(h)) for k, n, h in rows]
 
     def count_instances(self) -> int:
         (n,) = self._conn().execute("SELECT count(*) FROM instances").fetchone()

@@ -107,6 +107,8 @@ class IndexContract:
         assert result.replaced == 1 and result.replaced_uids == ["1.2.1.1.1"]
         (inst,) = index.find_instances(InstanceQuery(), limit=10)
         assert inst.sha256 == "b" * 64
+        (prior,) = index.prior_versions("1.2.1.1.1")
+        assert prior.sha256 == "a" * 64 and prior.key.startswith(inst.object_key + ".v-")
 
     def test_a_study_of_another_hospital_is_rejected_not_merged(self, index: Index) -> None:
         index.add_instances([make_record()])

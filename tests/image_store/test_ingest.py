@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import pydicom
@@ -8,11 +10,11 @@ from pydicom.data import get_testdata_file
 
 from image_store.errors import InvalidUID
 from image_store.index.sqlite import SqliteIndex
-from image_store.ingest import LocalIngest
+from image_store.ingest import DuplicatePolicy, LocalIngest
 from image_store.keys import check_uid, instance_key
 from image_store.metadata import read_header
 from image_store.objects.filesystem import FilesystemObjectStore
-from image_store.records import StudyQuery
+from image_store.records import InstanceQuery, StudyQuery
 
 
 def _testfile(name: str) -> bytes:
@@ -75,3 +77,63 @@ def test_invalid_uids_are_refused(bad: str) -> None:
         check_uid(bad)
     with pytest.raises(ValueError):
         instance_key("H1", bad, "1.2", "1.2.3")
+
+
+def _with_other_bytes(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.StudyDescription = "CHANGED"
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def test_same_uid_with_other_bytes_keeps_the_newer_and_the_older_as_prior_version(
+    ingest: LocalIngest,
+) -> None:
+    old = _testfile("CT_small.dcm")
+    new = _with_other_bytes(old)
+    ingest.ingest("H1", [old])
+    (out,) = ingest.ingest("H1", [new])
+    assert out.ok and out.replaced
+    (inst,) = ingest.index.find_instances(InstanceQuery(), limit=5)
+    assert ingest.store.get(inst.object_key) == new
+    (prior,) = ingest.index.prior_versions(inst.sop_uid)
+    assert ingest.store.get(prior.key) == old
+    assert prior.sha256 == hashlib.sha256(old).hexdigest()
+
+
+def test_reject_policy_keeps_the_stored_instance(tmp_path: Path) -> None:
+    ingest = LocalIngest(
+        FilesystemObjectStore(tmp_path / "o"),
+        SqliteIndex(tmp_path / "i.sqlite"),
+        duplicates=DuplicatePolicy.REJECT,
+    )
+    old = _testfile("CT_small.dcm")
+    ingest.ingest("H1", [old])
+    (out,) = ingest.ingest("H1", [_with_other_bytes(old)])
+    assert not out.ok and "different content" in out.reason
+    (inst,) = ingest.index.find_instances(InstanceQuery(), limit=5)
+    assert ingest.store.get(inst.object_key) == old
+
+
+def test_the_same_instance_twice_in_one_batch_is_stored_once_with_its_history(
+    ingest: LocalIngest,
+) -> None:
+    old = _testfile("CT_small.dcm")
+    new = _with_other_bytes(old)
+    outs = ingest.ingest("H1", [old, _testfile("MR_small.dcm"), new])
+    assert [o.ok for o in outs] == [True, True, True]
+    assert ingest.index.count_instances() == 2
+    (inst,) = ingest.index.find_instances(InstanceQuery(sop_uids=(outs[0].sop_uid,)), limit=5)
+    assert ingest.store.get(inst.object_key) == new
+    assert len(ingest.index.prior_versions(inst.sop_uid)) == 1
+
+
+def test_a_replayed_batch_does_not_rewrite_objects(ingest: LocalIngest) -> None:
+    data = _testfile("CT_small.dcm")
+    ingest.ingest("H1", [data])
+    (inst,) = ingest.index.find_instances(InstanceQuery(), limit=5)
+    path = ingest.store.root / inst.object_key  # type: ignore[attr-defined]
+    before = path.stat().st_mtime_ns
+    ingest.ingest("H1", [data])
+    assert path.stat().st_mtime_ns == before
