@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from image_store.records import (
     StudyQuery,
     StudyRecord,
 )
+from image_store.sqlite_db import SqliteDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -189,41 +188,11 @@ class SqliteIndex:
     """Index of patients, studies, series and instances in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
-        with self._write_lock:
-            conn = self._conn()
-            conn.executescript(SCHEMA)
+        self.db = SqliteDatabase(path, SCHEMA)
+        self.path = self.db.path
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        return self.db.conn()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -232,7 +201,7 @@ class SqliteIndex:
         if not recs:
             return result
         now = time.time()
-        with self._tx() as conn:
+        with self.db.tx() as conn:
             touched_series: set[str] = set()
             touched_studies: set[str] = set()
             for rec in recs:
@@ -441,8 +410,4 @@ class SqliteIndex:
         return int(n)
 
     def close(self) -> None:
-        with self._all_lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self.db.close()

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -79,7 +80,23 @@ def http(
 
 
 def start_server(data: Path, log: Path) -> tuple[subprocess.Popen[str], Server]:
-    proc = subprocess.Popen(
+    with open(log, "a") as log_fh:  # the child keeps its own descriptor
+        proc = _spawn(data, log_fh)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = READY.match(line)
+        if m:
+            return proc, Server(m[1], m[2], m[3], int(m[4]), data, proc.pid)
+    stop_server(proc)
+    raise RuntimeError(f"cloudfilm serve did not start:\n{log.read_text()[-3000:]}")
+
+
+def _spawn(data: Path, log_fh: IO[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -97,29 +114,21 @@ def start_server(data: Path, log: Path) -> tuple[subprocess.Popen[str], Server]:
             "HOSP1",
         ],
         stdout=subprocess.PIPE,
-        stderr=open(log, "a"),  # noqa: SIM115 - closed with the process
+        stderr=log_fh,
         text=True,
     )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        m = READY.match(line)
-        if m:
-            return proc, Server(m[1], m[2], m[3], int(m[4]), data, proc.pid)
-    proc.kill()
-    raise RuntimeError(f"cloudfilm serve did not start:\n{log.read_text()[-3000:]}")
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
-    os.kill(proc.pid, signal.SIGTERM)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
     try:
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 @pytest.fixture(scope="module")

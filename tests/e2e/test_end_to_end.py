@@ -128,8 +128,9 @@ def test_storescu_study_is_found_by_qido(server: Server, ct_study: list[Path]) -
         assert (ds.StudyInstanceUID in found) is expected, q
     series = http(f"{base}/{ds.StudyInstanceUID}/series", token=tok).json()
     assert len(series) == 2  # type: ignore[arg-type]
+    axial = pydicom.dcmread(ct_study[1], stop_before_pixels=True).SeriesInstanceUID
     insts = http(
-        f"{base}/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances?limit=10&offset=5",
+        f"{base}/{ds.StudyInstanceUID}/series/{axial}/instances?limit=10&offset=5",
         token=tok,
     ).json()
     assert len(insts) == 10  # type: ignore[arg-type]

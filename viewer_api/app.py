@@ -1,0 +1,59 @@
+"""The regional API as an aiohttp application: DICOMweb, share links, the cloud-film page."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from image_store.ports import Index, ObjectStore
+from viewer_api import film, middlewares
+from viewer_api.audit import SqliteAuditLog
+from viewer_api.auth import TokenSigner
+from viewer_api.context import SERVICES, Services, ViewerSettings
+from viewer_api.dicomweb import qido, wado
+from viewer_api.share import SqliteShareLinks
+
+__all__ = ["ViewerSettings", "create_app"]
+
+DW = "/dicom-web"
+STUDY = DW + "/studies/{study}"
+SERIES = STUDY + "/series/{series}"
+INSTANCE = SERIES + "/instances/{instance}"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(
+    settings: ViewerSettings,
+    store: ObjectStore,
+    index: Index,
+    shares: SqliteShareLinks,
+    audit: SqliteAuditLog,
+    signer: TokenSigner,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[middlewares.audit, middlewares.errors, middlewares.authenticate]
+    )
+    app[SERVICES] = Services(settings, store, index, shares, audit, signer)
+    app.on_response_prepare.append(middlewares.security_headers)
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get(DW + "/studies", qido.search_studies)
+    r.add_get(DW + "/series", qido.search_series)
+    r.add_get(DW + "/instances", qido.search_instances)
+    r.add_get(STUDY, wado.retrieve)
+    r.add_get(STUDY + "/metadata", wado.metadata)
+    r.add_get(STUDY + "/series", qido.search_series)
+    r.add_get(STUDY + "/instances", qido.search_instances)
+    r.add_get(SERIES, wado.retrieve)
+    r.add_get(SERIES + "/metadata", wado.metadata)
+    r.add_get(SERIES + "/thumbnail", wado.thumbnail)
+    r.add_get(SERIES + "/instances", qido.search_instances)
+    r.add_get(INSTANCE, wado.retrieve)
+    r.add_get(INSTANCE + "/metadata", wado.metadata)
+    r.add_post("/api/shares", film.create_share)
+    r.add_delete("/api/shares/{id}", film.revoke_share)
+    r.add_get("/film/{token}", film.film)
+    r.add_get("/film/{token}/series/{series}/thumbnail", film.film_thumbnail)
+    return app

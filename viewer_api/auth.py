@@ -1,0 +1,156 @@
+"""Bearer tokens for staff and clinicians, and the signatures of share-link tokens.
+
+A bearer token is ``cf1.<base64url(JSON payload)>.<base64url(HMAC-SHA256)>`` with the payload
+``{"h": hospital, "r": role, "s": subject, "exp": unix seconds, "jti": random}``. Share-link
+tokens are ``<id>.<sig>``: a 128-bit random id and a truncated HMAC of it, so a forged or
+edited link is refused before any database access.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from image_store.keys import check_hospital
+from viewer_api.errors import Unauthorized
+
+Role = Literal["admin", "clinician"]
+ROLES: tuple[str, ...] = get_args(Role)
+_PREFIX = "cf1"
+_MAX_TOKEN = 2048
+
+
+def b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The 32-byte signing key kept in ``path`` (created atomically with mode 0600)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            data = path.read_bytes()  # another process created it first
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            data = path.read_bytes()
+    if len(data) != 32:
+        raise ValueError(f"secret key file {path} must hold 32 bytes, found {len(data)}")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a hospital, a role, and who the token was issued to."""
+
+    hospital: str
+    role: Role
+    subject: str
+    expires_at: float
+
+    def visible_hospitals(self) -> frozenset[str] | None:
+        """Hospitals whose studies this principal may read; None means every hospital."""
+        return None if self.role == "admin" else frozenset({self.hospital})
+
+    def may_see(self, hospital: str) -> bool:
+        allowed = self.visible_hospitals()
+        return allowed is None or hospital in allowed
+
+    @property
+    def actor(self) -> str:
+        return f"{self.role}:{self.hospital}:{self.subject or '-'}"
+
+
+class TokenSigner:
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 32:
+            raise ValueError("the signing secret must be at least 32 bytes")
+        self._bearer_key = hmac.new(secret, b"bearer-token", hashlib.sha256).digest()
+        self._share_key = hmac.new(secret, b"share-link", hashlib.sha256).digest()
+
+    # -- bearer tokens -----------------------------------------------------------------------
+
+    def issue(self, hospital: str, role: str, *, subject: str = "", ttl_s: int = 86400) -> str:
+        check_hospital(hospital)
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        payload = {
+            "h": hospital,
+            "r": role,
+            "s": subject[:128],
+            "exp": int(time.time()) + ttl_s,
+            "jti": secrets.token_hex(8),
+        }
+        body = b64e(json.dumps(payload, separators=(",", ":")).encode())
+        sig = hmac.new(self._bearer_key, f"{_PREFIX}.{body}".encode(), hashlib.sha256).digest()
+        return f"{_PREFIX}.{body}.{b64e(sig)}"
+
+    def verify(self, token: str, *, now: float | None = None) -> Principal:
+        if len(token) > _MAX_TOKEN or token.count(".") != 2:
+            raise Unauthorized("malformed bearer token")
+        prefix, body, sig = token.split(".")
+        if prefix != _PREFIX:
+            raise Unauthorized("unknown token format")
+        want = hmac.new(self._bearer_key, f"{prefix}.{body}".encode(), hashlib.sha256).digest()
+        try:
+            got = b64d(sig)
+            payload = json.loads(b64d(body)) if hmac.compare_digest(want, got) else None
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            payload = None
+        if not isinstance(payload, dict):
+            raise Unauthorized("invalid token signature")
+        try:
+            hospital, role = str(payload["h"]), str(payload["r"])
+            exp = float(payload["exp"])
+            subject = str(payload.get("s", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Unauthorized("malformed token payload") from exc
+        if role not in ROLES:
+            raise Unauthorized("unknown role in token")
+        if exp < (time.time() if now is None else now):
+            raise Unauthorized("token expired")
+        return Principal(hospital=hospital, role=role, subject=subject, expires_at=exp)  # type: ignore[arg-type]
+
+    # -- share-link tokens -------------------------------------------------------------------
+
+    def share_token(self, link_id: str) -> str:
+        return f"{link_id}.{self._share_sig(link_id)}"
+
+    def share_id(self, token: str) -> str | None:
+        """The link id of a share token whose signature is right, else None."""
+        if len(token) > 128 or token.count(".") != 1:
+            return None
+        link_id, sig = token.split(".")
+        if not link_id or not hmac.compare_digest(self._share_sig(link_id), sig):
+            return None
+        return link_id
+
+    def _share_sig(self, link_id: str) -> str:
+        return b64e(hmac.new(self._share_key, link_id.encode(), hashlib.sha256).digest()[:16])
+
+
+def new_link_id() -> str:
+    """128 random bits, URL-safe."""
+    return b64e(secrets.token_bytes(16))

@@ -1,0 +1,69 @@
+"""What every handler reaches through the request: settings, the services, the caller."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from aiohttp import web
+
+from image_store.keys import is_valid_uid
+from image_store.ports import Index, ObjectStore
+from viewer_api.audit import SqliteAuditLog
+from viewer_api.auth import Principal, TokenSigner
+from viewer_api.errors import BadRequest, Unauthorized
+from viewer_api.share import SqliteShareLinks
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerSettings:
+    public_base_url: str
+    """Scheme, host and port clients use (no trailing slash): share links and RetrieveURLs."""
+    share_ttl_s: int = 30 * 86400
+    max_limit: int = 1000
+    default_limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: ViewerSettings
+    store: ObjectStore
+    index: Index
+    shares: SqliteShareLinks
+    audit: SqliteAuditLog
+    signer: TokenSigner
+
+
+SERVICES = web.AppKey("services", Services)
+PRINCIPAL = web.RequestKey("principal", Principal)
+ACTOR = web.RequestKey("actor", str)
+"""Who the audit names when there is no bearer principal (a share link)."""
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def principal(request: web.Request) -> Principal:
+    try:
+        return request[PRINCIPAL]
+    except KeyError as exc:
+        raise Unauthorized("a bearer token is required") from exc
+
+
+def uid_param(request: web.Request, name: str) -> str:
+    """A UID from the path, validated before anything else touches it."""
+    value = request.match_info[name]
+    if not is_valid_uid(value):
+        raise BadRequest(f"{name} must be 1-64 digits and dots, got {value[:80]!r}")
+    return value
+
+
+async def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run index, store and rendering calls off the event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)

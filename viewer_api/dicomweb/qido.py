@@ -1,0 +1,67 @@
+"""QIDO-RS: search for studies, series and instances (PS3.18 10.6)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from viewer_api.context import blocking, principal, services, uid_param
+from viewer_api.dicomweb import params
+from viewer_api.dicomweb.access import visible_study
+from viewer_api.dicomweb.json import instance_json, series_json, study_json
+
+DICOM_JSON = "application/dicom+json"
+
+
+def _reply(items: list[dict[str, Any]]) -> web.Response:
+    return web.Response(
+        body=json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode(),
+        content_type=DICOM_JSON,
+        charset="utf-8",
+    )
+
+
+async def search_studies(request: web.Request) -> web.Response:
+    svc = services(request)
+    values = params.normalise(request.query, params.STUDY_KEYS)
+    page = params.paging(
+        values, default_limit=svc.settings.default_limit, max_limit=svc.settings.max_limit
+    )
+    q = params.study_query(values, principal(request).visible_hospitals())
+    found = await blocking(svc.index.find_studies, q, limit=page.limit, offset=page.offset)
+    base = svc.settings.public_base_url
+    return _reply([study_json(s, base) for s in found])
+
+
+async def search_series(request: web.Request) -> web.Response:
+    svc = services(request)
+    study_uid = uid_param(request, "study") if "study" in request.match_info else ""
+    if study_uid:
+        await visible_study(request, study_uid)
+    values = params.normalise(request.query, params.SERIES_KEYS)
+    page = params.paging(
+        values, default_limit=svc.settings.default_limit, max_limit=svc.settings.max_limit
+    )
+    q = params.series_query(values, principal(request).visible_hospitals(), study_uid)
+    found = await blocking(svc.index.find_series, q, limit=page.limit, offset=page.offset)
+    base = svc.settings.public_base_url
+    return _reply([series_json(s, base) for s in found])
+
+
+async def search_instances(request: web.Request) -> web.Response:
+    svc = services(request)
+    study_uid = uid_param(request, "study") if "study" in request.match_info else ""
+    series_uid = uid_param(request, "series") if "series" in request.match_info else ""
+    if study_uid:
+        await visible_study(request, study_uid)
+    allowed = params.INSTANCE_KEYS if series_uid else params.INSTANCE_KEYS | {"SeriesInstanceUID"}
+    values = params.normalise(request.query, allowed)
+    page = params.paging(
+        values, default_limit=svc.settings.default_limit, max_limit=svc.settings.max_limit
+    )
+    q = params.instance_query(values, principal(request).visible_hospitals(), study_uid, series_uid)
+    found = await blocking(svc.index.find_instances, q, limit=page.limit, offset=page.offset)
+    base = svc.settings.public_base_url
+    return _reply([instance_json(i, base) for i in found])

@@ -1,0 +1,83 @@
+"""WADO-RS: instances as stored (multipart/related), their metadata, and series thumbnails."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from dicom_codecs.render import render_thumbnail
+from image_store.derived import series_thumbnail
+from image_store.records import InstanceQuery, InstanceSummary
+from viewer_api.context import blocking, services, uid_param
+from viewer_api.dicomweb.access import instances_of, series_of, visible_study
+from viewer_api.dicomweb.multipart import (
+    closing,
+    content_type,
+    negotiate_dicom,
+    new_boundary,
+    part_header,
+)
+from viewer_api.errors import NotAcceptable, NotFound
+
+
+async def _targets(request: web.Request) -> tuple[str, str, str]:
+    """Validate every UID of the path first, then check existence and access."""
+    study_uid = uid_param(request, "study")
+    series_uid = uid_param(request, "series") if "series" in request.match_info else ""
+    sop_uid = uid_param(request, "instance") if "instance" in request.match_info else ""
+    await visible_study(request, study_uid)
+    if series_uid:
+        await series_of(request, study_uid, series_uid)
+    return study_uid, series_uid, sop_uid
+
+
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    """A study, a series or an instance as multipart/related; type="application/dicom"."""
+    wanted = negotiate_dicom(request.headers.get("Accept"))
+    study_uid, series_uid, sop_uid = await _targets(request)
+    instances = await instances_of(request, study_uid, series_uid, sop_uid)
+    if not instances:
+        raise NotFound("no instances to retrieve")
+    _check_syntax(instances, wanted.transfer_syntax)
+    store = services(request).store
+    boundary = new_boundary()
+    resp = web.StreamResponse(headers={"Content-Type": content_type(boundary)})
+    await resp.prepare(request)
+    for n, inst in enumerate(instances):
+        data = await blocking(store.get, inst.object_key)
+        await resp.write(part_header(boundary, first=n == 0))
+        await resp.write(data)
+    await resp.write(closing(boundary))
+    await resp.write_eof()
+    return resp
+
+
+def _check_syntax(instances: list[InstanceSummary], syntax: str | None) -> None:
+    if syntax in (None, "", "*"):
+        return
+    stored = {i.transfer_syntax_uid for i in instances}
+    if stored != {syntax}:
+        raise NotAcceptable(
+            f"transfer syntax {syntax} is not available (stored: {', '.join(sorted(stored))}); "
+            "ask for transfer-syntax=* to get the stored bytes"
+        )
+
+
+async def metadata(request: web.Request) -> web.Response:
+    study_uid, series_uid, sop_uid = await _targets(request)
+    q = InstanceQuery(
+        study_uid=study_uid, series_uid=series_uid, sop_uids=(sop_uid,) if sop_uid else ()
+    )
+    docs = await blocking(services(request).index.instance_metadata, q)
+    if sop_uid and not docs:
+        raise NotFound(f"no instance {sop_uid} in series {series_uid}")
+    body = ("[" + ",".join(docs) + "]").encode()
+    return web.Response(body=body, content_type="application/dicom+json", charset="utf-8")
+
+
+async def thumbnail(request: web.Request) -> web.Response:
+    _, series_uid, _ = await _targets(request)
+    svc = services(request)
+    jpeg = await blocking(series_thumbnail, svc.store, svc.index, series_uid, render_thumbnail)
+    if jpeg is None:
+        raise NotFound(f"series {series_uid} has no instances")
+    return web.Response(body=jpeg, content_type="image/jpeg")

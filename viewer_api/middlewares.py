@@ -1,0 +1,97 @@
+"""The edge of the API: authentication, errors as JSON, audit of every access, headers."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from viewer_api.audit import AuditEvent
+from viewer_api.context import ACTOR, PRINCIPAL, blocking, services
+from viewer_api.errors import Unauthorized, ViewerError
+
+logger = logging.getLogger(__name__)
+
+PROTECTED = ("/dicom-web", "/api/")
+AUDITED = ("/dicom-web", "/api/", "/film/")
+
+
+def _error(status: int, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="cloudfilm"'} if status == 401 else None
+    return web.json_response({"error": message, "status": status}, status=status, headers=headers)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ViewerError as exc:
+        return _error(exc.status, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except Exception:  # the edge: nothing unexpected reaches a client as a traceback
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal error")
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(PROTECTED):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("a bearer token is required")
+        request[PRINCIPAL] = services(request).signer.verify(token.strip())
+    return await handler(request)
+
+
+def audit_resource(request: web.Request) -> str:
+    """The path without secrets or patient data: share tokens cut to their link id, query
+    values dropped (only the parameter names are kept)."""
+    path = request.path
+    if path.startswith("/film/"):
+        token, _, rest = path[len("/film/") :].partition("/")
+        path = "/film/" + token.split(".", 1)[0][:32] + ("/" + rest if rest else "")
+    names = ",".join(sorted(set(request.query.keys())))[:200]
+    return f"{path[:400]}?{names}" if names else path[:400]
+
+
+@web.middleware
+async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith(AUDITED):
+        return await handler(request)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        who = request.get(PRINCIPAL)
+        event = AuditEvent(
+            ts=time.time(),
+            actor=request.get(ACTOR) or (who.actor if who else "anonymous"),
+            hospital=who.hospital if who else "",
+            role=who.role if who else "",
+            action=request.method,
+            resource=audit_resource(request),
+            status=status,
+            remote=request.remote or "",
+        )
+        try:
+            await blocking(services(request).audit.append, event)
+        except Exception:
+            logger.exception("audit append failed for %s", event.resource)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path.startswith(AUDITED):
+        response.headers.setdefault("Cache-Control", "no-store")
