@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.viewer_api.conftest import BASE, Api, uids
+from viewer_api.auth import TokenSigner, b64d, b64e
+
+CT = uids("CT_small.dcm")
+MR = uids("MR_small.dcm")
+SC = uids("SC_rgb_rle.dcm")
+
+
+async def _studies(api: Api, query: str = "", **tok: str) -> list[str]:
+    r = await api.client.get(f"/dicom-web/studies{query}", headers=api.token(**tok))
+    assert r.status == 200, await r.text()
+    assert r.headers["Content-Type"].startswith("application/dicom+json")
+    return sorted(s["0020000D"]["Value"][0] for s in await r.json())
+
+
+async def test_clinicians_see_their_hospital_and_admins_see_all(api: Api) -> None:
+    assert await _studies(api) == sorted({CT.StudyInstanceUID, MR.StudyInstanceUID})
+    assert await _studies(api, hospital="H2") == [SC.StudyInstanceUID]
+    assert len(await _studies(api, role="admin")) == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (f"?PatientID={CT.PatientID}", {CT.StudyInstanceUID}),
+        (f"?00100020={MR.PatientID}", {MR.StudyInstanceUID}),
+        ("?PatientName=compressedsamples%5Ect*", {CT.StudyInstanceUID}),
+        ("?PatientName=CompressedSamples%5E??1", {CT.StudyInstanceUID, MR.StudyInstanceUID}),
+        (f"?StudyDate={CT.StudyDate}", {CT.StudyInstanceUID}),
+        ("?StudyDate=19000101-19000101", set()),
+        ("?StudyDate=-20991231", {CT.StudyInstanceUID, MR.StudyInstanceUID}),
+        ("?ModalitiesInStudy=MR", {MR.StudyInstanceUID}),
+        ("?ModalitiesInStudy=MR,CT", {CT.StudyInstanceUID, MR.StudyInstanceUID}),
+        (f"?StudyInstanceUID={CT.StudyInstanceUID},1.2.3", {CT.StudyInstanceUID}),
+        ("?AccessionNumber=nope", set()),
+    ],
+)
+async def test_study_matching(api: Api, query: str, expected: set[str]) -> None:
+    assert set(await _studies(api, query)) == expected
+
+
+async def test_limit_and_offset_page_through_studies(api: Api) -> None:
+    everything = await _studies(api, "?limit=10", role="admin")
+    pages = [await _studies(api, f"?limit=1&offset={i}", role="admin") for i in range(3)]
+    assert sorted(p[0] for p in pages) == everything
+
+
+async def test_study_json_carries_standard_attributes(api: Api) -> None:
+    r = await api.client.get(f"/dicom-web/studies?PatientID={CT.PatientID}", headers=api.token())
+    (study,) = await r.json()
+    assert study["00100010"]["Value"][0]["Alphabetic"] == str(CT.PatientName)
+    assert study["00080061"]["Value"] == ["CT"]
+    assert study["00201208"]["Value"] == [1]
+    assert study["00081190"]["Value"][0] == f"{BASE}/dicom-web/studies/{CT.StudyInstanceUID}"
+
+
+async def test_series_and_instance_level_queries(api: Api) -> None:
+    h = api.token()
+    r = await api.client.get(f"/dicom-web/studies/{CT.StudyInstanceUID}/series", headers=h)
+    (series,) = await r.json()
+    assert series["0020000E"]["Value"] == [CT.SeriesInstanceUID]
+    r = await api.client.get("/dicom-web/series?Modality=MR", headers=h)
+    assert [s["0020000E"]["Value"][0] for s in await r.json()] == [MR.SeriesInstanceUID]
+    r = await api.client.get(
+        f"/dicom-web/studies/{CT.StudyInstanceUID}/series/{CT.SeriesInstanceUID}/instances",
+        headers=h,
+    )
+    (inst,) = await r.json()
+    assert inst["00080018"]["Value"] == [CT.SOPInstanceUID]
+    assert inst["00280010"]["Value"] == [128]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?StudyDate=2024",
+        "?StudyDate=20240230",
+        "?StudyDate=20240201-20240101",
+        "?limit=-1",
+        "?offset=x",
+        "?Colour=red",
+        "?StudyInstanceUID=1.2.abc",
+        "?fuzzymatching=maybe",
+        "?PatientID=" + "9" * 65,
+    ],
+)
+async def test_bad_query_parameters_are_400_json(api: Api, query: str) -> None:
+    r = await api.client.get(f"/dicom-web/studies{query}", headers=api.token())
+    assert r.status == 400
+    assert "error" in await r.json()
+
+
+async def test_wado_returns_the_stored_bytes(api: Api) -> None:
+    url = (
+        f"/dicom-web/studies/{CT.StudyInstanceUID}/series/{CT.SeriesInstanceUID}"
+        f"/instances/{CT.SOPInstanceUID}"
+    )
+    r = await api.client.get(url, headers=api.token())
+    assert r.status == 200
+    ctype = r.headers["Content-Type"]
+    assert ctype.startswith('multipart/related; type="application/dicom"')
+    boundary = ctype.rsplit("boundary=", 1)[1]
+    body = await r.read()
+    head, _, rest = body.partition(b"\r\n\r\n")
+    assert head == f"--{boundary}\r\nContent-Type: application/dicom".encode()
+    assert rest.endswith(f"\r\n--{boundary}--\r\n".encode())
+    stored = rest[: -len(f"\r\n--{boundary}--\r\n")]
+    assert stored == api.files["CT_small.dcm"]
+
+
+async def test_wado_refuses_a_transfer_syntax_it_cannot_produce(api: Api) -> None:
+    url = f"/dicom-web/studies/{CT.StudyInstanceUID}"
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+    r = await api.client.get(url, headers={**api.token(), "Accept": accept})
+    assert r.status == 406
+    star = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    r = await api.client.get(url, headers={**api.token(), "Accept": star})
+    assert r.status == 200
+
+
+async def test_metadata_is_one_index_read_and_no_object_read(api: Api) -> None:
+    api.store.calls.clear()
+    r = await api.client.get(
+        f"/dicom-web/studies/{CT.StudyInstanceUID}/series/{CT.SeriesInstanceUID}/metadata",
+        headers=api.token(),
+    )
+    (doc,) = await r.json()
+    assert doc["00080018"]["Value"] == [CT.SOPInstanceUID]
+    assert "7FE00010" not in doc
+    assert api.store.calls == []
+
+
+async def test_series_thumbnail_is_a_jpeg(api: Api) -> None:
+    r = await api.client.get(
+        f"/dicom-web/studies/{MR.StudyInstanceUID}/series/{MR.SeriesInstanceUID}/thumbnail",
+        headers=api.token(),
+    )
+    assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg"
+    assert (await r.read())[:2] == b"\xff\xd8"
+
+
+async def test_requests_without_a_valid_token_are_401(api: Api) -> None:
+    url = "/dicom-web/studies"
+    assert (await api.client.get(url)).status == 401
+    bad = {"Authorization": "Bearer cf1.e30.AAAA"}
+    r = await api.client.get(url, headers=bad)
+    assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    token = api.signer.issue("H1", "clinician")
+    r = await api.client.get(url, headers={"Authorization": "Bearer " + token[:-3] + "abc"})
+    assert r.status == 401
+    other_key = TokenSigner(b"x" * 32).issue("H1", "admin")
+    r = await api.client.get(url, headers={"Authorization": f"Bearer {other_key}"})
+    assert r.status == 401
+
+
+async def test_expired_token_is_401(api: Api) -> None:
+    token = api.signer.issue("H1", "clinician", ttl_s=1)
+
+    prefix, body, sig = token.split(".")
+    assert api.signer.verify(token).hospital == "H1"
+
+    payload = json.loads(b64d(body))
+    payload["exp"] = int(time.time()) - 10
+    forged = f"{prefix}.{b64e(json.dumps(payload).encode())}.{sig}"
+    assert (
+        await api.client.get("/dicom-web/studies", headers={"Authorization": f"Bearer {forged}"})
+    ).status == 401
+
+
+async def test_another_hospitals_study_is_403_and_unknown_is_404(api: Api) -> None:
+    r = await api.client.get(
+        f"/dicom-web/studies/{SC.StudyInstanceUID}/metadata", headers=api.token()
+    )
+    assert r.status == 403 and "error" in await r.json()
+    r = await api.client.get("/dicom-web/studies/1.2.3.4.5", headers=api.token())
+    assert r.status == 404 and (await r.json())["status"] == 404
+    r = await api.client.get(
+        f"/dicom-web/studies/{CT.StudyInstanceUID}/series/{MR.SeriesInstanceUID}",
+        headers=api.token(),
+    )
+    assert r.status == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dicom-web/studies/1.2.x",
+        "/dicom-web/studies/..%2F..%2Fetc%2Fpasswd",
+        "/dicom-web/studies/" + "1" * 65,
+        "/dicom-web/studies/1.2/series/abc/metadata",
+        "/dicom-web/studies/1.2/series/1.3/instances/1.4;rm",
+        "/dicom-web/studies/1.2/series/1.3%00/thumbnail",
+    ],
+)
+async def test_invalid_uids_are_400_before_any_storage_access(api: Api, path: str) -> None:
+    api.index.calls.clear()
+    api.store.calls.clear()
+    r = await api.client.get(path, headers=api.token())
+    assert r.status == 400, path
+    assert "error" in await r.json()
+    assert api.index.calls == [] and api.store.calls == []
+
+
+async def test_every_request_is_audited_without_patient_data(api: Api) -> None:
+    await api.client.get(f"/dicom-web/studies?PatientID={CT.PatientID}", headers=api.token())
+    await api.client.get("/dicom-web/studies")
+    events = list(api.audit.iter_events())
+    assert [e.status for e in events] == [200, 401]
+    assert events[0].resource == "/dicom-web/studies?PatientID"
+    assert CT.PatientID not in repr(events)
+    assert api.audit.verify() is None
