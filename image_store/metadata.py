@@ -45,15 +45,15 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _bulk_uri(elem: DataElement) -> str:
-    return f"bulkdata/{elem.tag:08X}"
+def metadata_json(ds: Dataset, instance_path: str) -> str:
+    """DICOM JSON of a dataset's header; values over 1 KiB become BulkDataURIs under
+    ``instance_path`` (``/dicom-web/studies/S/series/R/instances/I/bulkdata/GGGGEEEE``)."""
 
+    def bulk_uri(elem: DataElement) -> str:
+        return f"{instance_path}/bulkdata/{elem.tag:08X}"
 
-def metadata_json(ds: Dataset) -> str:
-    """DICOM JSON of a dataset's header; large values become BulkDataURIs relative to the
-    instance (``bulkdata/GGGGEEEE``)."""
     obj: dict[str, Any] = ds.to_json_dict(
-        bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=_bulk_uri
+        bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=bulk_uri
     )
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
@@ -83,8 +83,10 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
             uids[keyword] = check_uid(value, keyword)
         if ts:
             check_uid(ts, "TransferSyntaxUID")
-        ds_for_json = ds.copy()
-        ds_for_json.pop(0x7FE00010, None)
+        ds_for_json = ds
+        if 0x7FE00010 in ds:  # a fully read dataset: leave the pixels out of the metadata
+            ds_for_json = ds.copy()
+            del ds_for_json[0x7FE00010]
         patient = PatientInfo(
             patient_id=_text(ds, "PatientID"),
             issuer=_text(ds, "IssuerOfPatientID"),
@@ -114,7 +116,11 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
             columns=_int(ds, "Columns"),
             number_of_frames=_int(ds, "NumberOfFrames"),
             specific_character_set=_text(ds, "SpecificCharacterSet"),
-            metadata_json=metadata_json(ds_for_json),
+            metadata_json=metadata_json(
+                ds_for_json,
+                f"/dicom-web/studies/{uids['StudyInstanceUID']}/series/"
+                f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}",
+            ),
         )
     except InvalidDicom:
         raise
