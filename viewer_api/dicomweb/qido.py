@@ -23,12 +23,15 @@ def _reply(items: list[dict[str, Any]]) -> web.Response:
     )
 
 
+def _paging(request: web.Request, values: dict[str, list[str]]) -> params.Paging:
+    settings = services(request).settings
+    return params.paging(values, default_limit=settings.default_limit, max_limit=settings.max_limit)
+
+
 async def search_studies(request: web.Request) -> web.Response:
     svc = services(request)
     values = params.normalise(request.query, params.STUDY_KEYS)
-    page = params.paging(
-        values, default_limit=svc.settings.default_limit, max_limit=svc.settings.max_limit
-    )
+    page = _paging(request, values)
     q = params.study_query(values, principal(request).visible_hospitals())
     found = await blocking(svc.index.find_studies, q, limit=page.limit, offset=page.offset)
     base = svc.settings.public_base_url
@@ -41,9 +44,7 @@ async def search_series(request: web.Request) -> web.Response:
     if study_uid:
         await visible_study(request, study_uid)
     values = params.normalise(request.query, params.SERIES_KEYS)
-    page = params.paging(
-        values, default_limit=svc.settings.default_limit, max_limit=svc.settings.max_limit
-    )
+    page = _paging(request, values)
     q = params.series_query(values, principal(request).visible_hospitals(), study_uid)
     found = await blocking(svc.index.find_series, q, limit=page.limit, offset=page.offset)
     base = svc.settings.public_base_url
@@ -58,9 +59,7 @@ async def search_instances(request: web.Request) -> web.Response:
         await visible_study(request, study_uid)
     allowed = params.INSTANCE_KEYS if series_uid else params.INSTANCE_KEYS | {"SeriesInstanceUID"}
     values = params.normalise(request.query, allowed)
-    page = params.paging(
-        values, default_limit=svc.settings.default_limit, max_limit=svc.settings.max_limit
-    )
+    page = _paging(request, values)
     q = params.instance_query(values, principal(request).visible_hospitals(), study_uid, series_uid)
     found = await blocking(svc.index.find_instances, q, limit=page.limit, offset=page.offset)
     base = svc.settings.public_base_url
