@@ -198,6 +198,9 @@ def main() -> int:
     ap.add_argument("--associations", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
     ensure_netns()
+    # DCMTK reads TCP_NODELAY on both ends (storescu and the DCMTK-based receivers): without it
+    # Nagle's algorithm and delayed ACKs cap every DCMTK peer at about 20 instances/s.
+    os.environ["TCP_NODELAY"] = "1"
     WORK.mkdir(parents=True, exist_ok=True)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
 
