@@ -27,6 +27,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from image_store.keys import is_valid_uid
 from pacs_gateway.errors import SpoolFull
 from pacs_gateway.metrics import StoreCounters
+from pacs_gateway.reactor import EventDrivenRequestHandler
 from pacs_gateway.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ def start_scp(settings: ScpSettings, spool: Spool, counters: StoreCounters | Non
         evt_handlers=handlers,
         ssl_context=settings.tls.context() if settings.tls else None,
         server_class=GatewayServer,
+        request_handler=EventDrivenRequestHandler,
     )
     server.allowed_networks = networks
     thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
