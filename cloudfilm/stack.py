@@ -12,7 +12,6 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
@@ -23,7 +22,8 @@ from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
 from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
-from pacs_gateway.scp import ScpSettings, start_scp
+from pacs_gateway.process import GatewayProcess, GatewaySpec
+from pacs_gateway.scp import ScpSettings
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
 from viewer_api.app import ViewerSettings, create_app
@@ -47,7 +47,7 @@ class Stack:
     audit: SqliteAuditLog
     signer: TokenSigner
     runner: web.AppRunner | None = None
-    scp: Any = None
+    gateway: GatewayProcess | None = None
     http_port: int = 0
     dicom_port: int = 0
     store_counters: StoreCounters = field(default_factory=StoreCounters)
@@ -73,7 +73,11 @@ class Stack:
             spool,
             LocalIngest(store, index),
             settings.hospital,
-            UploaderSettings(workers=settings.upload_workers, batch_size=settings.upload_batch),
+            UploaderSettings(
+                workers=settings.upload_workers,
+                batch_size=settings.upload_batch,
+                idle_poll_s=0.05,  # the SCP writes from another process: poll the spool
+            ),
             on_idle=warm_thumbnails,
         )
         return cls(
@@ -108,12 +112,19 @@ class Stack:
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
         self.uploader.start()
-        self.scp = start_scp(
-            ScpSettings(ae_title=s.ae_title, host=s.dicom_host, port=s.dicom_port),
-            self.spool,
+        self.gateway = GatewayProcess(
+            GatewaySpec(
+                scp=ScpSettings(ae_title=s.ae_title, host=s.dicom_host, port=s.dicom_port),
+                spool_dir=s.spool_dir,
+                high_water_bytes=self.spool.high_water_bytes,
+                min_free_bytes=self.spool.min_free_bytes,
+                fsync=s.fsync,
+                log_level=logging.getLogger().getEffectiveLevel(),
+            ),
+            self.spool.usage,
             self.store_counters,
         )
-        self.dicom_port = int(self.scp.server_address[1])
+        self.dicom_port = await asyncio.to_thread(self.gateway.start)
         logger.info(
             "CloudFilm up: http %s, DICOM %s@%s:%d",
             self.base_url(),
@@ -134,9 +145,9 @@ class Stack:
         )
 
     async def stop(self) -> None:
-        if self.scp is not None:
-            await asyncio.to_thread(self.scp.shutdown)
-            self.scp = None
+        if self.gateway is not None:
+            await asyncio.to_thread(self.gateway.stop)
+            self.gateway = None
         await asyncio.to_thread(self.uploader.stop)
         if self.runner is not None:
             await self.runner.cleanup()

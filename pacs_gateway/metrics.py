@@ -2,36 +2,44 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader
 
 
-@dataclass(slots=True)
-class StoreCounters:
-    """What the C-STORE handler did, by outcome."""
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    accepted: int
+    accepted_bytes: int
+    refused_resources: int
+    refused_invalid: int
 
-    accepted: int = 0
-    accepted_bytes: int = 0
-    refused_resources: int = 0
-    refused_invalid: int = 0
-    started_at: float = field(default_factory=time.time)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+
+class StoreCounters:
+    """What the C-STORE handler did, by outcome; in shared memory, so the API process can
+    report what the SCP process counts."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._values = ctx.RawArray("q", 4)
+        self._lock = ctx.Lock()
 
     def add_accepted(self, size: int) -> None:
-        with self.lock:
-            self.accepted += 1
-            self.accepted_bytes += size
+        with self._lock:
+            self._values[0] += 1
+            self._values[1] += size
 
     def add_refused(self, *, resources: bool) -> None:
-        with self.lock:
-            if resources:
-                self.refused_resources += 1
-            else:
-                self.refused_invalid += 1
+        with self._lock:
+            self._values[2 if resources else 3] += 1
+
+    def snapshot(self) -> StoreCounts:
+        with self._lock:
+            return StoreCounts(*(int(v) for v in self._values))
 
 
 class RateMeter:
@@ -67,9 +75,9 @@ def render_metrics(spool: Spool, uploader: Uploader, store: StoreCounters, meter
             u.refused,
             u.failures,
         )
-    with store.lock:
-        accepted, accepted_bytes = store.accepted, store.accepted_bytes
-        refused_res, refused_inv = store.refused_resources, store.refused_invalid
+    counts = store.snapshot()
+    accepted, accepted_bytes = counts.accepted, counts.accepted_bytes
+    refused_res, refused_inv = counts.refused_resources, counts.refused_invalid
     out: list[str] = []
     _line(
         out,

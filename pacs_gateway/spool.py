@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import os
 import shutil
 import threading
@@ -58,8 +59,40 @@ class SpoolStats:
     failed: int
 
 
+class SpoolUsage:
+    """How many instances and bytes a spool holds, in shared memory: the SCP process adds,
+    the uploader process subtracts, and both see the same high-water accounting."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._values = ctx.RawArray("q", 2)  # depth, bytes
+        self._lock = ctx.Lock()
+
+    def reserve(self, size: int, high_water: int) -> None:
+        with self._lock:
+            if self._values[1] + size > high_water:
+                raise SpoolFull(
+                    f"spool holds {self._values[1]} bytes, high-water mark {high_water}"
+                )
+            self._values[0] += 1
+            self._values[1] += size
+
+    def release(self, depth: int, size: int) -> None:
+        with self._lock:
+            self._values[0] -= depth
+            self._values[1] -= size
+
+    def get(self) -> tuple[int, int]:
+        with self._lock:
+            return int(self._values[0]), int(self._values[1])
+
+
 class Spool:
-    """A directory of instances accepted from modalities and not yet committed in the cloud."""
+    """A directory of instances accepted from modalities and not yet committed in the cloud.
+
+    Several processes may open the same spool (the SCP writes, the uploader drains) when they
+    share one :class:`SpoolUsage`; the first opener's ``usage`` counts what is already there.
+    """
 
     def __init__(
         self,
@@ -68,6 +101,7 @@ class Spool:
         high_water_bytes: int = 20 * 1024**3,
         min_free_bytes: int = 512 * 1024**2,
         fsync: bool = True,
+        usage: SpoolUsage | None = None,
     ) -> None:
         self.root = Path(root)
         self.incoming = self.root / "incoming"
@@ -78,18 +112,18 @@ class Spool:
         self.high_water_bytes = high_water_bytes
         self.min_free_bytes = min_free_bytes
         self._fsync = fsync
-        self._lock = threading.Lock()
         self._seq = itertools.count()
         self._work = threading.Event()
         # partial files are never acknowledged: drop what a crash left behind
         for leftover in self.incoming.iterdir():
             leftover.unlink(missing_ok=True)
-        entries = self.pending()
-        self._depth = len(entries)
-        self._bytes = sum(e.size for e in entries)
-        if entries:
-            self._work.set()
-            logger.info("spool resumes with %d pending instances", len(entries))
+        self.usage = usage or SpoolUsage()
+        if usage is None:
+            entries = self.pending()
+            self.usage.release(-len(entries), -sum(e.size for e in entries))
+            if entries:
+                self._work.set()
+                logger.info("spool resumes with %d pending instances", len(entries))
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -98,15 +132,12 @@ class Spool:
         accepting when over the high-water mark or short of disk."""
         check_uid(sop_uid, "SOPInstanceUID")
         size = sum(len(p) for p in parts)
-        with self._lock:
-            if self._bytes + size > self.high_water_bytes:
-                raise SpoolFull(
-                    f"spool holds {self._bytes} bytes, high-water mark {self.high_water_bytes}"
-                )
-            self._bytes += size  # reserve before the write so concurrent stores see it
-            self._depth += 1
-            seq = next(self._seq)
-        name = f"{time.time_ns():020d}-{seq:06d}-{sop_uid}.dcm"
+        self.usage.reserve(
+            size, self.high_water_bytes
+        )  # before the write: concurrent stores see it
+        name = (
+            f"{time.time_ns():020d}-{os.getpid() % 1000000:06d}{next(self._seq):06d}-{sop_uid}.dcm"
+        )
         tmp = self.incoming / name
         final = self.ready / name
         try:
@@ -129,9 +160,7 @@ class Spool:
                 fsync_dir(self.ready)
         except BaseException:
             tmp.unlink(missing_ok=True)
-            with self._lock:
-                self._bytes -= size
-                self._depth -= 1
+            self.usage.release(1, size)
             raise
         self._work.set()
         return SpoolEntry(final, size)
@@ -165,9 +194,7 @@ class Spool:
             freed += e.size
         if removed and self._fsync:
             fsync_dir(self.ready)
-        with self._lock:
-            self._depth -= removed
-            self._bytes -= freed
+        self.usage.release(removed, freed)
 
     def fail(self, entry: SpoolEntry, reason: str) -> None:
         """Move an entry the cloud refused permanently to failed/ with its reason."""
@@ -181,9 +208,7 @@ class Spool:
         if self._fsync:
             fsync_dir(self.failed)
             fsync_dir(self.ready)
-        with self._lock:
-            self._depth -= 1
-            self._bytes -= entry.size
+        self.usage.release(1, entry.size)
         logger.warning("spool entry %s failed permanently: %s", entry.name, reason)
 
     def wait_for_work(self, timeout: float) -> bool:
@@ -199,5 +224,5 @@ class Spool:
         oldest = self.pending(limit=1)
         age = (time.time_ns() - oldest[0].accepted_ns) / 1e9 if oldest else 0.0
         failed = sum(1 for n in os.listdir(self.failed) if n.endswith(".dcm"))
-        with self._lock:
-            return SpoolStats(depth=self._depth, bytes=self._bytes, oldest_age_s=age, failed=failed)
+        depth, size = self.usage.get()
+        return SpoolStats(depth=depth, bytes=size, oldest_age_s=age, failed=failed)

@@ -9,6 +9,7 @@ back off exponentially with full jitter; refused instances move to ``failed/`` w
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -28,6 +29,9 @@ class UploaderSettings:
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 30.0
     idle_poll_s: float = 1.0
+    nice: int = 10
+    """Scheduling niceness of the worker threads: accepting from modalities comes first,
+    forwarding uses the CPU the SCP leaves (Linux applies it per thread)."""
 
 
 @dataclass(slots=True)
@@ -123,6 +127,11 @@ class Uploader:
             self.counters.refused += len(batch) - len(done)
 
     def _run(self) -> None:
+        if self.settings.nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.settings.nice)
+            except OSError:
+                logger.debug("cannot lower the uploader's priority", exc_info=True)
         delay = 0.0
         while not self._stop.is_set():
             try:

@@ -1,0 +1,115 @@
+"""The DICOM side of the gateway in its own process.
+
+A C-STORE association is one thread of Python work; sharing a process with the uploader (which
+parses headers, hashes and indexes) halves its rate through the GIL. So the SCP runs in a
+child process with nothing else to do, and shares with the parent only what must be shared:
+the spool directory, its usage counters and the C-STORE counters (both in shared memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pacs_gateway.metrics import StoreCounters
+from pacs_gateway.scp import ScpSettings, start_scp
+from pacs_gateway.spool import Spool, SpoolUsage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    scp: ScpSettings
+    spool_dir: Path
+    high_water_bytes: int
+    min_free_bytes: int
+    fsync: bool
+    log_level: int = logging.INFO
+
+
+def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: Connection) -> None:
+    """The child: start the SCP, report its port, serve until SIGTERM or SIGINT."""
+    logging.basicConfig(
+        level=spec.log_level, format="%(asctime)s %(levelname)s %(name)s[gateway]: %(message)s"
+    )
+    logging.getLogger("pynetdicom").setLevel(max(spec.log_level, logging.WARNING))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    spool = Spool(
+        spec.spool_dir,
+        high_water_bytes=spec.high_water_bytes,
+        min_free_bytes=spec.min_free_bytes,
+        fsync=spec.fsync,
+        usage=usage,
+    )
+    try:
+        server = start_scp(spec.scp, spool, counters)
+    except OSError as exc:
+        conn.send(("error", f"cannot listen on {spec.scp.host}:{spec.scp.port}: {exc}"))
+        conn.close()
+        return
+    conn.send(("ready", int(server.server_address[1])))
+    conn.close()
+    stop.wait()
+    server.shutdown()
+
+
+class GatewayProcess:
+    def __init__(self, spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters) -> None:
+        self.spec = spec
+        self.usage = usage
+        self.counters = counters
+        self._proc: Any = None
+        self.port = 0
+
+    def start(self, timeout: float = 60.0) -> int:
+        """Start the child; returns the DICOM port once it listens (OSError if it cannot)."""
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=_serve,
+            args=(self.spec, self.usage, self.counters, child),
+            name="cloudfilm-gateway",
+            daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        if not parent.poll(timeout):
+            self.stop()
+            raise OSError("the gateway process did not start in time")
+        kind, value = parent.recv()
+        parent.close()
+        if kind != "ready":
+            self.stop()
+            raise OSError(str(value))
+        self.port = int(value)
+        return self.port
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self._proc is None:
+            return
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            logger.error("gateway process did not stop; killing it")
+            self._proc.kill()
+            self._proc.join(5)
+        self._proc = None
