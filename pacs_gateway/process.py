@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -48,6 +49,16 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        # a parent killed with SIGKILL cannot stop us: notice it and stop serving
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                logger.warning("parent process is gone; the gateway stops")
+                stop.set()
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     spool = Spool(
         spec.spool_dir,
         high_water_bytes=spec.high_water_bytes,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,8 @@ from image_store.keys import check_key
 from image_store.records import ByteRange, ObjectInfo
 
 _CHUNK = 1 << 20
-_PARTIAL = ".partial-"
+_PARTIAL = ".partial"
+_TMP_DIR = ".partial"
 
 
 def fsync_dir(path: Path) -> None:
@@ -33,8 +36,19 @@ class FilesystemObjectStore:
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root / _TMP_DIR
+        self._tmp.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
+        self._sweep_partials()
+
+    def _sweep_partials(self) -> None:
+        """Remove writes that a crash interrupted. Other processes may be writing right now,
+        so only files older than an hour go."""
+        cutoff = time.time() - 3600
+        for p in self._tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -42,7 +56,8 @@ class FilesystemObjectStore:
     def put(self, key: str, data: bytes | BinaryIO, *, sha256: str | None = None) -> ObjectInfo:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + _PARTIAL + uuid.uuid4().hex)
+        # partial writes live apart from the objects (same filesystem, so rename is atomic)
+        tmp = self._tmp / (uuid.uuid4().hex + _PARTIAL)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -113,10 +128,10 @@ class FilesystemObjectStore:
         start = self.root / base if base else self.root
         if base:
             check_key(base)
-        for dirpath, _dirs, files in os.walk(start):
+        for dirpath, dirs, files in os.walk(start):
+            if dirpath == root:
+                dirs[:] = [d for d in dirs if d != _TMP_DIR]
             for name in files:
-                if _PARTIAL in name:
-                    continue
                 key = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
                 if key.startswith(prefix):
                     found.append(key)

@@ -162,3 +162,44 @@ def test_metrics_text_counts_accepted_and_refused(tmp_path: Path) -> None:
     assert 'cloudfilm_store_refused_total{reason="out_of_resources"} 1\n' in text
     assert "cloudfilm_spool_depth 1\n" in text
     assert "# TYPE cloudfilm_upload_failures_total counter" in text
+
+
+class OutageSink:
+    """A cloud that is unreachable until ``up`` is set."""
+
+    def __init__(self, inner: LocalIngest) -> None:
+        self.inner = inner
+        self.up = False
+        self.refused_batches = 0
+
+    def ingest(self, hospital: str, items: Sequence[bytes]) -> list[IngestOutcome]:
+        if not self.up:
+            self.refused_batches += 1
+            raise TimeoutError("cloud unreachable")
+        return self.inner.ingest(hospital, items)
+
+
+def test_acceptance_continues_while_the_cloud_is_down_and_the_spool_drains_after(
+    scp: Any, spool: Spool, tmp_path: Path
+) -> None:
+    index = SqliteIndex(tmp_path / "i.sqlite")
+    sink = OutageSink(LocalIngest(FilesystemObjectStore(tmp_path / "o"), index))
+    up = Uploader(
+        spool, sink, "H1", UploaderSettings(workers=2, backoff_initial_s=0.01, backoff_max_s=0.1)
+    )
+    up.start()
+    try:
+        assoc = _associate(scp, CTImageStorage)
+        base = pydicom.dcmread(_path("CT_small.dcm"))
+        for i in range(10):
+            base.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{i + 1}"
+            assert assoc.send_c_store(base).Status == 0
+        assoc.release()
+        assert spool.stats().depth == 10 and index.count_instances() == 0
+        assert sink.refused_batches >= 1
+        sink.up = True
+        assert up.wait_drained(20)
+    finally:
+        up.stop()
+    assert index.count_instances() == 10 and spool.stats().depth == 0
+    index.close()
