@@ -9,10 +9,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -56,6 +58,68 @@ def metadata_json(ds: Dataset, instance_path: str) -> str:
         bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=bulk_uri
     )
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceIdentity:
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _is_deflated(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    return meta is not None and meta.get("TransferSyntaxUID") == _DEFLATED
+
+
+def check_instance(part10: bytes) -> InstanceIdentity:
+    """Check that a DICOM Part 10 file is complete and identifies itself.
+
+    Raises InvalidDicom naming the problem: unparseable, trailing bytes, a value cut short (a
+    truncated transfer), a sequence without its end, or missing/invalid SOP and study UIDs.
+    Values are not decoded; only the UIDs are read.
+    """
+    fp = io.BytesIO(part10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(fp, force=True)
+        except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+            raise InvalidDicom(f"cannot parse the dataset: {exc}") from exc
+    for w in caught:
+        if "end of file" in str(w.message).lower():
+            raise InvalidDicom(f"the dataset is truncated: {w.message}")
+    if fp.tell() != len(part10) and not _is_deflated(ds):
+        raise InvalidDicom(f"unparseable bytes after offset {fp.tell()} of {len(part10)}")
+    if len(ds) == 0:
+        raise InvalidDicom("the dataset holds no elements")
+    last = ds.get_item(max(ds.keys()))
+    if isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH:
+        got = len(last.value) if last.value is not None else 0
+        if got != last.length:
+            raise InvalidDicom(
+                f"element ({last.tag.group:04X},{last.tag.element:04X}) is cut short: "
+                f"{got} of {last.length} bytes"
+            )
+    if (
+        0x00280010 in ds
+        and 0x00280011 in ds
+        and not any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009))
+    ):
+        raise InvalidDicom("the dataset has an Image Pixel module but no pixel data (truncated?)")
+    uids = {}
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        try:
+            value = _text(ds, keyword)
+        except (ValueError, TypeError, KeyError, LookupError) as exc:
+            raise InvalidDicom(f"{keyword} cannot be read: {exc}") from exc
+        if not value:
+            raise InvalidDicom(f"required attribute {keyword} is missing")
+        uids[keyword] = check_uid(value, keyword)
+    return InstanceIdentity(uids["SOPClassUID"], uids["SOPInstanceUID"])
 
 
 def read_header(data: bytes) -> InstanceHeader:

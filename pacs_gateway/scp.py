@@ -24,7 +24,9 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from image_store.errors import InvalidDicom
 from image_store.keys import is_valid_uid
+from image_store.metadata import check_instance
 from pacs_gateway.errors import SpoolFull
 from pacs_gateway.metrics import StoreCounters
 from pacs_gateway.reactor import EventDrivenRequestHandler
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_DATASET_MISMATCH = 0xA900
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
@@ -99,18 +102,39 @@ class GatewayServer(ThreadedAssociationServer):
 
 
 def handle_store(event: Any, spool: Spool, counters: StoreCounters) -> int:
-    """EVT_C_STORE: spool the instance durably, then return the DIMSE status."""
+    """EVT_C_STORE: check the dataset, spool it durably, then return the DIMSE status."""
     req = event.request
     sop_uid = str(req.AffectedSOPInstanceUID or "")
+    sop_class = str(req.AffectedSOPClassUID or "")
     if not is_valid_uid(sop_uid):
-        logger.warning("C-STORE refused: invalid Affected SOP Instance UID %r", sop_uid[:80])
-        counters.add_refused(resources=False)
-        return STATUS_CANNOT_UNDERSTAND
+        return _refuse(counters, STATUS_CANNOT_UNDERSTAND, sop_uid, "invalid Affected SOP UID")
     meta: FileMetaDataset = event.file_meta
     meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
     body = req.DataSet.getbuffer()
     try:
-        entry = spool.accept([_PREAMBLE, encode_file_meta(meta), body], sop_uid)
+        data = b"".join((_PREAMBLE, encode_file_meta(meta), body))
+    finally:
+        body.release()
+    try:
+        ident = check_instance(data)
+    except InvalidDicom as exc:
+        return _refuse(counters, STATUS_CANNOT_UNDERSTAND, sop_uid, str(exc))
+    if ident.sop_instance_uid != sop_uid:
+        return _refuse(
+            counters,
+            STATUS_CANNOT_UNDERSTAND,
+            sop_uid,
+            f"the dataset's SOP Instance UID {ident.sop_instance_uid} is not the request's",
+        )
+    if ident.sop_class_uid != sop_class:
+        return _refuse(
+            counters,
+            STATUS_DATASET_MISMATCH,
+            sop_uid,
+            f"the dataset's SOP Class {ident.sop_class_uid} is not the context's {sop_class}",
+        )
+    try:
+        entry = spool.accept([data], sop_uid)
     except SpoolFull as exc:
         logger.warning("C-STORE %s refused, out of resources: %s", sop_uid, exc)
         counters.add_refused(resources=True)
@@ -120,10 +144,14 @@ def handle_store(event: Any, spool: Spool, counters: StoreCounters) -> int:
         logger.log(level, "C-STORE %s refused, spool write failed: %s", sop_uid, exc)
         counters.add_refused(resources=True)
         return STATUS_OUT_OF_RESOURCES
-    finally:
-        body.release()
     counters.add_accepted(entry.size)
     return STATUS_SUCCESS
+
+
+def _refuse(counters: StoreCounters, status: int, sop_uid: str, reason: str) -> int:
+    logger.warning("C-STORE %s refused (0x%04X): %s", sop_uid[:80], status, reason)
+    counters.add_refused(resources=False)
+    return status
 
 
 def handle_echo(event: Any) -> int:
