@@ -37,6 +37,24 @@ class StackSettings:
     upload_batch: int = 32
     fsync: bool = True
     share_ttl_hours: int = 720
+    qr_hospitals: str = ""
+    """Hospitals whose studies the gateway's C-FIND/C-GET/C-MOVE serve, comma-separated;
+    empty: this hospital only."""
+    move_destinations: str = ""
+    """C-MOVE destinations, 'AE@HOST:PORT' comma-separated."""
+
+    def qr_hospital_set(self) -> frozenset[str]:
+        names = [h.strip() for h in self.qr_hospitals.split(",") if h.strip()]
+        return frozenset(names or [self.hospital])
+
+    def move_destination_map(self) -> dict[str, tuple[str, int]]:
+        out: dict[str, tuple[str, int]] = {}
+        for item in filter(None, (i.strip() for i in self.move_destinations.split(","))):
+            ae, sep, addr = item.partition("@")
+            if not sep or not 1 <= len(ae) <= 16:
+                raise ConfigError(f"move destination must be AE@HOST:PORT, got {item!r}")
+            out[ae] = parse_hostport(addr, "move destination")
+        return out
 
     @property
     def base_url(self) -> str:
@@ -129,6 +147,12 @@ def load_settings(
         check_hospital(settings.hospital)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    for h in settings.qr_hospital_set():
+        try:
+            check_hospital(h)
+        except ValueError as exc:
+            raise ConfigError(f"qr_hospitals: {exc}") from exc
+    settings.move_destination_map()
     if not 1 <= len(settings.ae_title) <= 16:
         raise ConfigError(f"AE title must be 1-16 characters, got {settings.ae_title!r}")
     return settings

@@ -23,6 +23,7 @@ from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
 from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
 from pacs_gateway.process import GatewayProcess, GatewaySpec
+from pacs_gateway.qr import QrSettings
 from pacs_gateway.scp import ScpSettings
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
@@ -120,6 +121,13 @@ class Stack:
                 min_free_bytes=self.spool.min_free_bytes,
                 fsync=s.fsync,
                 log_level=logging.getLogger().getEffectiveLevel(),
+                qr=QrSettings(
+                    ae_title=s.ae_title,
+                    hospitals=s.qr_hospital_set(),
+                    move_destinations=s.move_destination_map(),
+                ),
+                index_path=s.index_path,
+                objects_dir=s.objects_dir,
             ),
             self.spool.usage,
             self.store_counters,

@@ -19,8 +19,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from image_store.index.sqlite import SqliteIndex
+from image_store.objects.filesystem import FilesystemObjectStore
 from pacs_gateway.metrics import StoreCounters
-from pacs_gateway.scp import ScpSettings, start_scp
+from pacs_gateway.qr import QrSettings
+from pacs_gateway.scp import QrContext, ScpSettings, start_scp
 from pacs_gateway.spool import Spool, SpoolUsage
 
 logger = logging.getLogger(__name__)
@@ -34,6 +37,10 @@ class GatewaySpec:
     min_free_bytes: int
     fsync: bool
     log_level: int = logging.INFO
+    qr: QrSettings | None = None
+    index_path: Path | None = None
+    objects_dir: Path | None = None
+    """Where Query/Retrieve reads (the embedded stack's SQLite index and filesystem store)."""
 
 
 def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: Connection) -> None:
@@ -66,8 +73,13 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
         fsync=spec.fsync,
         usage=usage,
     )
+    qr = None
+    if spec.qr is not None and spec.index_path is not None and spec.objects_dir is not None:
+        qr = QrContext(
+            SqliteIndex(spec.index_path), FilesystemObjectStore(spec.objects_dir), spec.qr
+        )
     try:
-        server = start_scp(spec.scp, spool, counters)
+        server = start_scp(spec.scp, spool, counters, qr)
     except OSError as exc:
         conn.send(("error", f"cannot listen on {spec.scp.host}:{spec.scp.port}: {exc}"))
         conn.close()

@@ -21,18 +21,37 @@ from pydicom.dataset import FileMetaDataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from image_store.errors import InvalidDicom
 from image_store.keys import is_valid_uid
 from image_store.metadata import check_instance
+from image_store.ports import Index, ObjectStore
 from pacs_gateway.errors import SpoolFull
 from pacs_gateway.metrics import StoreCounters
+from pacs_gateway.qr import QrSettings, handle_find, handle_get, handle_move
 from pacs_gateway.reactor import EventDrivenRequestHandler
 from pacs_gateway.spool import Spool
 
 logger = logging.getLogger(__name__)
+
+QR_MODELS = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -166,20 +185,45 @@ def build_ae(settings: ScpSettings) -> Any:
     ae.network_timeout = settings.network_timeout_s
     for cx in AllStoragePresentationContexts:
         if cx.abstract_syntax is not None:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            # scp_role/scu_role: also accept C-GET requestors acting as Storage SCP
+            ae.add_supported_context(
+                cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False
+            )
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     if settings.allowed_calling_aes:
         ae.require_calling_aet = sorted(settings.allowed_calling_aes)
     return ae
 
 
-def start_scp(settings: ScpSettings, spool: Spool, counters: StoreCounters | None = None) -> Any:
+@dataclass(frozen=True, slots=True)
+class QrContext:
+    """What Query/Retrieve answers from: the cloud's index and store, and who may see what."""
+
+    index: Index
+    store: ObjectStore
+    settings: QrSettings
+
+
+def start_scp(
+    settings: ScpSettings,
+    spool: Spool,
+    counters: StoreCounters | None = None,
+    qr: QrContext | None = None,
+) -> Any:
     """Start the SCP in background threads; returns pynetdicom's server (call .shutdown())."""
     ae = build_ae(settings)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, [spool, counters or StoreCounters()]),
         (evt.EVT_C_ECHO, handle_echo),
     ]
+    if qr is not None:
+        for model in QR_MODELS:
+            ae.add_supported_context(model)
+        handlers += [
+            (evt.EVT_C_FIND, handle_find, [qr.index, qr.settings]),
+            (evt.EVT_C_GET, handle_get, [qr.index, qr.store, qr.settings]),
+            (evt.EVT_C_MOVE, handle_move, [qr.index, qr.store, qr.settings]),
+        ]
     networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks)
     server = ae.make_server(
         (settings.host, settings.port),

@@ -79,9 +79,11 @@ def http(
         return Reply(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
 
 
-def start_server(data: Path, log: Path) -> tuple[subprocess.Popen[str], Server]:
+def start_server(
+    data: Path, log: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], Server]:
     with open(log, "a") as log_fh:  # the child keeps its own descriptor
-        proc = _spawn(data, log_fh)
+        proc = _spawn(data, log_fh, env)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -95,7 +97,7 @@ def start_server(data: Path, log: Path) -> tuple[subprocess.Popen[str], Server]:
     raise RuntimeError(f"cloudfilm serve did not start:\n{log.read_text()[-3000:]}")
 
 
-def _spawn(data: Path, log_fh: IO[str]) -> subprocess.Popen[str]:
+def _spawn(data: Path, log_fh: IO[str], env: dict[str, str] | None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -116,6 +118,7 @@ def _spawn(data: Path, log_fh: IO[str]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=log_fh,
         text=True,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -1,0 +1,327 @@
+"""Query/Retrieve SCP: workstations find and pull priors from the regional index.
+
+C-FIND (patient, study, series and image level; patient and study roots), C-GET and C-MOVE
+answer from the cloud's Index and ObjectStore, limited to the hospitals this gateway may read.
+Identifier matching follows PS3.4 C.2.2.2: empty values are universal, '*'/'?' wildcards for
+names and text, ranges for dates, backslash-separated UID lists.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom.presentation import build_context
+
+from image_store.errors import ImageStoreError
+from image_store.keys import is_valid_uid
+from image_store.ports import Index, ObjectStore
+from image_store.records import (
+    InstanceQuery,
+    InstanceSummary,
+    SeriesQuery,
+    SeriesRecord,
+    StudyQuery,
+    StudyRecord,
+)
+
+logger = logging.getLogger(__name__)
+
+STATUS_PENDING = 0xFF00
+STATUS_SUCCESS = 0x0000
+STATUS_CANCEL = 0xFE00
+STATUS_IDENTIFIER_MISMATCH = 0xA900
+STATUS_FIND_FAILED = 0xC300
+STATUS_MOVE_UNKNOWN_DESTINATION = 0xA801
+STATUS_RETRIEVE_FAILED = 0xC400
+MAX_MATCHES = 10_000
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+
+
+class BadIdentifier(ValueError):
+    """An identifier we cannot match (unknown level, malformed UID list or date range)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QrSettings:
+    ae_title: str
+    hospitals: frozenset[str]
+    """Hospitals whose studies workstations behind this gateway may find and retrieve."""
+    move_destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """C-MOVE destination AE title -> (host, port)."""
+
+
+def _value(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _uids(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    text = _value(ds, keyword)
+    if not text:
+        return ()
+    uids = tuple(u.strip() for u in text.split("\\"))
+    if not all(is_valid_uid(u) for u in uids):
+        raise BadIdentifier(f"{keyword} holds an invalid UID list")
+    return uids
+
+
+def _dates(ds: Dataset) -> tuple[str, str]:
+    text = _value(ds, "StudyDate")
+    if not text:
+        return "", ""
+    lo, sep, hi = text.partition("-")
+    if not sep:
+        hi = lo
+    for d in (lo, hi):
+        if d and not (len(d) == 8 and d.isdigit()):
+            raise BadIdentifier(f"StudyDate must be YYYYMMDD or a range, got {text!r}")
+    return lo, hi
+
+
+def level_of(ds: Dataset) -> str:
+    level = _value(ds, "QueryRetrieveLevel").upper()
+    if level not in LEVELS:
+        raise BadIdentifier(f"QueryRetrieveLevel must be one of {', '.join(LEVELS)}")
+    return level
+
+
+def study_query(ds: Dataset, hospitals: frozenset[str]) -> StudyQuery:
+    lo, hi = _dates(ds)
+    modalities = tuple(m for m in _value(ds, "ModalitiesInStudy").split("\\") if m)
+    return StudyQuery(
+        hospitals=hospitals,
+        patient_id=_value(ds, "PatientID"),
+        patient_name=_value(ds, "PatientName"),
+        study_date_from=lo,
+        study_date_to=hi,
+        modalities=modalities,
+        accession_number=_value(ds, "AccessionNumber"),
+        study_uids=_uids(ds, "StudyInstanceUID"),
+        study_description=_value(ds, "StudyDescription"),
+    )
+
+
+def _set(out: Dataset, identifier: Dataset, values: dict[str, object]) -> None:
+    """Fill the return keys the identifier asked for (and the unique keys)."""
+    for elem in identifier:
+        kw = elem.keyword
+        if kw in values and values[kw] not in (None, ""):
+            setattr(out, kw, values[kw])
+        elif kw and kw not in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            setattr(out, kw, elem.value if elem.value not in (None, "") else None)
+
+
+def _study_values(s: StudyRecord) -> dict[str, object]:
+    p = s.patient
+    return {
+        "PatientID": p.patient_id,
+        "IssuerOfPatientID": p.issuer,
+        "PatientName": p.name,
+        "PatientBirthDate": p.birth_date,
+        "PatientSex": p.sex,
+        "StudyInstanceUID": s.study_uid,
+        "StudyDate": s.study_date,
+        "StudyTime": s.study_time,
+        "AccessionNumber": s.accession_number,
+        "StudyDescription": s.study_description,
+        "ReferringPhysicianName": s.referring_physician,
+        "StudyID": s.study_id,
+        "ModalitiesInStudy": list(s.modalities),
+        "NumberOfStudyRelatedSeries": s.number_of_series,
+        "NumberOfStudyRelatedInstances": s.number_of_instances,
+        "InstitutionName": s.hospital,
+    }
+
+
+def _series_values(s: SeriesRecord) -> dict[str, object]:
+    return {
+        "StudyInstanceUID": s.study_uid,
+        "SeriesInstanceUID": s.series_uid,
+        "Modality": s.modality,
+        "SeriesNumber": s.series_number,
+        "SeriesDescription": s.series_description,
+        "BodyPartExamined": s.body_part,
+        "NumberOfSeriesRelatedInstances": s.number_of_instances,
+    }
+
+
+def _instance_values(i: InstanceSummary) -> dict[str, object]:
+    return {
+        "StudyInstanceUID": i.study_uid,
+        "SeriesInstanceUID": i.series_uid,
+        "SOPInstanceUID": i.sop_uid,
+        "SOPClassUID": i.sop_class_uid,
+        "InstanceNumber": i.instance_number,
+        "Rows": i.rows,
+        "Columns": i.columns,
+        "NumberOfFrames": i.number_of_frames,
+    }
+
+
+def find_matches(ds: Dataset, index: Index, settings: QrSettings) -> Iterator[Dataset]:
+    """Responses for a C-FIND identifier (pure over the Index: easy to test)."""
+    level = level_of(ds)
+    hospitals = settings.hospitals
+    rows: list[dict[str, object]] = []
+    if level in ("PATIENT", "STUDY"):
+        studies = index.find_studies(study_query(ds, hospitals), limit=MAX_MATCHES)
+        if level == "STUDY":
+            rows = [_study_values(s) for s in studies]
+        else:
+            seen: dict[tuple[str, str, str], dict[str, object]] = {}
+            counts: dict[tuple[str, str, str], int] = {}
+            for s in studies:
+                key = (s.hospital, s.patient.issuer, s.patient.patient_id)
+                seen.setdefault(key, _study_values(s))
+                counts[key] = counts.get(key, 0) + 1
+            for key, entry in seen.items():
+                entry["NumberOfPatientRelatedStudies"] = counts[key]
+            rows = list(seen.values())
+    elif level == "SERIES":
+        study_uids = _uids(ds, "StudyInstanceUID")
+        if len(study_uids) != 1:
+            raise BadIdentifier("a SERIES query needs one StudyInstanceUID")
+        q = SeriesQuery(
+            hospitals=hospitals,
+            study_uid=study_uids[0],
+            series_uids=_uids(ds, "SeriesInstanceUID"),
+            modality=_value(ds, "Modality"),
+        )
+        rows = [_series_values(s) for s in index.find_series(q, limit=MAX_MATCHES)]
+    else:
+        series_uids = _uids(ds, "SeriesInstanceUID")
+        if len(series_uids) != 1:
+            raise BadIdentifier("an IMAGE query needs one SeriesInstanceUID")
+        q2 = InstanceQuery(
+            hospitals=hospitals,
+            study_uid=(_uids(ds, "StudyInstanceUID") or ("",))[0],
+            series_uid=series_uids[0],
+            sop_uids=_uids(ds, "SOPInstanceUID"),
+        )
+        rows = [_instance_values(i) for i in index.find_instances(q2, limit=MAX_MATCHES)]
+    for values in rows:
+        out = Dataset()
+        out.SpecificCharacterSet = "ISO_IR 192"
+        out.QueryRetrieveLevel = level
+        _set(out, ds, values)
+        out.RetrieveAETitle = settings.ae_title
+        yield out
+
+
+def retrieve_matches(ds: Dataset, index: Index, settings: QrSettings) -> list[InstanceSummary]:
+    """The instances a C-GET/C-MOVE identifier names (study, series or image level)."""
+    level = level_of(ds)
+    hospitals = settings.hospitals
+    if level == "PATIENT":
+        patient_id = _value(ds, "PatientID")
+        if not patient_id:
+            raise BadIdentifier("a PATIENT level retrieve needs PatientID")
+        studies = index.find_studies(
+            StudyQuery(hospitals=hospitals, patient_id=patient_id), limit=MAX_MATCHES
+        )
+        out: list[InstanceSummary] = []
+        for s in studies:
+            out += index.find_instances(
+                InstanceQuery(hospitals=hospitals, study_uid=s.study_uid), limit=MAX_MATCHES
+            )
+        return out
+    study_uids = _uids(ds, "StudyInstanceUID")
+    if not study_uids:
+        raise BadIdentifier("a retrieve needs StudyInstanceUID")
+    series_uids = _uids(ds, "SeriesInstanceUID") if level in ("SERIES", "IMAGE") else ()
+    sop_uids = _uids(ds, "SOPInstanceUID") if level == "IMAGE" else ()
+    found: list[InstanceSummary] = []
+    for study in study_uids:
+        for series in series_uids or ("",):
+            q = InstanceQuery(
+                hospitals=hospitals, study_uid=study, series_uid=series, sop_uids=sop_uids
+            )
+            found += index.find_instances(q, limit=MAX_MATCHES)
+    return found
+
+
+def _load(store: ObjectStore, inst: InstanceSummary) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(store.get(inst.object_key)))
+
+
+# -- pynetdicom event handlers (the edge: errors become statuses here) -------------------------
+
+
+def handle_find(
+    event: Any, index: Index, settings: QrSettings
+) -> Iterator[tuple[int, Dataset | None]]:
+    try:
+        matches = list(find_matches(event.identifier, index, settings))
+    except BadIdentifier as exc:
+        logger.warning("C-FIND refused: %s", exc)
+        yield STATUS_IDENTIFIER_MISMATCH, None
+        return
+    except Exception:
+        logger.exception("C-FIND failed")
+        yield STATUS_FIND_FAILED, None
+        return
+    for match in matches:
+        if event.is_cancelled:
+            yield STATUS_CANCEL, None
+            return
+        yield STATUS_PENDING, match
+
+
+def _sub_operations(
+    event: Any, store: ObjectStore, matches: list[InstanceSummary]
+) -> Iterator[tuple[int, Dataset | None]]:
+    for inst in matches:
+        if event.is_cancelled:
+            yield STATUS_CANCEL, None
+            return
+        try:
+            yield STATUS_PENDING, _load(store, inst)
+        except (ImageStoreError, OSError, ValueError):
+            logger.exception("cannot read instance %s for retrieve", inst.sop_uid)
+            yield STATUS_RETRIEVE_FAILED, None
+            return
+
+
+def handle_get(event: Any, index: Index, store: ObjectStore, settings: QrSettings) -> Iterator[Any]:
+    try:
+        matches = retrieve_matches(event.identifier, index, settings)
+    except BadIdentifier as exc:
+        logger.warning("C-GET refused: %s", exc)
+        yield STATUS_IDENTIFIER_MISMATCH, None
+        return
+    yield len(matches)
+    yield from _sub_operations(event, store, matches)
+
+
+def handle_move(
+    event: Any, index: Index, store: ObjectStore, settings: QrSettings
+) -> Iterator[Any]:
+    destination = settings.move_destinations.get(str(event.move_destination).strip())
+    if destination is None:
+        logger.warning("C-MOVE refused: unknown destination %r", event.move_destination)
+        yield None, None
+        return
+    try:
+        matches = retrieve_matches(event.identifier, index, settings)
+    except BadIdentifier as exc:
+        logger.warning("C-MOVE refused: %s", exc)
+        yield destination[0], destination[1]
+        yield STATUS_IDENTIFIER_MISMATCH, None
+        return
+    contexts = sorted({(m.sop_class_uid, m.transfer_syntax_uid) for m in matches})
+    requested = [
+        build_context(c, [ts, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]) for c, ts in contexts
+    ]
+    yield destination[0], destination[1], {"contexts": requested[:128]}
+    yield len(matches)
+    yield from _sub_operations(event, store, matches)
