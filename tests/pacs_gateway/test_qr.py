@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from image_store.index.sqlite import SqliteIndex
+from pacs_gateway.qr import BadIdentifier, QrSettings, find_matches, retrieve_matches
+from tests.contracts.index import load_two_hospitals
+
+H1 = QrSettings(ae_title="GW", hospitals=frozenset({"H1"}))
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[SqliteIndex]:
+    idx = SqliteIndex(tmp_path / "i.sqlite")
+    load_two_hospitals(idx)
+    yield idx
+    idx.close()
+
+
+def _ident(level: str, **kw: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def test_study_level_returns_the_asked_keys_of_visible_studies(index: SqliteIndex) -> None:
+    got = list(
+        find_matches(
+            _ident("STUDY", PatientID="P1", StudyInstanceUID="", ModalitiesInStudy=""), index, H1
+        )
+    )
+    assert [g.StudyInstanceUID for g in got] == ["1.2.1"]  # H2's study of P1 is not visible
+    assert list(got[0].ModalitiesInStudy) == ["CT", "SR"]
+    assert got[0].RetrieveAETitle == "GW"
+    assert "PatientName" not in got[0]
+
+
+def test_patient_level_groups_studies(index: SqliteIndex) -> None:
+    got = list(
+        find_matches(
+            _ident("PATIENT", PatientName="*", PatientID="", NumberOfPatientRelatedStudies=""),
+            index,
+            H1,
+        )
+    )
+    assert sorted((g.PatientID, g.NumberOfPatientRelatedStudies) for g in got) == [
+        ("P1", 1),
+        ("P2", 1),
+    ]
+
+
+def test_image_level_and_uid_lists(index: SqliteIndex) -> None:
+    got = list(
+        find_matches(
+            _ident("IMAGE", SeriesInstanceUID="1.2.1.1", SOPInstanceUID="1.2.1.1.2\\1.2.1.1.4"),
+            index,
+            H1,
+        )
+    )
+    assert sorted(g.SOPInstanceUID for g in got) == ["1.2.1.1.2", "1.2.1.1.4"]
+
+
+@pytest.mark.parametrize(
+    ("level", "keys"),
+    [
+        ("WORLD", {}),
+        ("SERIES", {}),
+        ("IMAGE", {"StudyInstanceUID": "1.2.1"}),
+        ("STUDY", {"StudyDate": "2024"}),
+        ("STUDY", {"StudyInstanceUID": "1.2.x"}),
+    ],
+)
+def test_bad_identifiers_are_refused(index: SqliteIndex, level: str, keys: dict[str, str]) -> None:
+    with warnings.catch_warnings():  # pydicom warns about the invalid values we send on purpose
+        warnings.simplefilter("ignore")
+        ident = _ident(level, **keys)
+    with pytest.raises(BadIdentifier):
+        list(find_matches(ident, index, H1))
+
+
+def test_retrieve_names_instances_of_visible_studies_only(index: SqliteIndex) -> None:
+    assert len(retrieve_matches(_ident("STUDY", StudyInstanceUID="1.2.1"), index, H1)) == 6
+    assert retrieve_matches(_ident("STUDY", StudyInstanceUID="2.1"), index, H1) == []
+    series = retrieve_matches(
+        _ident("SERIES", StudyInstanceUID="1.2.1", SeriesInstanceUID="1.2.1.2"), index, H1
+    )
+    assert [i.sop_uid for i in series] == ["1.2.1.2.1"]
+    with pytest.raises(BadIdentifier):
+        retrieve_matches(_ident("PATIENT"), index, H1)
