@@ -63,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl-hours", type=int, default=24)
     p.add_argument("--config", type=Path)
 
+    p = sub.add_parser("gateway", help="gateway tasks")
+    gsub = p.add_subparsers(dest="gateway_command", required=True)
+    b = gsub.add_parser("backfill", help="copy an existing Orthanc PACS into the cloud (resumable)")
+    b.add_argument(
+        "--orthanc",
+        required=True,
+        metavar="URL",
+        help="Orthanc REST root, e.g. http://127.0.0.1:8042",
+    )
+    b.add_argument("--data", required=True, help="data directory of the stack")
+    b.add_argument("--hospital", help="hospital the instances belong to (default: the stack's)")
+    b.add_argument("--user", help="Orthanc user (password from CLOUDFILM_ORTHANC_PASSWORD)")
+    b.add_argument("--batch", type=int, default=32)
+    b.add_argument("--config", type=Path)
+
     p = sub.add_parser("demo", help="start the stack, send a synthetic CT, print the links")
     _add_stack_flags(p, data_default="cloudfilm-data")
     p.add_argument("--images", type=int, default=60, help="CT slices to synthesise and send")
@@ -125,7 +140,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
-COMMANDS = {"synth": cmd_synth, "serve": cmd_serve, "token": cmd_token, "demo": cmd_demo}
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import os
+    import urllib.parse
+
+    import orthanc_rest_client
+    import requests
+
+    from image_store.index.sqlite import SqliteIndex
+    from image_store.ingest import LocalIngest
+    from image_store.objects.filesystem import FilesystemObjectStore
+    from pacs_gateway.backfill import Checkpoint, ProgressBar, backfill
+
+    settings = load_settings(
+        {"data_dir": args.data, "hospital": args.hospital}, config_file=args.config
+    )
+    url = urllib.parse.urlsplit(args.orthanc)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"--orthanc must be an http(s) URL, got {args.orthanc!r}")
+    if not 1 <= args.batch <= 1000:
+        raise ConfigError(f"--batch must be 1..1000, got {args.batch}")
+    auth = None
+    if args.user:
+        auth = requests.auth.HTTPBasicAuth(
+            args.user, os.environ.get("CLOUDFILM_ORTHANC_PASSWORD", "")
+        )
+    client = orthanc_rest_client.Orthanc(args.orthanc.rstrip("/"), auth=auth, warn_insecure=False)
+    index = SqliteIndex(settings.index_path)
+    try:
+        sink = LocalIngest(FilesystemObjectStore(settings.objects_dir, fsync=settings.fsync), index)
+        name = f"{url.hostname}_{url.port or 0}".replace(":", "_")
+        checkpoint = Checkpoint(settings.data_dir / "backfill" / f"{name}.done")
+        report = backfill(
+            client,
+            sink,
+            settings.hospital,
+            checkpoint,
+            batch_size=args.batch,
+            progress=ProgressBar(sys.stderr),
+        )
+    except requests.RequestException as exc:
+        print(f"cloudfilm gateway backfill: cannot read Orthanc: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        index.close()
+    print(
+        f"backfill: {report.total} instances in Orthanc, {report.copied} copied, "
+        f"{report.already_done} already done, {len(report.refused)} refused"
+    )
+    for orthanc_id, reason in report.refused[:20]:
+        print(f"  refused {orthanc_id}: {reason}")
+    return 0 if not report.refused else 3
+
+
+COMMANDS = {
+    "synth": cmd_synth,
+    "serve": cmd_serve,
+    "token": cmd_token,
+    "demo": cmd_demo,
+    "gateway": cmd_gateway,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,10 @@ dev=0; [ "${1:-}" = "--dev" ] && dev=1
 apt_pkgs=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
 if [ "$dev" = 1 ]; then
-  command -v storescu >/dev/null || apt_pkgs+=(dcmtk)
+  command -v storescu >/dev/null || apt_pkgs+=(dcmtk)          # modality / workstation tests
+  command -v Orthanc >/dev/null || apt_pkgs+=(orthanc)         # backfill test, ingest bench
+  command -v openssl >/dev/null || apt_pkgs+=(openssl)         # DICOM TLS test certificates
+  command -v ip >/dev/null || apt_pkgs+=(iproute2)             # loopback in private netns
 fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_pkgs[*]}"
@@ -18,6 +21,10 @@ if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${apt_pkgs[@]}"
+  # the orthanc package's own service is not wanted: tests start Orthanc themselves on loopback
+  if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then
+    $SUDO systemctl stop orthanc
+  fi
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
