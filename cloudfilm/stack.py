@@ -115,7 +115,12 @@ class Stack:
         self.uploader.start()
         self.gateway = GatewayProcess(
             GatewaySpec(
-                scp=ScpSettings(ae_title=s.ae_title, host=s.dicom_host, port=s.dicom_port),
+                scp=ScpSettings(
+                    ae_title=s.ae_title,
+                    host=s.dicom_host,
+                    port=s.dicom_port,
+                    stream_to_disk=True,
+                ),
                 spool_dir=s.spool_dir,
                 high_water_bytes=self.spool.high_water_bytes,
                 min_free_bytes=self.spool.min_free_bytes,

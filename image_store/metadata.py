@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
@@ -67,6 +69,7 @@ class InstanceIdentity:
 
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFER_SIZE = 256 * 1024
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
@@ -75,29 +78,43 @@ def _is_deflated(ds: Dataset) -> bool:
     return meta is not None and meta.get("TransferSyntaxUID") == _DEFLATED
 
 
-def check_instance(part10: bytes) -> InstanceIdentity:
-    """Check that a DICOM Part 10 file is complete and identifies itself.
+def check_instance(source: bytes | Path) -> InstanceIdentity:
+    """Check that a DICOM Part 10 file (in memory, or on disk) is complete and identifies itself.
 
     Raises InvalidDicom naming the problem: unparseable, trailing bytes, a value cut short (a
     truncated transfer), a sequence without its end, or missing/invalid SOP and study UIDs.
-    Values are not decoded; only the UIDs are read.
+    Values are not decoded; only the UIDs are read. A file on disk is read with large values
+    skipped (never held whole in memory).
     """
-    fp = io.BytesIO(part10)
+    if isinstance(source, Path):
+        with open(source, "rb") as fh:
+            return _check(fh, os.fstat(fh.fileno()).st_size, defer=True)
+    return _check(io.BytesIO(source), len(source), defer=False)
+
+
+def _check(fp: BinaryIO, size: int, *, defer: bool) -> InstanceIdentity:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(fp, force=True)
+            ds = pydicom.dcmread(fp, force=True, defer_size=_DEFER_SIZE if defer else None)
         except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
             raise InvalidDicom(f"cannot parse the dataset: {exc}") from exc
     for w in caught:
         if "end of file" in str(w.message).lower():
             raise InvalidDicom(f"the dataset is truncated: {w.message}")
-    if fp.tell() != len(part10) and not _is_deflated(ds):
-        raise InvalidDicom(f"unparseable bytes after offset {fp.tell()} of {len(part10)}")
+    end = fp.tell()
+    if end > size:
+        raise InvalidDicom(f"the last value is cut short: it ends at {end}, the data at {size}")
+    if end != size and not _is_deflated(ds):
+        raise InvalidDicom(f"unparseable bytes after offset {end} of {size}")
     if len(ds) == 0:
         raise InvalidDicom("the dataset holds no elements")
-    last = ds.get_item(max(ds.keys()))
-    if isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH:
+    last = ds.get_item(max(ds.keys()), keep_deferred=True)  # never load a deferred value
+    if (
+        isinstance(last, RawDataElement)
+        and last.length != _UNDEFINED_LENGTH
+        and last.value is not None  # a deferred value: its end was checked above
+    ):
         got = len(last.value) if last.value is not None else 0
         if got != last.length:
             raise InvalidDicom(

@@ -12,13 +12,14 @@ import ipaddress
 import logging
 import socketserver
 import ssl
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import FileMetaDataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -65,8 +66,9 @@ class ScpSettings:
     ae_title: str = "CLOUDFILM"
     host: str = "127.0.0.1"
     port: int = 11112
-    maximum_pdu_size: int = 0
-    """0 = unlimited: storescu then sends its largest PDUs (131072 bytes)."""
+    maximum_pdu_size: int = 131072
+    """The largest PDU peers may send us. DCMTK sends at most 131072 anyway; never 0
+    (unlimited): a peer could then send a whole instance as one PDU, held in memory."""
     maximum_associations: int = 16
     network_timeout_s: float = 60.0
     allowed_calling_aes: frozenset[str] = frozenset()
@@ -74,6 +76,10 @@ class ScpSettings:
     allowed_networks: tuple[str, ...] = ()
     """Peer addresses accepted, as CIDRs (e.g. '10.1.0.0/16'); empty accepts any."""
     tls: TlsSettings | None = None
+    stream_to_disk: bool = False
+    """Write each incoming dataset to a file on the spool's disk as it arrives, so instances
+    of any size (multi-frame, >= 1 GB) are never held whole in memory. Sets pynetdicom's
+    process-wide STORE_RECV_CHUNKED_DATASET: meant for the gateway's own process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,22 +126,26 @@ class GatewayServer(ThreadedAssociationServer):
         return False
 
 
-def handle_store(event: Any, spool: Spool, counters: StoreCounters) -> int:
+def handle_store(event: Any, spool: Spool, counters: StoreCounters, streamed: bool = False) -> int:
     """EVT_C_STORE: check the dataset, spool it durably, then return the DIMSE status."""
     req = event.request
     sop_uid = str(req.AffectedSOPInstanceUID or "")
     sop_class = str(req.AffectedSOPClassUID or "")
     if not is_valid_uid(sop_uid):
         return _refuse(counters, STATUS_CANNOT_UNDERSTAND, sop_uid, "invalid Affected SOP UID")
-    meta: FileMetaDataset = event.file_meta
-    meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
-    body = req.DataSet.getbuffer()
+    source: bytes | Path
+    if streamed:
+        source = Path(event.dataset_path)  # pynetdicom wrote preamble, file meta and dataset
+    else:
+        meta: FileMetaDataset = event.file_meta
+        meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
+        body = req.DataSet.getbuffer()
+        try:
+            source = b"".join((_PREAMBLE, encode_file_meta(meta), body))
+        finally:
+            body.release()
     try:
-        data = b"".join((_PREAMBLE, encode_file_meta(meta), body))
-    finally:
-        body.release()
-    try:
-        ident = check_instance(data)
+        ident = check_instance(source)
     except InvalidDicom as exc:
         return _refuse(counters, STATUS_CANNOT_UNDERSTAND, sop_uid, str(exc))
     if ident.sop_instance_uid != sop_uid:
@@ -153,7 +163,10 @@ def handle_store(event: Any, spool: Spool, counters: StoreCounters) -> int:
             f"the dataset's SOP Class {ident.sop_class_uid} is not the context's {sop_class}",
         )
     try:
-        entry = spool.accept([data], sop_uid)
+        if isinstance(source, Path):
+            entry = spool.accept_file(source, sop_uid)
+        else:
+            entry = spool.accept([source], sop_uid)
     except SpoolFull as exc:
         logger.warning("C-STORE %s refused, out of resources: %s", sop_uid, exc)
         counters.add_refused(resources=True)
@@ -212,8 +225,16 @@ def start_scp(
 ) -> Any:
     """Start the SCP in background threads; returns pynetdicom's server (call .shutdown())."""
     ae = build_ae(settings)
+    if settings.stream_to_disk:
+        # the temporary files land beside the spool, so adopting one is a rename, not a copy
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(spool.incoming)
     handlers: list[Any] = [
-        (evt.EVT_C_STORE, handle_store, [spool, counters or StoreCounters()]),
+        (
+            evt.EVT_C_STORE,
+            handle_store,
+            [spool, counters or StoreCounters(), settings.stream_to_disk],
+        ),
         (evt.EVT_C_ECHO, handle_echo),
     ]
     if qr is not None:

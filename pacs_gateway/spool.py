@@ -132,12 +132,9 @@ class Spool:
         accepting when over the high-water mark or short of disk."""
         check_uid(sop_uid, "SOPInstanceUID")
         size = sum(len(p) for p in parts)
-        self.usage.reserve(
-            size, self.high_water_bytes
-        )  # before the write: concurrent stores see it
-        name = (
-            f"{time.time_ns():020d}-{os.getpid() % 1000000:06d}{next(self._seq):06d}-{sop_uid}.dcm"
-        )
+        # reserve before the write, so concurrent stores see it
+        self.usage.reserve(size, self.high_water_bytes)
+        name = self._new_name(sop_uid)
         tmp = self.incoming / name
         final = self.ready / name
         try:
@@ -160,6 +157,38 @@ class Spool:
                 fsync_dir(self.ready)
         except BaseException:
             tmp.unlink(missing_ok=True)
+            self.usage.release(1, size)
+            raise
+        self._work.set()
+        return SpoolEntry(final, size)
+
+    def _new_name(self, sop_uid: str) -> str:
+        """Sortable by arrival, unique across the processes sharing the spool."""
+        return (
+            f"{time.time_ns():020d}-{os.getpid() % 1000000:06d}{next(self._seq):06d}-{sop_uid}.dcm"
+        )
+
+    def accept_file(self, path: Path, sop_uid: str) -> SpoolEntry:
+        """Adopt a complete file already written on the spool's filesystem (a streamed large
+        instance): fsync it, rename it into ready/, fsync the directory."""
+        check_uid(sop_uid, "SOPInstanceUID")
+        size = path.stat().st_size
+        self.usage.reserve(size, self.high_water_bytes)
+        name = self._new_name(sop_uid)
+        final = self.ready / name
+        try:
+            if shutil.disk_usage(self.root).free < self.min_free_bytes:
+                raise SpoolFull(f"less than {self.min_free_bytes} bytes free on the spool disk")
+            if self._fsync:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.rename(path, final)
+            if self._fsync:
+                fsync_dir(self.ready)
+        except BaseException:
             self.usage.release(1, size)
             raise
         self._work.set()
