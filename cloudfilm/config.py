@@ -33,6 +33,8 @@ class StackSettings:
     """The URL clients reach the API at; default http://HTTP_HOST:HTTP_PORT."""
     spool_high_water_mb: int = 20_480
     spool_min_free_mb: int = 512
+    dicom_workers: int = 2
+    """SCP processes sharing the DICOM port (parallel associations use several cores)."""
     upload_workers: int = 2
     upload_batch: int = 32
     fsync: bool = True

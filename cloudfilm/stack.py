@@ -136,6 +136,7 @@ class Stack:
             ),
             self.spool.usage,
             self.store_counters,
+            workers=s.dicom_workers,
         )
         self.dicom_port = await asyncio.to_thread(self.gateway.start)
         logger.info(

@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
@@ -91,24 +91,46 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
 
 
 class GatewayProcess:
-    def __init__(self, spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters) -> None:
+    """``workers`` SCP processes accepting on one port (SO_REUSEPORT): one association is one
+    thread of Python, so parallel associations need processes to use more than one core."""
+
+    def __init__(
+        self, spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, workers: int = 1
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.spec = spec
         self.usage = usage
         self.counters = counters
-        self._proc: Any = None
+        self.workers = workers
+        self._procs: list[Any] = []
         self.port = 0
 
+    @property
+    def pids(self) -> list[int]:
+        return [int(p.pid) for p in self._procs]
+
     def start(self, timeout: float = 60.0) -> int:
-        """Start the child; returns the DICOM port once it listens (OSError if it cannot)."""
+        """Start the children; returns the DICOM port once all listen (OSError if one cannot)."""
+        spec = self.spec
+        for _ in range(self.workers):
+            port = self._start_one(spec, timeout)
+            if self.port == 0:
+                self.port = port
+                spec = replace(spec, scp=replace(spec.scp, port=port))  # the others join it
+        return self.port
+
+    def _start_one(self, spec: GatewaySpec, timeout: float) -> int:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(
+        proc = ctx.Process(
             target=_serve,
-            args=(self.spec, self.usage, self.counters, child),
-            name="cloudfilm-gateway",
+            args=(spec, self.usage, self.counters, child),
+            name=f"cloudfilm-gateway-{len(self._procs)}",
             daemon=True,
         )
-        self._proc.start()
+        proc.start()
+        self._procs.append(proc)
         child.close()
         if not parent.poll(timeout):
             self.stop()
@@ -118,21 +140,20 @@ class GatewayProcess:
         if kind != "ready":
             self.stop()
             raise OSError(str(value))
-        self.port = int(value)
-        return self.port
+        return int(value)
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        return bool(self._procs) and all(p.is_alive() for p in self._procs)
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self._proc is None:
-            return
-        if self._proc.is_alive():
-            self._proc.terminate()
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            logger.error("gateway process did not stop; killing it")
-            self._proc.kill()
-            self._proc.join(5)
-        self._proc = None
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self._procs:
+            proc.join(timeout)
+            if proc.is_alive():
+                logger.error("gateway process %s did not stop; killing it", proc.pid)
+                proc.kill()
+                proc.join(5)
+        self._procs.clear()

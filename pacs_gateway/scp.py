@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import socket
 import socketserver
 import ssl
 import tempfile
@@ -106,6 +107,12 @@ class GatewayServer(ThreadedAssociationServer):
     before any PDU is read."""
 
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def server_bind(self) -> None:
+        # several gateway processes accept on one port; the kernel spreads the associations
+        if self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def shutdown(self) -> None:
         """Stop serving and close the socket (the AE's list of servers is not used here:

@@ -53,14 +53,14 @@ def test_a_330_mb_multiframe_is_stored_without_holding_it_in_memory(tmp_path: Pa
     )
     port = gw.start()
     try:
-        base_rss = _peak_rss_mb(gw._proc.pid)  # type: ignore[union-attr]
+        base_rss = _peak_rss_mb(gw.pids[0])
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(UltrasoundMultiFrameImageStorage, ExplicitVRLittleEndian)
         assoc = ae.associate("127.0.0.1", port, ae_title="GW")
         assert assoc.is_established
         assert assoc.send_c_store(big).Status == 0
         assoc.release()
-        peak = _peak_rss_mb(gw._proc.pid)  # type: ignore[union-attr]
+        peak = _peak_rss_mb(gw.pids[0])
     finally:
         gw.stop()
     assert peak - base_rss < 100, f"gateway peak RSS grew by {peak - base_rss:.0f} MB"
