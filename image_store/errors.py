@@ -29,3 +29,10 @@ class InvalidDicom(ImageStoreError, ValueError):
 
 class IndexConflict(ImageStoreError, ValueError):
     """An instance that contradicts what the index already holds (e.g. another hospital's study)."""
+
+
+class StoreUnavailable(ImageStoreError, OSError):
+    """The object store did not answer (timeouts, 5xx, throttling) within its retry budget.
+
+    An OSError, so callers that retry transient failures (the gateway's uploader) do so.
+    """

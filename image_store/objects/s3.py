@@ -1,0 +1,162 @@
+"""An ObjectStore on S3 (AWS S3, SeaweedFS, MinIO, Ceph RGW) through boto3.
+
+Keys are the same ``{hospital}/{study}/{series}/{sop}`` keys as on the filesystem, under an
+optional prefix, so per-hospital and per-study listing and lifecycle rules are prefix rules.
+Each object carries its sha256 as user metadata (``x-amz-meta-sha256``); single-part uploads
+also send Content-MD5, so S3 itself refuses bytes damaged in transit. Multipart above a
+threshold. boto3's own retries (standard mode, with backoff) handle 5xx, timeouts and SlowDown;
+what still fails becomes StoreUnavailable (an OSError: the uploader retries it later).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from image_store.errors import IntegrityError, ObjectNotFound, StoreUnavailable
+from image_store.keys import check_key
+from image_store.records import ByteRange, ObjectInfo
+
+logger = logging.getLogger(__name__)
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    """None for AWS; e.g. http://127.0.0.1:8333 for SeaweedFS, http://host:9000 for MinIO."""
+    region: str | None = None
+    multipart_threshold: int = 64 * 1024**2
+    max_pool_connections: int = 32
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_attempts: int = 5
+
+
+def make_client(settings: S3Settings, session: Any | None = None) -> Any:
+    """A boto3 S3 client from an explicit session (credentials from the usual boto3 sources)."""
+    session = session or boto3.session.Session()
+    config = Config(
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        max_pool_connections=settings.max_pool_connections,
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return session.client(
+        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config
+    )
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3ObjectStore:
+    def __init__(self, client: Any, settings: S3Settings) -> None:
+        self.client = client
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix.strip("/") + "/" if settings.prefix.strip("/") else ""
+        self._transfer = TransferConfig(
+            multipart_threshold=settings.multipart_threshold,
+            multipart_chunksize=max(8 * 1024**2, settings.multipart_threshold // 8),
+            max_concurrency=4,
+        )
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def put(self, key: str, data: bytes | BinaryIO, *, sha256: str | None = None) -> ObjectInfo:
+        full = self._key(key)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            data = data.read()  # S3 needs the hash before the upload starts
+        payload = bytes(data)
+        digest = hashlib.sha256(payload).hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise IntegrityError(f"object {key!r}: sha256 {digest} != expected {sha256}")
+        try:
+            if len(payload) < self._transfer.multipart_threshold:
+                md5 = base64.b64encode(hashlib.md5(payload, usedforsecurity=False).digest())
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=full,
+                    Body=payload,
+                    ContentMD5=md5.decode(),
+                    Metadata={"sha256": digest},
+                )
+            else:
+                self.client.upload_fileobj(
+                    io.BytesIO(payload),
+                    self.bucket,
+                    full,
+                    ExtraArgs={"Metadata": {"sha256": digest}},
+                    Config=self._transfer,
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"S3 put of {key!r} failed: {exc}") from exc
+        return ObjectInfo(key=key, size=len(payload), sha256=digest)
+
+    def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        full = self._key(key)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
+        if byte_range is not None:
+            end = "" if byte_range.end is None else str(byte_range.end - 1)
+            if byte_range.end is not None and byte_range.end <= byte_range.start:
+                return b""
+            kwargs["Range"] = f"bytes={byte_range.start}-{end}"
+        try:
+            body = self.client.get_object(**kwargs)["Body"]
+            try:
+                return bytes(body.read())
+            finally:
+                body.close()
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise ObjectNotFound(f"no object {key!r}") from exc
+            raise StoreUnavailable(f"S3 get of {key!r} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"S3 get of {key!r} failed: {exc}") from exc
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return None
+            raise StoreUnavailable(f"S3 head of {key!r} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"S3 head of {key!r} failed: {exc}") from exc
+        meta = head.get("Metadata") or {}
+        return ObjectInfo(
+            key=key, size=int(head["ContentLength"]), sha256=str(meta.get("sha256", ""))
+        )
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"S3 delete of {key!r} failed: {exc}") from exc
+
+    def iter_keys(self, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    yield str(obj["Key"])[len(self.prefix) :]
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"S3 listing of {prefix!r} failed: {exc}") from exc
