@@ -39,6 +39,14 @@ class StackSettings:
     upload_batch: int = 32
     fsync: bool = True
     share_ttl_hours: int = 720
+    object_store: str = "filesystem"
+    """'filesystem' (under data_dir/objects) or 's3'."""
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""
+    """Empty for AWS; e.g. http://127.0.0.1:8333 for SeaweedFS, http://host:9000 for MinIO.
+    Credentials come from the usual boto3 sources (AWS_ACCESS_KEY_ID, ~/.aws, roles)."""
+    s3_region: str = ""
     qr_hospitals: str = ""
     """Hospitals whose studies the gateway's C-FIND/C-GET/C-MOVE serve, comma-separated;
     empty: this hospital only."""
@@ -155,6 +163,10 @@ def load_settings(
         except ValueError as exc:
             raise ConfigError(f"qr_hospitals: {exc}") from exc
     settings.move_destination_map()
+    if settings.object_store not in ("filesystem", "s3"):
+        raise ConfigError(f"object_store must be filesystem or s3, got {settings.object_store!r}")
+    if settings.object_store == "s3" and not settings.s3_bucket:
+        raise ConfigError("object_store = s3 needs s3_bucket")
     if not 1 <= len(settings.ae_title) <= 16:
         raise ConfigError(f"AE title must be 1-16 characters, got {settings.ae_title!r}")
     return settings

@@ -7,6 +7,7 @@ index here), so the demo and the end-to-end tests exercise the real code paths.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -16,11 +17,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from cloudfilm.config import StackSettings
+from cloudfilm.stores import open_object_store
 from dicom_codecs.render import render_thumbnail
 from image_store.derived import series_thumbnail
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
-from image_store.objects.filesystem import FilesystemObjectStore
+from image_store.ports import ObjectStore
 from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
 from pacs_gateway.process import GatewayProcess, GatewaySpec
 from pacs_gateway.qr import QrSettings
@@ -40,7 +42,7 @@ class Stack:
     """The opened components; ``start`` binds the sockets, ``stop`` releases everything."""
 
     settings: StackSettings
-    store: FilesystemObjectStore
+    store: ObjectStore
     index: SqliteIndex
     spool: Spool
     uploader: Uploader
@@ -57,7 +59,7 @@ class Stack:
     @classmethod
     def open(cls, settings: StackSettings) -> Stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = FilesystemObjectStore(settings.objects_dir, fsync=settings.fsync)
+        store = open_object_store(settings)
         index = SqliteIndex(settings.index_path)
         spool = Spool(
             settings.spool_dir,
@@ -132,7 +134,7 @@ class Stack:
                     move_destinations=s.move_destination_map(),
                 ),
                 index_path=s.index_path,
-                objects_dir=s.objects_dir,
+                store_factory=functools.partial(open_object_store, s),
             ),
             self.spool.usage,
             self.store_counters,

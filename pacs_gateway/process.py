@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -20,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from image_store.index.sqlite import SqliteIndex
-from image_store.objects.filesystem import FilesystemObjectStore
+from image_store.ports import ObjectStore
 from pacs_gateway.metrics import StoreCounters
 from pacs_gateway.qr import QrSettings
 from pacs_gateway.scp import QrContext, ScpSettings, start_scp
@@ -39,8 +40,9 @@ class GatewaySpec:
     log_level: int = logging.INFO
     qr: QrSettings | None = None
     index_path: Path | None = None
-    objects_dir: Path | None = None
-    """Where Query/Retrieve reads (the embedded stack's SQLite index and filesystem store)."""
+    store_factory: Callable[[], ObjectStore] | None = None
+    """Where Query/Retrieve reads: the embedded stack's SQLite index and its object store
+    (a picklable factory, opened in the child)."""
 
 
 def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: Connection) -> None:
@@ -74,10 +76,8 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
         usage=usage,
     )
     qr = None
-    if spec.qr is not None and spec.index_path is not None and spec.objects_dir is not None:
-        qr = QrContext(
-            SqliteIndex(spec.index_path), FilesystemObjectStore(spec.objects_dir), spec.qr
-        )
+    if spec.qr is not None and spec.index_path is not None and spec.store_factory is not None:
+        qr = QrContext(SqliteIndex(spec.index_path), spec.store_factory(), spec.qr)
     try:
         server = start_scp(spec.scp, spool, counters, qr)
     except OSError as exc:

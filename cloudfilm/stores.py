@@ -1,0 +1,29 @@
+"""Opening the configured object store (a module-level function, so child processes can be
+handed ``functools.partial(open_object_store, settings)``)."""
+
+from __future__ import annotations
+
+from cloudfilm.config import ConfigError, StackSettings
+from image_store.objects.filesystem import FilesystemObjectStore
+from image_store.ports import ObjectStore
+
+
+def open_object_store(settings: StackSettings) -> ObjectStore:
+    if settings.object_store == "s3":
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from image_store.objects.s3 import S3ObjectStore, S3Settings, make_client
+
+        s3 = S3Settings(
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url or None,
+            region=settings.s3_region or None,
+        )
+        client = make_client(s3)
+        try:
+            client.head_bucket(Bucket=s3.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise ConfigError(f"S3 bucket {s3.bucket!r} is not reachable: {exc}") from exc
+        return S3ObjectStore(client, s3)
+    return FilesystemObjectStore(settings.objects_dir, fsync=settings.fsync)
