@@ -14,6 +14,7 @@ if [ "$dev" = 1 ]; then
   command -v Orthanc >/dev/null || apt_pkgs+=(orthanc)         # backfill test, ingest bench
   command -v openssl >/dev/null || apt_pkgs+=(openssl)         # DICOM TLS test certificates
   command -v ip >/dev/null || apt_pkgs+=(iproute2)             # loopback in private netns
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_pkgs+=(postgresql)  # index tests
 fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_pkgs[*]}"
@@ -22,9 +23,11 @@ if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${apt_pkgs[@]}"
   # the orthanc package's own service is not wanted: tests start Orthanc themselves on loopback
-  if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then
-    $SUDO systemctl stop orthanc
-  fi
+  for svc in orthanc postgresql; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      $SUDO systemctl stop "$svc"
+    fi
+  done
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,3 +136,68 @@ def seaweedfs(root: Path) -> Iterator[Seaweed]:
             f"filer-grpc-{filer_g}",
         ):
             Path(f"/tmp/seaweedfs-{port_name}.sock").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Postgres:
+    dsn: str
+    data_dir: Path
+    port: int
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(found[-1]) if found else shutil.which(name)
+
+
+@contextmanager
+def postgresql() -> Iterator[Postgres]:
+    """A throw-away PostgreSQL cluster in its own temp dir, listening on 127.0.0.1 only (trust
+    auth: nothing but this machine's loopback can reach it). As root it runs as the postgres
+    user (initdb refuses root), so the dir is not under pytest's root-only tmp."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="cloudfilm-pg-"))
+    data, sock = root / "pgdata", root / "sock"
+    sock.mkdir(parents=True)
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        pg = pwd.getpwnam("postgres")
+        os.chown(root, pg.pw_uid, pg.pw_gid)
+        os.chown(sock, pg.pw_uid, pg.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    (port,) = free_ports(1)
+    subprocess.run(
+        [
+            *as_user,
+            initdb,
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "pg.log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield Postgres(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", data, port)
+    finally:
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+        )

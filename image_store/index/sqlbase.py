@@ -1,0 +1,339 @@
+"""The Index in SQL: one implementation of the queries and the batched, idempotent writes,
+shared by the SQLite and PostgreSQL backends (which differ in connections and schema types)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from image_store.index.sql import SQLITE, Dialect, instance_where, series_where, study_where
+from image_store.keys import prior_version_key
+from image_store.records import (
+    AddResult,
+    InstanceQuery,
+    InstanceRecord,
+    InstanceSummary,
+    ObjectInfo,
+    PatientInfo,
+    SeriesQuery,
+    SeriesRecord,
+    StudyQuery,
+    StudyRecord,
+)
+
+logger = logging.getLogger(__name__)
+
+_STUDY_COLS = (
+    "s.hospital, p.patient_id, p.issuer, p.name, p.birth_date, p.sex, s.study_uid, s.study_date, "
+    "s.study_time, s.accession_number, s.study_description, s.referring_physician, s.study_id, "
+    "s.modalities, s.number_of_series, s.number_of_instances, s.updated_at"
+)
+_SERIES_COLS = (
+    "s.hospital, se.study_uid, se.series_uid, se.modality, se.series_number, "
+    "se.series_description, se.body_part, se.number_of_instances"
+)
+_INSTANCE_COLS = (
+    "i.hospital, i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.instance_number, "
+    "i.transfer_syntax_uid, i.rows_, i.columns_, i.number_of_frames, i.object_key, i.size, i.sha256"
+)
+
+
+def split_person_name(name: str) -> tuple[str, str]:
+    """(alphabetic, ideographic) component groups of a PN value."""
+    groups = name.split("=")
+    return groups[0], groups[1] if len(groups) > 1 else ""
+
+
+def _study(row: Any) -> StudyRecord:
+    r = tuple(row)
+    return StudyRecord(
+        hospital=str(r[0]),
+        patient=PatientInfo(
+            patient_id=str(r[1]),
+            issuer=str(r[2]),
+            name=str(r[3]),
+            birth_date=str(r[4]),
+            sex=str(r[5]),
+        ),
+        study_uid=str(r[6]),
+        study_date=str(r[7]),
+        study_time=str(r[8]),
+        accession_number=str(r[9]),
+        study_description=str(r[10]),
+        referring_physician=str(r[11]),
+        study_id=str(r[12]),
+        modalities=tuple(m for m in str(r[13]).split("\\") if m),
+        number_of_series=int(r[14]),
+        number_of_instances=int(r[15]),
+        updated_at=float(r[16]),
+    )
+
+
+def _series(r: Any) -> SeriesRecord:
+    return SeriesRecord(
+        hospital=str(r[0]),
+        study_uid=str(r[1]),
+        series_uid=str(r[2]),
+        modality=str(r[3]),
+        series_number=None if r[4] is None else int(r[4]),
+        series_description=str(r[5]),
+        body_part=str(r[6]),
+        number_of_instances=int(r[7]),
+    )
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _instance(r: Any) -> InstanceSummary:
+    return InstanceSummary(
+        hospital=str(r[0]),
+        study_uid=str(r[1]),
+        series_uid=str(r[2]),
+        sop_uid=str(r[3]),
+        sop_class_uid=str(r[4]),
+        instance_number=_opt_int(r[5]),
+        transfer_syntax_uid=str(r[6]),
+        rows=_opt_int(r[7]),
+        columns=_opt_int(r[8]),
+        number_of_frames=_opt_int(r[9]),
+        object_key=str(r[10]),
+        size=int(r[11]),
+        sha256=str(r[12]),
+    )
+
+
+class SqlIndex:
+    """The Index in SQL, shared by the SQLite and PostgreSQL backends.
+
+    Subclasses provide ``dialect``, ``_conn()`` (this thread's connection, for reads) and
+    ``_tx()`` (a write transaction); statements are written with '?' placeholders.
+    """
+
+    dialect: Dialect = SQLITE
+
+    def _conn(self) -> Any:
+        raise NotImplementedError
+
+    def _tx(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def add_instances(self, recs: Sequence[InstanceRecord]) -> AddResult:
+        result = AddResult()
+        if not recs:
+            return result
+        now = time.time()
+        with self._tx() as conn:
+            touched_series: set[str] = set()
+            touched_studies: set[str] = set()
+            for rec in recs:
+                reason = self._add_one(conn, rec, now, result)
+                if reason is not None:
+                    result.rejected.append((rec.header.sop_uid, reason))
+                    continue
+                touched_series.add(rec.header.series_uid)
+                touched_studies.add(rec.header.study_uid)
+            for series_uid in touched_series:
+                conn.execute(
+                    "UPDATE series SET number_of_instances = "
+                    "(SELECT count(*) FROM instances WHERE series_uid = ?) WHERE series_uid = ?",
+                    (series_uid, series_uid),
+                )
+            for study_uid in touched_studies:
+                mods = [
+                    str(m)
+                    for (m,) in conn.execute(
+                        "SELECT DISTINCT modality FROM series WHERE study_uid = ? "
+                        "AND modality <> '' ORDER BY modality",
+                        (study_uid,),
+                    )
+                ]
+                conn.execute(
+                    "UPDATE studies SET modalities = ?, updated_at = ?, "
+                    "number_of_series = (SELECT count(*) FROM series WHERE study_uid = ?), "
+                    "number_of_instances = (SELECT count(*) FROM instances WHERE study_uid = ?) "
+                    "WHERE study_uid = ?",
+                    ("\\".join(mods), now, study_uid, study_uid, study_uid),
+                )
+        return result
+
+    def _add_one(self, conn: Any, rec: InstanceRecord, now: float, result: AddResult) -> str | None:
+        h = rec.header
+        row = conn.execute(
+            "SELECT hospital, series_uid, sha256, object_key, size FROM instances "
+            "WHERE sop_uid = ?",
+            (h.sop_uid,),
+        ).fetchone()
+        if row is not None:
+            if row[0] != rec.hospital or row[1] != h.series_uid:
+                return "SOP Instance UID already indexed in another hospital or series"
+            if row[2] == rec.sha256:
+                result.unchanged += 1
+                return None
+        study = conn.execute(
+            "SELECT hospital FROM studies WHERE study_uid = ?", (h.study_uid,)
+        ).fetchone()
+        if study is not None and study[0] != rec.hospital:
+            return "Study Instance UID already indexed for another hospital"
+        series = conn.execute(
+            "SELECT study_uid FROM series WHERE series_uid = ?", (h.series_uid,)
+        ).fetchone()
+        if series is not None and series[0] != h.study_uid:
+            return "Series Instance UID already indexed in another study"
+
+        p = h.patient
+        alpha, ideo = split_person_name(p.name)
+        conn.execute(
+            "INSERT INTO patients (hospital, issuer, patient_id, name, name_alpha, name_ideo, "
+            "birth_date, sex) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (hospital, issuer, patient_id) DO UPDATE SET name = excluded.name, "
+            "name_alpha = excluded.name_alpha, name_ideo = excluded.name_ideo, "
+            "birth_date = excluded.birth_date, sex = excluded.sex",
+            (rec.hospital, p.issuer, p.patient_id, p.name, alpha, ideo, p.birth_date, p.sex),
+        )
+        (patient_pk,) = conn.execute(
+            "SELECT pk FROM patients WHERE hospital = ? AND issuer = ? AND patient_id = ?",
+            (rec.hospital, p.issuer, p.patient_id),
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO studies (study_uid, hospital, patient_pk, study_date, study_time, "
+            "accession_number, study_description, referring_physician, study_id, modalities, "
+            "number_of_series, number_of_instances, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, 0, ?) "
+            "ON CONFLICT (study_uid) DO UPDATE SET patient_pk = excluded.patient_pk, "
+            "study_date = excluded.study_date, study_time = excluded.study_time, "
+            "accession_number = excluded.accession_number, "
+            "study_description = excluded.study_description, "
+            "referring_physician = excluded.referring_physician, study_id = excluded.study_id",
+            (
+                h.study_uid,
+                rec.hospital,
+                patient_pk,
+                h.study_date,
+                h.study_time,
+                h.accession_number,
+                h.study_description,
+                h.referring_physician,
+                h.study_id,
+                now,
+            ),
+        )
+        conn.execute(
+            "INSERT INTO series (series_uid, study_uid, modality, series_number, "
+            "series_description, body_part, number_of_instances) VALUES (?, ?, ?, ?, ?, ?, 0) "
+            "ON CONFLICT (series_uid) DO UPDATE SET modality = excluded.modality, "
+            "series_number = excluded.series_number, "
+            "series_description = excluded.series_description, body_part = excluded.body_part",
+            (
+                h.series_uid,
+                h.study_uid,
+                h.modality,
+                h.series_number,
+                h.series_description,
+                h.body_part,
+            ),
+        )
+        conn.execute(
+            "INSERT INTO instances (sop_uid, series_uid, study_uid, hospital, sop_class_uid, "
+            "instance_number, transfer_syntax_uid, rows_, columns_, number_of_frames, object_key, "
+            "size, sha256, metadata, indexed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (sop_uid) DO UPDATE SET sop_class_uid = excluded.sop_class_uid, "
+            "instance_number = excluded.instance_number, "
+            "transfer_syntax_uid = excluded.transfer_syntax_uid, rows_ = excluded.rows_, "
+            "columns_ = excluded.columns_, number_of_frames = excluded.number_of_frames, "
+            "object_key = excluded.object_key, size = excluded.size, sha256 = excluded.sha256, "
+            "metadata = excluded.metadata, indexed_at = excluded.indexed_at",
+            (
+                h.sop_uid,
+                h.series_uid,
+                h.study_uid,
+                rec.hospital,
+                h.sop_class_uid,
+                h.instance_number,
+                h.transfer_syntax_uid,
+                h.rows,
+                h.columns,
+                h.number_of_frames,
+                rec.object_key,
+                rec.size,
+                rec.sha256,
+                h.metadata_json,
+                now,
+            ),
+        )
+        if row is None:
+            result.added += 1
+        else:
+            conn.execute(
+                "INSERT INTO instance_versions (sop_uid, sha256, object_key, size, replaced_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (h.sop_uid, row[2], prior_version_key(row[3], row[2]), row[4], now),
+            )
+            result.replaced += 1
+            result.replaced_uids.append(h.sop_uid)
+        return None
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def find_studies(self, q: StudyQuery, *, limit: int, offset: int = 0) -> list[StudyRecord]:
+        where, params = study_where(q, self.dialect)
+        sql = (
+            f"SELECT {_STUDY_COLS} FROM studies s JOIN patients p ON p.pk = s.patient_pk{where} "
+            "ORDER BY s.study_date DESC, s.study_time DESC, s.study_uid LIMIT ? OFFSET ?"
+        )
+        rows = self._conn().execute(sql, [*params, limit, offset]).fetchall()
+        return [_study(r) for r in rows]
+
+    def get_study(self, study_uid: str) -> StudyRecord | None:
+        found = self.find_studies(StudyQuery(study_uids=(study_uid,)), limit=1)
+        return found[0] if found else None
+
+    def find_series(self, q: SeriesQuery, *, limit: int, offset: int = 0) -> list[SeriesRecord]:
+        where, params = series_where(q, self.dialect)
+        sql = (
+            f"SELECT {_SERIES_COLS} FROM series se JOIN studies s ON s.study_uid = se.study_uid"
+            f"{where} ORDER BY se.series_number, se.series_uid LIMIT ? OFFSET ?"
+        )
+        rows = self._conn().execute(sql, [*params, limit, offset]).fetchall()
+        return [_series(tuple(r)) for r in rows]
+
+    def find_instances(
+        self, q: InstanceQuery, *, limit: int, offset: int = 0
+    ) -> list[InstanceSummary]:
+        where, params = instance_where(q, self.dialect)
+        sql = (
+            f"SELECT {_INSTANCE_COLS} FROM instances i{where} "
+            "ORDER BY i.series_uid, i.instance_number, i.sop_uid LIMIT ? OFFSET ?"
+        )
+        rows = self._conn().execute(sql, [*params, limit, offset]).fetchall()
+        return [_instance(tuple(r)) for r in rows]
+
+    def instance_metadata(self, q: InstanceQuery) -> list[str]:
+        where, params = instance_where(q, self.dialect)
+        sql = (
+            f"SELECT i.metadata FROM instances i{where} "
+            "ORDER BY i.series_uid, i.instance_number, i.sop_uid"
+        )
+        return [str(r[0]) for r in self._conn().execute(sql, params)]
+
+    def prior_versions(self, sop_uid: str) -> list[ObjectInfo]:
+        rows = self._conn().execute(
+            "SELECT object_key, size, sha256 FROM instance_versions WHERE sop_uid = ? "
+            "ORDER BY replaced_at",
+            (sop_uid,),
+        )
+        return [ObjectInfo(key=str(k), size=int(n), sha256=str(h)) for k, n, h in rows]
+
+    def count_instances(self) -> int:
+        (n,) = self._conn().execute("SELECT count(*) FROM instances").fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        raise NotImplementedError
