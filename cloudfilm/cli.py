@@ -147,9 +147,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     import orthanc_rest_client
     import requests
 
-    from image_store.index.sqlite import SqliteIndex
+    from cloudfilm.stores import open_index, open_object_store
     from image_store.ingest import LocalIngest
-    from image_store.objects.filesystem import FilesystemObjectStore
     from pacs_gateway.backfill import Checkpoint, ProgressBar, backfill
 
     settings = load_settings(
@@ -166,9 +165,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             args.user, os.environ.get("CLOUDFILM_ORTHANC_PASSWORD", "")
         )
     client = orthanc_rest_client.Orthanc(args.orthanc.rstrip("/"), auth=auth, warn_insecure=False)
-    index = SqliteIndex(settings.index_path)
+    index = open_index(settings)
     try:
-        sink = LocalIngest(FilesystemObjectStore(settings.objects_dir, fsync=settings.fsync), index)
+        sink = LocalIngest(open_object_store(settings), index)
         name = f"{url.hostname}_{url.port or 0}".replace(":", "_")
         checkpoint = Checkpoint(settings.data_dir / "backfill" / f"{name}.done")
         report = backfill(

@@ -47,6 +47,11 @@ class StackSettings:
     """Empty for AWS; e.g. http://127.0.0.1:8333 for SeaweedFS, http://host:9000 for MinIO.
     Credentials come from the usual boto3 sources (AWS_ACCESS_KEY_ID, ~/.aws, roles)."""
     s3_region: str = ""
+    index: str = "sqlite"
+    """'sqlite' (data_dir/index.sqlite) or 'postgres' (postgres_dsn)."""
+    postgres_dsn: str = ""
+    """libpq connection string, e.g. 'host=db port=5432 dbname=cloudfilm user=cloudfilm'
+    (password from PGPASSWORD or ~/.pgpass, never in the config file)."""
     qr_hospitals: str = ""
     """Hospitals whose studies the gateway's C-FIND/C-GET/C-MOVE serve, comma-separated;
     empty: this hospital only."""
@@ -163,6 +168,10 @@ def load_settings(
         except ValueError as exc:
             raise ConfigError(f"qr_hospitals: {exc}") from exc
     settings.move_destination_map()
+    if settings.index not in ("sqlite", "postgres"):
+        raise ConfigError(f"index must be sqlite or postgres, got {settings.index!r}")
+    if settings.index == "postgres" and not settings.postgres_dsn:
+        raise ConfigError("index = postgres needs postgres_dsn")
     if settings.object_store not in ("filesystem", "s3"):
         raise ConfigError(f"object_store must be filesystem or s3, got {settings.object_store!r}")
     if settings.object_store == "s3" and not settings.s3_bucket:

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from cloudfilm.config import StackSettings
-from cloudfilm.stores import open_object_store
+from cloudfilm.stores import open_index, open_object_store
 from dicom_codecs.render import render_thumbnail
 from image_store.derived import series_thumbnail
-from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
-from image_store.ports import ObjectStore
+from image_store.ports import Index, ObjectStore
 from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
 from pacs_gateway.process import GatewayProcess, GatewaySpec
 from pacs_gateway.qr import QrSettings
@@ -43,7 +42,7 @@ class Stack:
 
     settings: StackSettings
     store: ObjectStore
-    index: SqliteIndex
+    index: Index
     spool: Spool
     uploader: Uploader
     shares: SqliteShareLinks
@@ -60,7 +59,7 @@ class Stack:
     def open(cls, settings: StackSettings) -> Stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = open_object_store(settings)
-        index = SqliteIndex(settings.index_path)
+        index = open_index(settings)
         spool = Spool(
             settings.spool_dir,
             high_water_bytes=settings.spool_high_water_mb * 1024**2,
@@ -133,7 +132,7 @@ class Stack:
                     hospitals=s.qr_hospital_set(),
                     move_destinations=s.move_destination_map(),
                 ),
-                index_path=s.index_path,
+                index_factory=functools.partial(open_index, s),
                 store_factory=functools.partial(open_object_store, s),
             ),
             self.spool.usage,

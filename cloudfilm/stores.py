@@ -1,11 +1,11 @@
-"""Opening the configured object store (a module-level function, so child processes can be
-handed ``functools.partial(open_object_store, settings)``)."""
+"""Opening the configured object store and index (module-level functions, so child processes
+can be handed ``functools.partial(open_index, settings)``)."""
 
 from __future__ import annotations
 
 from cloudfilm.config import ConfigError, StackSettings
 from image_store.objects.filesystem import FilesystemObjectStore
-from image_store.ports import ObjectStore
+from image_store.ports import Index, ObjectStore
 
 
 def open_object_store(settings: StackSettings) -> ObjectStore:
@@ -27,3 +27,18 @@ def open_object_store(settings: StackSettings) -> ObjectStore:
             raise ConfigError(f"S3 bucket {s3.bucket!r} is not reachable: {exc}") from exc
         return S3ObjectStore(client, s3)
     return FilesystemObjectStore(settings.objects_dir, fsync=settings.fsync)
+
+
+def open_index(settings: StackSettings) -> Index:
+    if settings.index == "postgres":
+        import psycopg
+
+        from image_store.index.postgres import PostgresIndex
+
+        try:
+            return PostgresIndex(settings.postgres_dsn)
+        except psycopg.Error as exc:
+            raise ConfigError(f"PostgreSQL index is not reachable: {exc}") from exc
+    from image_store.index.sqlite import SqliteIndex
+
+    return SqliteIndex(settings.index_path)

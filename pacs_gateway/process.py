@@ -20,8 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from image_store.index.sqlite import SqliteIndex
-from image_store.ports import ObjectStore
+from image_store.ports import Index, ObjectStore
 from pacs_gateway.metrics import StoreCounters
 from pacs_gateway.qr import QrSettings
 from pacs_gateway.scp import QrContext, ScpSettings, start_scp
@@ -39,10 +38,10 @@ class GatewaySpec:
     fsync: bool
     log_level: int = logging.INFO
     qr: QrSettings | None = None
-    index_path: Path | None = None
+    index_factory: Callable[[], Index] | None = None
     store_factory: Callable[[], ObjectStore] | None = None
-    """Where Query/Retrieve reads: the embedded stack's SQLite index and its object store
-    (a picklable factory, opened in the child)."""
+    """Where Query/Retrieve reads: the cloud's index and object store (picklable factories,
+    opened in the child)."""
 
 
 def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: Connection) -> None:
@@ -76,8 +75,8 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
         usage=usage,
     )
     qr = None
-    if spec.qr is not None and spec.index_path is not None and spec.store_factory is not None:
-        qr = QrContext(SqliteIndex(spec.index_path), spec.store_factory(), spec.qr)
+    if spec.qr is not None and spec.index_factory is not None and spec.store_factory is not None:
+        qr = QrContext(spec.index_factory(), spec.store_factory(), spec.qr)
     try:
         server = start_scp(spec.scp, spool, counters, qr)
     except OSError as exc:
