@@ -54,6 +54,7 @@ def create_app(
     r.add_get(INSTANCE + "/metadata", wado.metadata)
     r.add_post("/api/shares", film.create_share)
     r.add_delete("/api/shares/{id}", film.revoke_share)
+    r.add_get("/api/shares/{id}/qr.{kind:png|svg}", film.share_qr)
     r.add_get("/film/{token}", film.film)
     r.add_get("/film/{token}/series/{series}/thumbnail", film.film_thumbnail)
     return app

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import time
 from typing import Any
 
+import segno
 from aiohttp import web
 
 from dicom_codecs.render import render_thumbnail
@@ -57,17 +59,51 @@ async def create_share(request: web.Request) -> web.Response:
             "id": link.id,
             "token": token,
             "url": f"{svc.settings.public_base_url}/film/{token}",
+            "qr_png": f"{svc.settings.public_base_url}/api/shares/{link.id}/qr.png",
+            "qr_svg": f"{svc.settings.public_base_url}/api/shares/{link.id}/qr.svg",
             "expires_at": dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(),
         },
         status=201,
     )
 
 
-async def revoke_share(request: web.Request) -> web.Response:
-    svc = services(request)
+def _link_id(request: web.Request) -> str:
     link_id = request.match_info["id"]
     if not 1 <= len(link_id) <= 64 or not link_id.replace("-", "").replace("_", "").isalnum():
         raise BadRequest("share id has an invalid form")
+    return link_id
+
+
+async def share_qr(request: web.Request) -> web.Response:
+    """The link as a QR code to print on the report: /api/shares/{id}/qr.png or qr.svg."""
+    svc = services(request)
+    link_id = _link_id(request)
+    kind = request.match_info["kind"]
+    link = await blocking(svc.shares.get, link_id)
+    if link is None:
+        raise NotFound(f"no share link {link_id}")
+    who = principal(request)
+    if not who.may_see(link.hospital):
+        raise Forbidden("this link belongs to another hospital")
+    url = f"{svc.settings.public_base_url}/film/{svc.signer.share_token(link.id)}"
+    body = await blocking(render_qr, url, kind)
+    ctype = "image/png" if kind == "png" else "image/svg+xml"
+    return web.Response(body=body, content_type=ctype, headers={"Cache-Control": "no-store"})
+
+
+def render_qr(url: str, kind: str) -> bytes:
+    qr = segno.make(url, error="m")
+    out = io.BytesIO()
+    if kind == "png":
+        qr.save(out, kind="png", scale=6, border=4)
+    else:
+        qr.save(out, kind="svg", scale=6, border=4, xmldecl=False)
+    return out.getvalue()
+
+
+async def revoke_share(request: web.Request) -> web.Response:
+    svc = services(request)
+    link_id = _link_id(request)
     link = await blocking(svc.shares.get, link_id)
     if link is None:
         raise NotFound(f"no share link {link_id}")

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import io
 import re
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.viewer_api.conftest import BASE, Api, uids
 from viewer_api.audit import AuditEvent, SqliteAuditLog
+from viewer_api.film import render_qr
 from viewer_api.pages import mask_name
 
 CT = uids("CT_small.dcm")
@@ -154,3 +157,17 @@ def test_audit_chain_detects_edited_and_deleted_rows(tmp_path: Path) -> None:
     log = SqliteAuditLog(path)
     assert log.verify() == 2
     log.close()
+
+
+async def test_a_share_link_has_a_qr_code_of_its_url_for_the_report(api: Api) -> None:
+    share = await _share(api, CT.StudyInstanceUID)
+    png = await api.client.get(_path(share["qr_png"]), headers=api.token())
+    assert png.status == 200 and png.headers["Content-Type"] == "image/png"
+    body = await png.read()
+    assert body == render_qr(share["url"], "png")  # the code encodes exactly the link
+    img = Image.open(io.BytesIO(body))
+    assert img.size[0] == img.size[1] <= 6 * (4 * 2 + 57)  # version <= 10: small enough to print
+    svg = await api.client.get(_path(share["qr_svg"]), headers=api.token())
+    assert svg.headers["Content-Type"] == "image/svg+xml" and b"<svg" in await svg.read()
+    assert (await api.client.get(_path(share["qr_png"]))).status == 401
+    assert (await api.client.get(_path(share["qr_png"]), headers=api.token("H2"))).status == 403
