@@ -66,6 +66,7 @@ def metadata_json(ds: Dataset, instance_path: str) -> str:
 class InstanceIdentity:
     sop_class_uid: str
     sop_instance_uid: str
+    study_uid: str
 
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -136,7 +137,7 @@ def _check(fp: BinaryIO, size: int, *, defer: bool) -> InstanceIdentity:
         if not value:
             raise InvalidDicom(f"required attribute {keyword} is missing")
         uids[keyword] = check_uid(value, keyword)
-    return InstanceIdentity(uids["SOPClassUID"], uids["SOPInstanceUID"])
+    return InstanceIdentity(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"])
 
 
 def read_header(data: bytes) -> InstanceHeader:

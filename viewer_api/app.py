@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from image_store.ingest import LocalIngest
 from image_store.ports import Index, ObjectStore
 from viewer_api import film, middlewares
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
 from viewer_api.context import SERVICES, Services, ViewerSettings
-from viewer_api.dicomweb import qido, wado
+from viewer_api.dicomweb import qido, stow, wado
 from viewer_api.share import SqliteShareLinks
 
 __all__ = ["ViewerSettings", "create_app"]
@@ -35,13 +36,17 @@ def create_app(
     app = web.Application(
         middlewares=[middlewares.audit, middlewares.errors, middlewares.authenticate]
     )
-    app[SERVICES] = Services(settings, store, index, shares, audit, signer)
+    app[SERVICES] = Services(
+        settings, store, index, shares, audit, signer, LocalIngest(store, index)
+    )
     app.on_response_prepare.append(middlewares.security_headers)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get(DW + "/studies", qido.search_studies)
     r.add_get(DW + "/series", qido.search_series)
     r.add_get(DW + "/instances", qido.search_instances)
+    r.add_post(DW + "/studies", stow.store)
+    r.add_post(STUDY, stow.store)
     r.add_get(STUDY, wado.retrieve)
     r.add_get(STUDY + "/metadata", wado.metadata)
     r.add_get(STUDY + "/series", qido.search_series)

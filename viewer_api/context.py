@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 
 from aiohttp import web
 
+from image_store.ingest import IngestSink
 from image_store.keys import is_valid_uid
 from image_store.ports import Index, ObjectStore
 from viewer_api.audit import SqliteAuditLog
@@ -37,6 +38,7 @@ class Services:
     shares: SqliteShareLinks
     audit: SqliteAuditLog
     signer: TokenSigner
+    ingest: IngestSink
 
 
 SERVICES = web.AppKey("services", Services)

@@ -216,3 +216,52 @@ async def test_every_request_is_audited_without_patient_data(api: Api) -> None:
     assert events[0].resource == "/dicom-web/studies?PatientID"
     assert CT.PatientID not in repr(events)
     assert api.audit.verify() is None
+
+
+def _multipart(parts: list[bytes], boundary: str = "b0undary") -> tuple[bytes, dict[str, str]]:
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
+            for p in parts
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return body, {"Content-Type": ctype}
+
+
+async def test_stow_reports_each_failed_instance_with_a_reason(api: Api) -> None:
+    mr = api.files["MR_small.dcm"]
+    body, headers = _multipart([mr, b"garbage" * 100])
+    r = await api.client.post("/dicom-web/studies", data=body, headers={**headers, **api.token()})
+    assert r.status == 202
+    doc = await r.json()
+    assert doc["00081199"]["Value"][0]["00081155"]["Value"] == [MR.SOPInstanceUID]
+    assert doc["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+
+
+async def test_stow_to_a_study_refuses_instances_of_another(api: Api) -> None:
+    body, headers = _multipart([api.files["CT_small.dcm"]])
+    r = await api.client.post(
+        f"/dicom-web/studies/{MR.StudyInstanceUID}", data=body, headers={**headers, **api.token()}
+    )
+    assert r.status == 409
+    assert (await r.json())["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+
+
+async def test_stow_bad_requests(api: Api) -> None:
+    r = await api.client.post(
+        "/dicom-web/studies", data=b"x", headers={"Content-Type": "application/json", **api.token()}
+    )
+    assert r.status == 406
+    body, headers = _multipart([api.files["CT_small.dcm"]])
+    assert (await api.client.post("/dicom-web/studies", data=body, headers=headers)).status == 401
+    broken = body.replace(b"--b0undary--", b"")
+    r = await api.client.post(
+        "/dicom-web/studies", data=broken[:40], headers={**headers, **api.token()}
+    )
+    assert r.status in (400, 409)
+    r = await api.client.post(
+        "/dicom-web/studies/1.2.x", data=body, headers={**headers, **api.token()}
+    )
+    assert r.status == 400
