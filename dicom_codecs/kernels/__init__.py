@@ -1,0 +1,1 @@
+"""Numba kernels: plain loops over arrays, no Python objects, validated by their callers."""
