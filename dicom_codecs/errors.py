@@ -8,4 +8,4 @@ class CodecError(Exception):
 
 
 class RenderError(CodecError, ValueError):
-    """A dataset that cannot be rendered (no pixel data, or pixel data that cannot be decoded)."""
+    """A picture that cannot be made: no pixel data, undecodable pixel data, or bad options."""
