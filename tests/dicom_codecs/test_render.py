@@ -10,7 +10,13 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from cloudfilm.synth import synthesize_study
 from dicom_codecs.errors import CodecError, RenderError
@@ -230,3 +236,16 @@ def test_garbage_is_a_render_error_and_a_value_error() -> None:
 def test_bad_options_are_render_errors_naming_the_option(kwargs: dict[str, int], word: str) -> None:
     with pytest.raises(RenderError, match=word):
         RenderOptions(**kwargs)
+
+
+@pytest.mark.parametrize("syntax", [JPEGLSLossless, JPEG2000Lossless], ids=["jpeg-ls", "j2k"])
+def test_compressed_instances_render_like_the_uncompressed_ones(
+    tmp_path: Path, syntax: str
+) -> None:
+    path = synthesize_study(tmp_path, modality="CT", images=2, seed=4)[1]
+    plain = _pixels(render_thumbnail(path.read_bytes()))
+    ds = pydicom.dcmread(path)
+    ds.compress(syntax)
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert np.abs(_pixels(render_thumbnail(out.getvalue())) - plain).max() <= 1
