@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from image_store.keys import check_hospital
 from viewer_api.errors import Unauthorized
@@ -38,25 +38,43 @@ def b64d(text: str) -> bytes:
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """The 32-byte signing key kept in ``path`` (created atomically with mode 0600)."""
+    """The 32-byte signing key kept in ``path``, created on first use with mode 0600.
+
+    The key is written to a private temporary file and linked into place, so no process ever
+    reads a partly written key; when two processes race, both end up with the one that won.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            data = path.read_bytes()  # another process created it first
-        else:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(secrets.token_bytes(32))
                 fh.flush()
                 os.fsync(fh.fileno())
-            data = path.read_bytes()
+            try:
+                os.link(tmp, path)  # atomic, and fails if another process was first
+            except FileExistsError:
+                pass
+            else:
+                _fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+        data = path.read_bytes()
     if len(data) != 32:
         raise ValueError(f"secret key file {path} must hold 32 bytes, found {len(data)}")
     return data
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +104,11 @@ class TokenSigner:
         if len(secret) < 32:
             raise ValueError("the signing secret must be at least 32 bytes")
         self._bearer_key = hmac.new(secret, b"bearer-token", hashlib.sha256).digest()
-        self._share_key = hmac.new(secret, b"share-link", hashlib.sha256).digest()
+        self._secret = secret
 
     # -- bearer tokens -----------------------------------------------------------------------
 
-    def issue(self, hospital: str, role: str, *, subject: str = "", ttl_s: int = 86400) -> str:
+    def issue(self, hospital: str, role: Role, *, subject: str = "", ttl_s: int = 86400) -> str:
         check_hospital(hospital)
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -131,7 +149,7 @@ class TokenSigner:
             raise Unauthorized("unknown role in token")
         if exp < (time.time() if now is None else now):
             raise Unauthorized("token expired")
-        return Principal(hospital=hospital, role=role, subject=subject, expires_at=exp)  # type: ignore[arg-type]
+        return Principal(hospital=hospital, role=cast(Role, role), subject=subject, expires_at=exp)
 
     # -- share-link tokens -------------------------------------------------------------------
 
@@ -143,12 +161,14 @@ class TokenSigner:
         if len(token) > 128 or token.count(".") != 1:
             return None
         link_id, sig = token.split(".")
-        if not link_id or not hmac.compare_digest(self._share_sig(link_id), sig):
+        if not link_id or not hmac.compare_digest(self._share_sig(link_id).encode(), sig.encode()):
             return None
         return link_id
 
     def _share_sig(self, link_id: str) -> str:
-        return b64e(hmac.new(self._share_key, link_id.encode(), hashlib.sha256).digest()[:16])
+        """base64url(HMAC-SHA256(secret, b"share:" + id)[:16])."""
+        mac = hmac.new(self._secret, b"share:" + link_id.encode(), hashlib.sha256)
+        return b64e(mac.digest()[:16])
 
 
 def new_link_id() -> str:

@@ -10,8 +10,6 @@ from typing import Any
 import segno
 from aiohttp import web
 
-from dicom_codecs.render import render_thumbnail
-from image_store.derived import series_thumbnail
 from image_store.keys import is_valid_uid
 from image_store.records import SeriesQuery, StudyRecord
 from viewer_api.context import ACTOR, blocking, principal, services, uid_param
@@ -19,6 +17,7 @@ from viewer_api.dicomweb.access import visible_study
 from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.pages import PAGE_HEADERS, film_page, message_page
 from viewer_api.share import ShareLink
+from viewer_api.thumbnails import series_jpeg
 
 MAX_TTL_HOURS = 8760
 
@@ -174,7 +173,5 @@ async def film_thumbnail(request: web.Request) -> web.Response:
     )
     if not found:
         raise NotFound(f"no series {series_uid} in the shared study")
-    jpeg = await blocking(series_thumbnail, svc.store, svc.index, series_uid, render_thumbnail)
-    if jpeg is None:
-        raise NotFound(f"series {series_uid} has no instances")
+    jpeg = await series_jpeg(svc.store, svc.index, series_uid)
     return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})

@@ -23,18 +23,29 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "status": status}, status=status, headers=headers)
 
 
+def _started(request: web.Request) -> bool:
+    """True once a streamed response has sent bytes: no other response can follow then."""
+    return request.writer.output_size > 0
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ViewerError as exc:
+        if _started(request):
+            raise
         return _error(exc.status, str(exc))
     except web.HTTPException as exc:
-        if exc.status < 400:
+        if exc.status < 400 or _started(request):
             raise
         return _error(exc.status, exc.reason)
+    except ConnectionResetError:
+        raise  # the client went away mid-response: nothing to answer, nothing to log
     except Exception:  # the edge: nothing unexpected reaches a client as a traceback
         logger.exception("unhandled error on %s %s", request.method, request.path)
+        if _started(request):
+            raise  # mid-stream: aiohttp drops the connection, the client sees a cut body
         return _error(500, "internal error")
 
 

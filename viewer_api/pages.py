@@ -42,7 +42,7 @@ def mask_name(name: str) -> str:
     letters = "".join(" " if c == "^" else c for c in shown).strip()
     letters = "".join(letters.split(" ")) if any(ord(c) > 0x2E80 for c in letters) else letters
     if len(letters) <= 1:
-        return letters or "*"
+        return "*"  # a one-character name would be shown whole
     if len(letters) == 2:
         return letters[0] + "*"
     return letters[0] + "*" * (len(letters) - 2) + letters[-1]

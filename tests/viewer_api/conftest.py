@@ -18,18 +18,26 @@ from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
-from viewer_api.auth import TokenSigner
+from viewer_api.auth import Role, TokenSigner
 from viewer_api.share import SqliteShareLinks
 
 BASE = "http://films.example"
 
 
 class Spy:
-    """Wraps a store or an index and records every call made through it."""
+    """Wraps a store or an index and records every call made through it.
+
+    ``fail(name, after=n)`` makes the call ``name`` raise RuntimeError once ``n`` calls to it
+    have succeeded (an outage in the middle of a request).
+    """
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.calls: list[str] = []
+        self._fail: dict[str, int] = {}
+
+    def fail(self, name: str, *, after: int = 0) -> None:
+        self._fail[name] = after
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -37,6 +45,10 @@ class Spy:
 
             def wrapped(*a: Any, **k: Any) -> Any:
                 self.calls.append(name)
+                if name in self._fail:
+                    if self._fail[name] <= 0:
+                        raise RuntimeError(f"injected failure of {name}")
+                    self._fail[name] -= 1
                 return attr(*a, **k)
 
             return wrapped
@@ -53,7 +65,7 @@ class Api:
     audit: SqliteAuditLog
     files: dict[str, bytes]
 
-    def token(self, hospital: str = "H1", role: str = "clinician") -> dict[str, str]:
+    def token(self, hospital: str = "H1", role: Role = "clinician") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.signer.issue(hospital, role, subject='t')}"}
 
 
@@ -76,6 +88,30 @@ def loaded(tmp_path: Path) -> Iterator[tuple[FilesystemObjectStore, SqliteIndex,
     index.close()
 
 
+async def make_api(
+    store: FilesystemObjectStore,
+    index: SqliteIndex,
+    files: dict[str, bytes],
+    tmp_path: Path,
+    aiohttp_client: Callable[[web.Application], Any],
+    settings: ViewerSettings | None = None,
+) -> Api:
+    signer = TokenSigner(b"k" * 32)
+    shares = SqliteShareLinks(tmp_path / "shares.sqlite")
+    audit = SqliteAuditLog(tmp_path / "audit.sqlite")
+    spy_store, spy_index = Spy(store), Spy(index)
+    app = create_app(
+        settings or ViewerSettings(public_base_url=BASE),
+        spy_store,
+        spy_index,
+        shares,
+        audit,
+        signer,
+    )
+    client = await aiohttp_client(app)
+    return Api(client, signer, spy_store, spy_index, shares, audit, files)
+
+
 @pytest.fixture
 async def api(
     loaded: tuple[FilesystemObjectStore, SqliteIndex, dict[str, bytes]],
@@ -83,15 +119,53 @@ async def api(
     aiohttp_client: Callable[[web.Application], Any],
 ) -> Api:
     store, index, files = loaded
-    signer = TokenSigner(b"k" * 32)
-    shares = SqliteShareLinks(tmp_path / "shares.sqlite")
-    audit = SqliteAuditLog(tmp_path / "audit.sqlite")
-    spy_store, spy_index = Spy(store), Spy(index)
-    app = create_app(
-        ViewerSettings(public_base_url=BASE), spy_store, spy_index, shares, audit, signer
-    )  # type: ignore[arg-type]
-    client = await aiohttp_client(app)
-    return Api(client, signer, spy_store, spy_index, shares, audit, files)
+    return await make_api(store, index, files, tmp_path, aiohttp_client)
+
+
+@dataclass
+class Regional:
+    """The pydicom files of ``loaded`` plus a synthetic CT study (a localizer series and an
+    axial series of three slices) at H1 and a synthetic MR study at H2."""
+
+    api: Api
+    ct: list[pydicom.Dataset]
+    ct_bytes: list[bytes]
+    mr_h2: list[pydicom.Dataset]
+
+
+def _synthesize(out: Path, **kwargs: Any) -> tuple[list[pydicom.Dataset], list[bytes]]:
+    synth = pytest.importorskip("cloudfilm.synth")
+    paths = synth.synthesize_study(out, **kwargs)
+    data = [Path(p).read_bytes() for p in paths]
+    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths], data
+
+
+SynthStudies = tuple[list[pydicom.Dataset], list[bytes], list[pydicom.Dataset], list[bytes]]
+
+
+@pytest.fixture(scope="session")
+def synth_studies(tmp_path_factory: pytest.TempPathFactory) -> SynthStudies:
+    """Written once per run: the files are the same for the same arguments."""
+    out = tmp_path_factory.mktemp("synth")
+    ct, ct_bytes = _synthesize(out / "ct", modality="CT", images=3, seed=11)
+    mr, mr_bytes = _synthesize(out / "mr", modality="MR", images=2, seed=12)
+    return ct, ct_bytes, mr, mr_bytes
+
+
+@pytest.fixture
+async def regional(
+    loaded: tuple[FilesystemObjectStore, SqliteIndex, dict[str, bytes]],
+    synth_studies: SynthStudies,
+    tmp_path: Path,
+    aiohttp_client: Callable[[web.Application], Any],
+) -> Regional:
+    store, index, files = loaded
+    ct, ct_bytes, mr, mr_bytes = synth_studies
+    ingest = LocalIngest(store, index)
+    outs = ingest.ingest("H1", ct_bytes) + ingest.ingest("H2", mr_bytes)
+    assert all(o.ok for o in outs), outs
+    api = await make_api(store, index, files, tmp_path, aiohttp_client)
+    return Regional(api, ct, ct_bytes, mr)
 
 
 def uids(name: str) -> pydicom.Dataset:

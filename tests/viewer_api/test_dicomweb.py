@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ MR = uids("MR_small.dcm")
 SC = uids("SC_rgb_rle.dcm")
 
 
-async def _studies(api: Api, query: str = "", **tok: str) -> list[str]:
+async def _studies(api: Api, query: str = "", **tok: Any) -> list[str]:
     r = await api.client.get(f"/dicom-web/studies{query}", headers=api.token(**tok))
     assert r.status == 200, await r.text()
     assert r.headers["Content-Type"].startswith("application/dicom+json")

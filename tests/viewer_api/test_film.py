@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import io
 import re
 import sqlite3
@@ -9,13 +10,20 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.viewer_api.conftest import BASE, Api, uids
-from viewer_api.audit import AuditEvent, SqliteAuditLog
+from tests.viewer_api.conftest import BASE, Api, Regional, uids
+from viewer_api.audit import AuditEvent, SqliteAuditLog, chain_hash
 from viewer_api.film import render_qr
 from viewer_api.pages import mask_name
 
 CT = uids("CT_small.dcm")
 SC = uids("SC_rgb_rle.dcm")
+PAGE_SECURITY = {
+    "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+}
 
 
 async def _share(api: Api, study_uid: str, **body: object) -> dict[str, str]:
@@ -171,3 +179,108 @@ async def test_a_share_link_has_a_qr_code_of_its_url_for_the_report(api: Api) ->
     assert svg.headers["Content-Type"] == "image/svg+xml" and b"<svg" in await svg.read()
     assert (await api.client.get(_path(share["qr_png"]))).status == 401
     assert (await api.client.get(_path(share["qr_png"]), headers=api.token("H2"))).status == 403
+
+
+async def test_the_page_shows_every_series_of_a_synthetic_study(regional: Regional) -> None:
+    api, ct = regional.api, regional.ct
+    share = await _share(api, ct[0].StudyInstanceUID, ttl_hours=1)
+    r = await api.client.get(_path(share["url"]))
+    assert r.status == 200
+    assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+    page = await r.text()
+    srcs = re.findall(r'<img class="thumb"[^>]* src="([^"]+)"', page)
+    token = share["token"]
+    assert sorted(srcs) == sorted(
+        f"/film/{token}/series/{uid}/thumbnail"
+        for uid in {ct[0].SeriesInstanceUID, ct[1].SeriesInstanceUID}
+    )
+    for src in srcs:
+        img = await api.client.get(src)
+        assert img.status == 200 and img.headers["Content-Type"] == "image/jpeg"
+        assert (await img.read())[:3] == b"\xff\xd8\xff"
+    alpha, ideo = str(ct[0].PatientName).split("=")
+    assert mask_name(str(ct[0].PatientName)) in page
+    assert ideo.replace("^", "") not in page and alpha.split("^")[0] not in page
+    assert ct[0].PatientID not in page
+    assert "3 幅 images" in page and "AXIAL" in page
+    assert "检查日期" in page and "Date" in page and 'name="viewport"' in page
+    assert "<script" not in page and "<link" not in page and "http" not in page
+    assert api.shares.get(share["id"]).views == 1  # type: ignore[union-attr]
+    await api.client.get(_path(share["url"]))
+    assert api.shares.get(share["id"]).views == 2  # type: ignore[union-attr]
+
+
+async def test_a_link_can_be_shared_only_for_its_lifetime(regional: Regional) -> None:
+    api, ct = regional.api, regional.ct
+    share = await _share(api, ct[0].StudyInstanceUID, ttl_hours=2)
+    expires = dt.datetime.fromisoformat(share["expires_at"])
+    assert expires.tzinfo is not None and expires.utcoffset() == dt.timedelta(0)
+    assert 7100 < expires.timestamp() - time.time() <= 7200
+    default = await _share(api, ct[0].StudyInstanceUID)
+    left = dt.datetime.fromisoformat(default["expires_at"]).timestamp() - time.time()
+    assert 30 * 86400 - 100 < left <= 30 * 86400
+
+
+@pytest.mark.parametrize("state", ["tampered", "expired", "revoked"])
+async def test_refused_links_get_a_403_page_with_security_headers(
+    regional: Regional, state: str
+) -> None:
+    api, ct = regional.api, regional.ct
+    study = ct[0].StudyInstanceUID
+    if state == "expired":
+        link = api.shares.create(study, "H1", "test", time.time() - 60)
+        token = api.signer.share_token(link.id)
+    else:
+        token = (await _share(api, study))["token"]
+        if state == "revoked":
+            api.shares.revoke(token.split(".")[0])
+        else:
+            token = "A" + token[1:] if token[0] != "A" else "B" + token[1:]
+    r = await api.client.get(f"/film/{token}")
+    assert r.status == 403
+    assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+    page = await r.text()
+    assert {"tampered": "not valid", "expired": "expired", "revoked": "revoked"}[state] in page
+    for name, value in PAGE_SECURITY.items():
+        assert r.headers[name].startswith(value), name
+    thumb = await api.client.get(f"/film/{token}/series/{ct[1].SeriesInstanceUID}/thumbnail")
+    assert thumb.status == 403
+
+
+async def test_only_the_creating_hospital_or_an_admin_may_revoke(regional: Regional) -> None:
+    api, study = regional.api, regional.ct[0].StudyInstanceUID
+    first = await _share(api, study)
+    r = await api.client.delete(f"/api/shares/{first['id']}", headers=api.token(role="admin"))
+    assert r.status == 204
+    second = await _share(api, study)
+    r = await api.client.delete(f"/api/shares/{second['id']}", headers=api.token("H2", "admin"))
+    assert r.status == 204
+    assert (await api.client.delete(f"/api/shares/{second['id']}")).status == 401
+    assert (await api.client.delete("/api/shares/..%2F..", headers=api.token())).status in (
+        400,
+        404,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [("张小三", "张*三"), ("Zhaon", "Z***n"), ("王五", "王*"), ("Li", "L*"), ("A", "*")],
+)
+def test_names_keep_their_first_and_last_character(name: str, shown: str) -> None:
+    assert mask_name(name) == shown
+
+
+def test_an_audit_row_edited_in_place_is_found(tmp_path: Path) -> None:
+    log = SqliteAuditLog(tmp_path / "audit.sqlite")
+    for status in (200, 403, 404):
+        log.append(AuditEvent(1.0, "share:abc", "", "", "GET", "/film/abc", status, "::1"))
+    assert log.verify() is None
+    assert [e.status for e in log.iter_events()] == [200, 403, 404]
+    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+        db.execute("UPDATE audit SET event = replace(event, '403', '200') WHERE seq = 2")
+    assert log.verify() == 2
+    with sqlite3.connect(tmp_path / "audit.sqlite") as db:  # recomputing one hash is not enough
+        (text, prev) = db.execute("SELECT event, prev_hash FROM audit WHERE seq = 2").fetchone()
+        db.execute("UPDATE audit SET hash = ? WHERE seq = 2", (chain_hash(prev, text),))
+    assert log.verify() == 3
+    log.close()

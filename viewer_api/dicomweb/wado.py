@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dicom_codecs.render import render_thumbnail
-from image_store.derived import series_thumbnail
 from image_store.records import InstanceQuery, InstanceSummary
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb.access import instances_of, series_of, visible_study
 from viewer_api.dicomweb.multipart import (
+    DicomAccept,
     closing,
     content_type,
     negotiate_dicom,
@@ -17,6 +16,7 @@ from viewer_api.dicomweb.multipart import (
     part_header,
 )
 from viewer_api.errors import NotAcceptable, NotFound
+from viewer_api.thumbnails import series_jpeg
 
 
 async def _targets(request: web.Request) -> tuple[str, str, str]:
@@ -37,27 +37,33 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     instances = await instances_of(request, study_uid, series_uid, sop_uid)
     if not instances:
         raise NotFound("no instances to retrieve")
-    _check_syntax(instances, wanted.transfer_syntax)
+    _check_syntax(instances, wanted)
     store = services(request).store
     boundary = new_boundary()
+    # The first object is read before the headers go out, so a store that fails at once still
+    # gets a JSON error; a failure later drops the connection (the middleware re-raises).
+    data = await blocking(store.get, instances[0].object_key)
     resp = web.StreamResponse(headers={"Content-Type": content_type(boundary)})
     await resp.prepare(request)
     for n, inst in enumerate(instances):
-        data = await blocking(store.get, inst.object_key)
+        if n:
+            data = await blocking(store.get, inst.object_key)
         await resp.write(part_header(boundary, first=n == 0))
         await resp.write(data)
+        del data  # one object in memory at a time
     await resp.write(closing(boundary))
     await resp.write_eof()
     return resp
 
 
-def _check_syntax(instances: list[InstanceSummary], syntax: str | None) -> None:
-    if syntax in (None, "", "*"):
-        return
+def _check_syntax(instances: list[InstanceSummary], wanted: DicomAccept) -> None:
+    """Stored bytes only for now: 406 unless the client takes every stored transfer syntax."""
     stored = {i.transfer_syntax_uid for i in instances}
-    if stored != {syntax}:
+    refused = sorted(ts for ts in stored if not wanted.allows(ts))
+    if refused:
+        asked = ", ".join(wanted.transfer_syntaxes)
         raise NotAcceptable(
-            f"transfer syntax {syntax} is not available (stored: {', '.join(sorted(stored))}); "
+            f"transfer syntax {asked} is not available (stored: {', '.join(sorted(stored))}); "
             "ask for transfer-syntax=* to get the stored bytes"
         )
 
@@ -77,7 +83,5 @@ async def metadata(request: web.Request) -> web.Response:
 async def thumbnail(request: web.Request) -> web.Response:
     _, series_uid, _ = await _targets(request)
     svc = services(request)
-    jpeg = await blocking(series_thumbnail, svc.store, svc.index, series_uid, render_thumbnail)
-    if jpeg is None:
-        raise NotFound(f"series {series_uid} has no instances")
+    jpeg = await series_jpeg(svc.store, svc.index, series_uid)
     return web.Response(body=jpeg, content_type="image/jpeg")

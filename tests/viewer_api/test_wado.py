@@ -1,0 +1,227 @@
+"""WADO-RS: stored bytes as multipart/related, metadata, thumbnails, access and failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import BodyPartReader, MultipartReader
+
+from tests.viewer_api.conftest import Api, Regional, uids
+
+CT_SMALL = uids("CT_small.dcm")
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+async def _parts(response: aiohttp.ClientResponse) -> list[bytes]:
+    """The bodies of a multipart/related response, checking each part's type."""
+    ctype = response.headers["Content-Type"]
+    assert ctype.startswith('multipart/related; type="application/dicom"; boundary=')
+    reader = MultipartReader.from_response(response)
+    out = []
+    while (part := await reader.next()) is not None:
+        assert isinstance(part, BodyPartReader)
+        assert part.headers["Content-Type"] == "application/dicom"
+        out.append(bytes(await part.read()))
+    return out
+
+
+def _study_url(regional: Regional) -> str:
+    return f"/dicom-web/studies/{regional.ct[0].StudyInstanceUID}"
+
+
+async def test_a_study_comes_back_as_the_ingested_bytes_one_part_each(regional: Regional) -> None:
+    api = regional.api
+    r = await api.client.get(_study_url(regional), headers=api.token())
+    assert r.status == 200
+    parts = await _parts(r)
+    assert sorted(parts) == sorted(regional.ct_bytes)
+
+
+async def test_a_series_and_an_instance_come_back_as_stored(regional: Regional) -> None:
+    api, axial = regional.api, regional.ct[1]
+    series_url = f"{_study_url(regional)}/series/{axial.SeriesInstanceUID}"
+    r = await api.client.get(series_url, headers=api.token())
+    assert sorted(await _parts(r)) == sorted(regional.ct_bytes[1:])
+    r = await api.client.get(
+        f"{series_url}/instances/{regional.ct[2].SOPInstanceUID}", headers=api.token()
+    )
+    assert await _parts(r) == [regional.ct_bytes[2]]
+
+
+async def test_the_stream_reads_one_object_at_a_time_and_no_more(regional: Regional) -> None:
+    api = regional.api
+    api.store.calls.clear()
+    r = await api.client.get(_study_url(regional), headers=api.token())
+    assert len(await _parts(r)) == 4
+    assert api.store.calls == ["get"] * 4
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None,
+        "*/*",
+        "multipart/related; type=application/dicom",
+        'multipart/related; type="application/dicom"',
+        'multipart/related; type="application/dicom"; transfer-syntax=*',
+        f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}',
+        f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}, */*',
+    ],
+)
+async def test_accept_headers_that_get_the_stored_bytes(
+    regional: Regional, accept: str | None
+) -> None:
+    api = regional.api
+    headers = api.token() | ({"Accept": accept} if accept else {})
+    r = await api.client.get(_study_url(regional), headers=headers)
+    assert r.status == 200, accept
+    assert sorted(await _parts(r)) == sorted(regional.ct_bytes)
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}',
+        "image/jpeg",
+        "application/json",
+    ],
+)
+async def test_accept_headers_we_cannot_serve_are_406_json(regional: Regional, accept: str) -> None:
+    api = regional.api
+    r = await api.client.get(_study_url(regional), headers=api.token() | {"Accept": accept})
+    assert r.status == 406
+    assert (await r.json())["status"] == 406
+
+
+async def test_metadata_at_each_level_is_an_array_of_the_stored_json(regional: Regional) -> None:
+    api, ct = regional.api, regional.ct
+    study = _study_url(regional)
+    series = f"{study}/series/{ct[1].SeriesInstanceUID}"
+    instance = f"{series}/instances/{ct[3].SOPInstanceUID}"
+    api.store.calls.clear()
+    for url, expected in (
+        (study, {d.SOPInstanceUID for d in ct}),
+        (series, {d.SOPInstanceUID for d in ct[1:]}),
+        (instance, {ct[3].SOPInstanceUID}),
+    ):
+        api.index.calls.clear()
+        r = await api.client.get(f"{url}/metadata", headers=api.token())
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("application/dicom+json")
+        docs = await r.json()
+        assert isinstance(docs, list) and len(docs) == len(expected)
+        assert {d["00080018"]["Value"][0] for d in docs} == expected
+        assert all(d["0020000D"]["Value"] == [ct[0].StudyInstanceUID] for d in docs)
+        assert api.index.calls.count("instance_metadata") == 1
+    assert api.store.calls == []
+
+
+async def test_series_thumbnails_are_jpegs(regional: Regional) -> None:
+    api = regional.api
+    for ds in (regional.ct[0], regional.ct[1]):
+        r = await api.client.get(
+            f"{_study_url(regional)}/series/{ds.SeriesInstanceUID}/thumbnail",
+            headers=api.token(),
+        )
+        assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg"
+        assert (await r.read())[:3] == b"\xff\xd8\xff"
+
+
+async def test_another_hospitals_study_is_403_at_every_level(regional: Regional) -> None:
+    api, mr = regional.api, regional.mr_h2[0]
+    study = f"/dicom-web/studies/{mr.StudyInstanceUID}"
+    series = f"{study}/series/{mr.SeriesInstanceUID}"
+    urls = [
+        study,
+        f"{study}/metadata",
+        f"{study}/series",
+        f"{study}/instances",
+        series,
+        f"{series}/metadata",
+        f"{series}/thumbnail",
+        f"{series}/instances",
+        f"{series}/instances/{mr.SOPInstanceUID}",
+        f"{series}/instances/{mr.SOPInstanceUID}/metadata",
+    ]
+    for url in urls:
+        r = await api.client.get(url, headers=api.token())
+        assert r.status == 403, url
+        assert (await r.json())["status"] == 403
+    for url in urls:
+        r = await api.client.get(url, headers=api.token(role="admin"))
+        assert r.status == 200, url
+        r = await api.client.get(url, headers=api.token(hospital="H2"))
+        assert r.status == 200, url
+
+
+async def test_unknown_or_mismatched_uids_are_404_json(regional: Regional) -> None:
+    api, ct = regional.api, regional.ct
+    study = _study_url(regional)
+    urls = [
+        "/dicom-web/studies/1.2.3.4.5/metadata",
+        "/dicom-web/studies/1.2.3.4.5/series",
+        f"{study}/series/1.2.3.4.5",
+        f"{study}/series/1.2.3.4.5/thumbnail",
+        f"{study}/series/{CT_SMALL.SeriesInstanceUID}",  # a series of another study
+        # an instance of the other series
+        f"{study}/series/{ct[0].SeriesInstanceUID}/instances/{ct[1].SOPInstanceUID}",
+        f"{study}/series/{ct[1].SeriesInstanceUID}/instances/1.2.3.4.5/metadata",
+    ]
+    for url in urls:
+        r = await api.client.get(url, headers=api.token())
+        assert r.status == 404, url
+        body = await r.json()
+        assert body["status"] == 404 and body["error"], url
+
+
+async def test_an_unexpected_failure_is_500_json_without_details(api: Api) -> None:
+    api.index.fail("find_studies")
+    r = await api.client.get("/dicom-web/studies", headers=api.token())
+    assert r.status == 500
+    assert await r.json() == {"error": "internal error", "status": 500}
+    assert [e.status for e in api.audit.iter_events()] == [500]
+
+
+async def test_a_store_failing_mid_stream_cuts_the_response(regional: Regional) -> None:
+    api = regional.api
+    api.store.fail("get", after=2)
+    r = await api.client.get(_study_url(regional), headers=api.token())
+    assert r.status == 200  # the headers and two parts were already sent
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await r.read()
+    assert [e.status for e in api.audit.iter_events()][-1] == 500
+
+
+async def test_a_store_failing_before_the_first_part_is_500_json(regional: Regional) -> None:
+    api = regional.api
+    api.store.fail("get")
+    r = await api.client.get(_study_url(regional), headers=api.token())
+    assert r.status == 500
+    assert await r.json() == {"error": "internal error", "status": 500}
+
+
+async def test_every_access_is_audited_with_its_status(regional: Regional) -> None:
+    api = regional.api
+    mr = regional.mr_h2[0]
+    calls: list[tuple[str, dict[str, Any]]] = [
+        (f"{_study_url(regional)}/metadata", api.token()),
+        (f"/dicom-web/studies/{mr.StudyInstanceUID}", api.token()),
+        ("/dicom-web/studies/1.2.3.4.5", api.token()),
+        ("/dicom-web/studies/1.2.x", api.token()),
+        ("/dicom-web/studies", {}),
+        ("/healthz", {}),
+    ]
+    for url, headers in calls:
+        await api.client.get(url, headers=headers)
+    events = list(api.audit.iter_events())
+    assert [e.status for e in events] == [200, 403, 404, 400, 401]
+    assert [e.actor for e in events][-1] == "anonymous"
+    assert all(e.hospital == "H1" and e.role == "clinician" for e in events[:4])
+    assert all(e.action == "GET" for e in events)
+    assert api.audit.verify() is None
+    text = repr(events)
+    for ds in (*regional.ct, mr):
+        assert ds.PatientID not in text and str(ds.PatientName) not in text
