@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import aiohttp
+import numpy as np
+import pydicom
 import pytest
 from aiohttp import BodyPartReader, MultipartReader
 
@@ -225,3 +228,21 @@ async def test_every_access_is_audited_with_its_status(regional: Regional) -> No
     text = repr(events)
     for ds in (*regional.ct, mr):
         assert ds.PatientID not in text and str(ds.PatientName) not in text
+
+
+async def test_wado_transcodes_to_explicit_vr_little_endian_on_request(api: Api) -> None:
+    sc = uids("SC_rgb_rle.dcm")
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+    r = await api.client.get(
+        f"/dicom-web/studies/{sc.StudyInstanceUID}",
+        headers={**api.token("H2"), "Accept": accept},
+    )
+    assert r.status == 200
+    ctype = r.headers["Content-Type"]
+    boundary = ctype.rsplit("boundary=", 1)[1]
+    body = await r.read()
+    payload = body.split(b"\r\n\r\n", 1)[1].rsplit(f"\r\n--{boundary}--".encode(), 1)[0]
+    got = pydicom.dcmread(io.BytesIO(payload))
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    original = pydicom.dcmread(io.BytesIO(api.files["SC_rgb_rle.dcm"]))
+    np.testing.assert_array_equal(got.pixel_array, original.pixel_array)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
+from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_codecs.transcode import to_explicit_vr_little_endian
+from image_store.ports import ObjectStore
 from image_store.records import InstanceQuery, InstanceSummary
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb.access import instances_of, series_of, visible_study
@@ -42,12 +45,12 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     boundary = new_boundary()
     # The first object is read before the headers go out, so a store that fails at once still
     # gets a JSON error; a failure later drops the connection (the middleware re-raises).
-    data = await blocking(store.get, instances[0].object_key)
+    data = await blocking(_read, store, instances[0], wanted)
     resp = web.StreamResponse(headers={"Content-Type": content_type(boundary)})
     await resp.prepare(request)
     for n, inst in enumerate(instances):
         if n:
-            data = await blocking(store.get, inst.object_key)
+            data = await blocking(_read, store, inst, wanted)
         await resp.write(part_header(boundary, first=n == 0))
         await resp.write(data)
         del data  # one object in memory at a time
@@ -56,15 +59,26 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _read(store: ObjectStore, inst: InstanceSummary, wanted: DicomAccept) -> bytes:
+    """The stored bytes, or the instance transcoded to Explicit VR Little Endian when the client
+    does not take the stored syntax."""
+    data = store.get(inst.object_key)
+    if wanted.allows(inst.transfer_syntax_uid):
+        return data
+    return to_explicit_vr_little_endian(data)
+
+
 def _check_syntax(instances: list[InstanceSummary], wanted: DicomAccept) -> None:
-    """Stored bytes only for now: 406 unless the client takes every stored transfer syntax."""
+    """406 unless every instance can be sent as stored or as Explicit VR Little Endian."""
+    if ExplicitVRLittleEndian in wanted.transfer_syntaxes:
+        return
     stored = {i.transfer_syntax_uid for i in instances}
     refused = sorted(ts for ts in stored if not wanted.allows(ts))
     if refused:
         asked = ", ".join(wanted.transfer_syntaxes)
         raise NotAcceptable(
             f"transfer syntax {asked} is not available (stored: {', '.join(sorted(stored))}); "
-            "ask for transfer-syntax=* to get the stored bytes"
+            f"ask for transfer-syntax=* (as stored) or {ExplicitVRLittleEndian}"
         )
 
 
