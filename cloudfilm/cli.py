@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl-hours", type=int, default=24)
     p.add_argument("--config", type=Path)
 
+    p = sub.add_parser("audit", help="the access audit log")
+    asub = p.add_subparsers(dest="audit_command", required=True)
+    for name, text in (("verify", "check the hash chain"), ("export", "print as JSON lines")):
+        a = asub.add_parser(name, help=text)
+        a.add_argument("--data", required=True, help="data directory of the stack")
+
     p = sub.add_parser("gateway", help="gateway tasks")
     gsub = p.add_subparsers(dest="gateway_command", required=True)
     b = gsub.add_parser("backfill", help="copy an existing Orthanc PACS into the cloud (resumable)")
@@ -192,12 +198,38 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0 if not report.refused else 3
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from viewer_api.audit import SqliteAuditLog
+
+    settings = load_settings({"data_dir": args.data})
+    if not settings.audit_path.is_file():
+        raise ConfigError(f"no audit log at {settings.audit_path}")
+    log = SqliteAuditLog(settings.audit_path)
+    try:
+        if args.audit_command == "export":
+            for event in log.iter_events():
+                print(json.dumps(dataclasses.asdict(event), ensure_ascii=False))
+            return 0
+        bad = log.verify()
+    finally:
+        log.close()
+    if bad is None:
+        print("audit log intact")
+        return 0
+    print(f"audit log broken at record {bad}: edited or deleted", file=sys.stderr)
+    return 1
+
+
 COMMANDS = {
     "synth": cmd_synth,
     "serve": cmd_serve,
     "token": cmd_token,
     "demo": cmd_demo,
     "gateway": cmd_gateway,
+    "audit": cmd_audit,
 }
 
 

@@ -99,6 +99,8 @@ class Stack:
 
     async def start(self) -> None:
         s = self.settings
+        # load the Numba kernels (from the on-disk JIT cache) before the first request needs them
+        await asyncio.to_thread(_warm_codecs)
         sock = socket.create_server((s.http_host, s.http_port))
         self.http_port = int(sock.getsockname()[1])
         app = create_app(
@@ -168,6 +170,13 @@ class Stack:
             await self.runner.cleanup()
             self.runner = None
         self.index.close()
+
+
+def _warm_codecs() -> None:
+    from dicom_codecs.pydicom_plugin import register, warm_up
+
+    register()
+    warm_up()
 
 
 async def serve_until_signal(

@@ -41,3 +41,23 @@ def test_synth_bad_count_is_a_cli_error(tmp_path: Path, capsys: pytest.CaptureFi
 def test_serve_with_a_bad_address_is_a_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--http", "nowhere"]) == 2
     assert "--http must be HOST:PORT" in capsys.readouterr().err
+
+
+def test_audit_verify_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+    import time
+
+    from viewer_api.audit import AuditEvent, SqliteAuditLog
+
+    log = SqliteAuditLog(tmp_path / "audit.sqlite")
+    for i in range(3):
+        log.append(AuditEvent(time.time(), "a", "H1", "admin", "GET", f"/x/{i}", 200, "127.0.0.1"))
+    log.close()
+    assert main(["audit", "verify", "--data", str(tmp_path)]) == 0
+    assert "intact" in capsys.readouterr().out
+    assert main(["audit", "export", "--data", str(tmp_path)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+        db.execute("DELETE FROM audit WHERE seq = 2")
+    assert main(["audit", "verify", "--data", str(tmp_path)]) == 1
+    assert "broken at record 2" in capsys.readouterr().err
