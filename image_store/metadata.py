@@ -30,7 +30,8 @@ _BULK_THRESHOLD = 1024
 """Elements with values larger than this go out of the metadata JSON as BulkDataURI."""
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def text_value(ds: Dataset, keyword: str) -> str:
+    """An attribute as text ('' when absent; multiple values joined by backslashes)."""
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -131,7 +132,7 @@ def _check(fp: BinaryIO, size: int, *, defer: bool) -> InstanceIdentity:
     uids = {}
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         try:
-            value = _text(ds, keyword)
+            value = text_value(ds, keyword)
         except (ValueError, TypeError, KeyError, LookupError) as exc:
             raise InvalidDicom(f"{keyword} cannot be read: {exc}") from exc
         if not value:
@@ -159,7 +160,7 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
         ts = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else ""
         uids: dict[str, str] = {}
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-            value = _text(ds, keyword)
+            value = text_value(ds, keyword)
             if not value:
                 raise InvalidDicom(f"required attribute {keyword} is missing")
             uids[keyword] = check_uid(value, keyword)
@@ -170,26 +171,26 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
             ds_for_json = ds.copy()
             del ds_for_json[0x7FE00010]
         patient = PatientInfo(
-            patient_id=_text(ds, "PatientID"),
-            issuer=_text(ds, "IssuerOfPatientID"),
-            name=_text(ds, "PatientName"),
-            birth_date=_text(ds, "PatientBirthDate"),
-            sex=_text(ds, "PatientSex"),
+            patient_id=text_value(ds, "PatientID"),
+            issuer=text_value(ds, "IssuerOfPatientID"),
+            name=text_value(ds, "PatientName"),
+            birth_date=text_value(ds, "PatientBirthDate"),
+            sex=text_value(ds, "PatientSex"),
         )
         return InstanceHeader(
             patient=patient,
             study_uid=uids["StudyInstanceUID"],
-            study_date=_text(ds, "StudyDate"),
-            study_time=_text(ds, "StudyTime"),
-            accession_number=_text(ds, "AccessionNumber"),
-            study_description=_text(ds, "StudyDescription"),
-            referring_physician=_text(ds, "ReferringPhysicianName"),
-            study_id=_text(ds, "StudyID"),
+            study_date=text_value(ds, "StudyDate"),
+            study_time=text_value(ds, "StudyTime"),
+            accession_number=text_value(ds, "AccessionNumber"),
+            study_description=text_value(ds, "StudyDescription"),
+            referring_physician=text_value(ds, "ReferringPhysicianName"),
+            study_id=text_value(ds, "StudyID"),
             series_uid=uids["SeriesInstanceUID"],
-            modality=_text(ds, "Modality"),
+            modality=text_value(ds, "Modality"),
             series_number=_int(ds, "SeriesNumber"),
-            series_description=_text(ds, "SeriesDescription"),
-            body_part=_text(ds, "BodyPartExamined"),
+            series_description=text_value(ds, "SeriesDescription"),
+            body_part=text_value(ds, "BodyPartExamined"),
             sop_uid=uids["SOPInstanceUID"],
             sop_class_uid=uids["SOPClassUID"],
             instance_number=_int(ds, "InstanceNumber"),
@@ -197,7 +198,7 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
             number_of_frames=_int(ds, "NumberOfFrames"),
-            specific_character_set=_text(ds, "SpecificCharacterSet"),
+            specific_character_set=text_value(ds, "SpecificCharacterSet"),
             metadata_json=metadata_json(
                 ds_for_json,
                 f"/dicom-web/studies/{uids['StudyInstanceUID']}/series/"

@@ -20,6 +20,7 @@ from pynetdicom.presentation import build_context
 
 from image_store.errors import ImageStoreError
 from image_store.keys import is_valid_uid
+from image_store.metadata import text_value
 from image_store.ports import Index, ObjectStore
 from image_store.records import (
     InstanceQuery,
@@ -56,17 +57,8 @@ class QrSettings:
     """C-MOVE destination AE title -> (host, port)."""
 
 
-def _value(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, pydicom.multival.MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
-
-
 def _uids(ds: Dataset, keyword: str) -> tuple[str, ...]:
-    text = _value(ds, keyword)
+    text = text_value(ds, keyword)
     if not text:
         return ()
     uids = tuple(u.strip() for u in text.split("\\"))
@@ -76,7 +68,7 @@ def _uids(ds: Dataset, keyword: str) -> tuple[str, ...]:
 
 
 def _dates(ds: Dataset) -> tuple[str, str]:
-    text = _value(ds, "StudyDate")
+    text = text_value(ds, "StudyDate")
     if not text:
         return "", ""
     lo, sep, hi = text.partition("-")
@@ -89,7 +81,7 @@ def _dates(ds: Dataset) -> tuple[str, str]:
 
 
 def level_of(ds: Dataset) -> str:
-    level = _value(ds, "QueryRetrieveLevel").upper()
+    level = text_value(ds, "QueryRetrieveLevel").upper()
     if level not in LEVELS:
         raise BadIdentifier(f"QueryRetrieveLevel must be one of {', '.join(LEVELS)}")
     return level
@@ -97,17 +89,17 @@ def level_of(ds: Dataset) -> str:
 
 def study_query(ds: Dataset, hospitals: frozenset[str]) -> StudyQuery:
     lo, hi = _dates(ds)
-    modalities = tuple(m for m in _value(ds, "ModalitiesInStudy").split("\\") if m)
+    modalities = tuple(m for m in text_value(ds, "ModalitiesInStudy").split("\\") if m)
     return StudyQuery(
         hospitals=hospitals,
-        patient_id=_value(ds, "PatientID"),
-        patient_name=_value(ds, "PatientName"),
+        patient_id=text_value(ds, "PatientID"),
+        patient_name=text_value(ds, "PatientName"),
         study_date_from=lo,
         study_date_to=hi,
         modalities=modalities,
-        accession_number=_value(ds, "AccessionNumber"),
+        accession_number=text_value(ds, "AccessionNumber"),
         study_uids=_uids(ds, "StudyInstanceUID"),
-        study_description=_value(ds, "StudyDescription"),
+        study_description=text_value(ds, "StudyDescription"),
     )
 
 
@@ -195,7 +187,7 @@ def find_matches(ds: Dataset, index: Index, settings: QrSettings) -> Iterator[Da
             hospitals=hospitals,
             study_uid=study_uids[0],
             series_uids=_uids(ds, "SeriesInstanceUID"),
-            modality=_value(ds, "Modality"),
+            modality=text_value(ds, "Modality"),
         )
         rows = [_series_values(s) for s in index.find_series(q, limit=MAX_MATCHES)]
     else:
@@ -223,7 +215,7 @@ def retrieve_matches(ds: Dataset, index: Index, settings: QrSettings) -> list[In
     level = level_of(ds)
     hospitals = settings.hospitals
     if level == "PATIENT":
-        patient_id = _value(ds, "PatientID")
+        patient_id = text_value(ds, "PatientID")
         if not patient_id:
             raise BadIdentifier("a PATIENT level retrieve needs PatientID")
         studies = index.find_studies(

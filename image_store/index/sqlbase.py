@@ -26,6 +26,84 @@ from image_store.records import (
 
 logger = logging.getLogger(__name__)
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+    pk {serial_pk},
+    hospital TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    name_alpha TEXT NOT NULL,
+    name_ideo TEXT NOT NULL,
+    birth_date TEXT NOT NULL,
+    sex TEXT NOT NULL,
+    UNIQUE (hospital, issuer, patient_id)
+);
+CREATE INDEX IF NOT EXISTS patients_pid ON patients (patient_id);
+CREATE INDEX IF NOT EXISTS patients_name ON patients ({name_key});
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    hospital TEXT NOT NULL,
+    patient_pk {bigint} NOT NULL REFERENCES patients (pk),
+    study_date TEXT NOT NULL,
+    study_time TEXT NOT NULL,
+    accession_number TEXT NOT NULL,
+    study_description TEXT NOT NULL,
+    referring_physician TEXT NOT NULL,
+    study_id TEXT NOT NULL,
+    modalities TEXT NOT NULL,
+    number_of_series INTEGER NOT NULL,
+    number_of_instances INTEGER NOT NULL,
+    updated_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_date ON studies (hospital, study_date);
+CREATE INDEX IF NOT EXISTS studies_patient ON studies (patient_pk);
+CREATE INDEX IF NOT EXISTS studies_accession ON studies (accession_number);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies (study_uid),
+    modality TEXT NOT NULL,
+    series_number INTEGER,
+    series_description TEXT NOT NULL,
+    body_part TEXT NOT NULL,
+    number_of_instances INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_study ON series (study_uid, modality);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL REFERENCES series (series_uid),
+    study_uid TEXT NOT NULL,
+    hospital TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    instance_number INTEGER,
+    transfer_syntax_uid TEXT NOT NULL,
+    rows_ INTEGER,
+    columns_ INTEGER,
+    number_of_frames INTEGER,
+    object_key TEXT NOT NULL,
+    size {bigint} NOT NULL,
+    sha256 TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    indexed_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, instance_number);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS instance_versions (
+    sop_uid TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    object_key TEXT NOT NULL,
+    size {bigint} NOT NULL,
+    replaced_at {real} NOT NULL,
+    PRIMARY KEY (sop_uid, sha256)
+);
+"""
+
+
+def schema(*, serial_pk: str, bigint: str, real: str, name_key: str) -> str:
+    """The index tables in one backend's column types (the layout is the same everywhere)."""
+    return _SCHEMA.format(serial_pk=serial_pk, bigint=bigint, real=real, name_key=name_key)
+
+
 _STUDY_COLS = (
     "s.hospital, p.patient_id, p.issuer, p.name, p.birth_date, p.sex, s.study_uid, s.study_date, "
     "s.study_time, s.accession_number, s.study_description, s.referring_physician, s.study_id, "

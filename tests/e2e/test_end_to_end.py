@@ -16,6 +16,7 @@ from PIL import Image
 
 from cloudfilm.synth import synthesize_study
 from tests.e2e.conftest import Reply, Server, http
+from tests.e2e.fault_harness import dataset_bytes
 
 pytestmark = pytest.mark.e2e
 CT_IMAGES = 50
@@ -40,14 +41,6 @@ def parse_multipart(reply: Reply) -> list[tuple[dict[str, str], bytes]]:
             headers[k.strip().lower()] = v.strip()
         parts.append((headers, payload))
     return parts
-
-
-def dataset_bytes(part10: bytes) -> bytes:
-    """The encoded dataset of a Part 10 file, without preamble and file meta."""
-    fp = io.BytesIO(part10)
-    pydicom.filereader.read_preamble(fp, False)
-    pydicom.filereader._read_file_meta_info(fp)
-    return fp.read()
 
 
 def storescu(server: Server, folder: Path) -> None:
