@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         a = asub.add_parser(name, help=text)
         a.add_argument("--data", required=True, help="data directory of the stack")
 
+    p = sub.add_parser("store", help="the regional object store")
+    ssub = p.add_subparsers(dest="store_command", required=True)
+    sc = ssub.add_parser("scrub", help="re-read every object and verify its sha256")
+    sc.add_argument("--data", required=True, help="data directory of the stack")
+    sc.add_argument("--hospital", action="append", help="only this hospital (repeatable)")
+    sc.add_argument("--config", type=Path)
+
     p = sub.add_parser("gateway", help="gateway tasks")
     gsub = p.add_subparsers(dest="gateway_command", required=True)
     b = gsub.add_parser("backfill", help="copy an existing Orthanc PACS into the cloud (resumable)")
@@ -223,6 +230,36 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from cloudfilm.stores import open_index, open_object_store
+    from image_store.scrub import scrub
+    from pacs_gateway.backfill import ProgressBar
+
+    settings = load_settings({"data_dir": args.data}, config_file=args.config)
+    index = open_index(settings)
+    try:
+        report = scrub(
+            index,
+            open_object_store(settings),
+            hospitals=frozenset(args.hospital) if args.hospital else None,
+            progress=ProgressBar(sys.stderr, "scrub"),
+        )
+    finally:
+        index.close()
+    print(
+        f"scrub: {report.checked} objects, {report.bytes / 1e6:.1f} MB checked; "
+        f"{len(report.missing)} missing, {len(report.corrupt)} corrupt, "
+        f"{len(report.unreadable)} unreadable"
+    )
+    for key in report.missing[:50]:
+        print(f"  missing  {key}")
+    for key in report.corrupt[:50]:
+        print(f"  corrupt  {key}")
+    for key, reason in report.unreadable[:50]:
+        print(f"  unreadable {key}: {reason}")
+    return 0 if report.ok else 1
+
+
 COMMANDS = {
     "synth": cmd_synth,
     "serve": cmd_serve,
@@ -230,6 +267,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "gateway": cmd_gateway,
     "audit": cmd_audit,
+    "store": cmd_store,
 }
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from cloudfilm.cli import main
+from cloudfilm.synth import synthesize_study
 
 
 def test_token_command_prints_a_token_the_api_accepts(
@@ -61,3 +62,30 @@ def test_audit_verify_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
         db.execute("DELETE FROM audit WHERE seq = 2")
     assert main(["audit", "verify", "--data", str(tmp_path)]) == 1
     assert "broken at record 2" in capsys.readouterr().err
+
+
+def test_store_scrub_reports_missing_and_corrupt_objects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from image_store.index.sqlite import SqliteIndex
+    from image_store.ingest import LocalIngest
+    from image_store.objects.filesystem import FilesystemObjectStore
+    from image_store.records import InstanceQuery
+
+    paths = synthesize_study(tmp_path / "s", modality="MR", images=3, seed=2)
+    index = SqliteIndex(tmp_path / "index.sqlite")
+    LocalIngest(FilesystemObjectStore(tmp_path / "objects"), index).ingest(
+        "HOSP1", [p.read_bytes() for p in paths]
+    )
+    keys = [i.object_key for i in index.find_instances(InstanceQuery(), limit=10)]
+    index.close()
+    assert main(["store", "scrub", "--data", str(tmp_path)]) == 0
+    assert "3 objects" in capsys.readouterr().out
+    (tmp_path / "objects" / keys[0]).unlink()
+    damaged = tmp_path / "objects" / keys[1]
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert main(["store", "scrub", "--data", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"missing  {keys[0]}" in out and f"corrupt  {keys[1]}" in out

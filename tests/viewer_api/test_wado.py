@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from aiohttp import BodyPartReader, MultipartReader
 
+from image_store.records import InstanceQuery
 from tests.viewer_api.conftest import Api, Regional, uids
 
 CT_SMALL = uids("CT_small.dcm")
@@ -246,3 +247,15 @@ async def test_wado_transcodes_to_explicit_vr_little_endian_on_request(api: Api)
     assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     original = pydicom.dcmread(io.BytesIO(api.files["SC_rgb_rle.dcm"]))
     np.testing.assert_array_equal(got.pixel_array, original.pixel_array)
+
+
+async def test_damaged_objects_are_never_served(api: Api) -> None:
+    ct = uids("CT_small.dcm")
+    (inst,) = api.index.find_instances(InstanceQuery(sop_uids=(ct.SOPInstanceUID,)), limit=1)
+    path = api.store._inner.root / inst.object_key
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    r = await api.client.get(f"/dicom-web/studies/{ct.StudyInstanceUID}", headers=api.token())
+    assert r.status == 500 and (await r.json())["error"] == "internal error"
+    assert bytes(data) not in await r.read()

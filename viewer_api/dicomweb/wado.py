@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from aiohttp import web
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_codecs.transcode import to_explicit_vr_little_endian
+from image_store.errors import IntegrityError
 from image_store.ports import ObjectStore
 from image_store.records import InstanceQuery, InstanceSummary
 from viewer_api.context import blocking, services, uid_param
@@ -63,6 +66,8 @@ def _read(store: ObjectStore, inst: InstanceSummary, wanted: DicomAccept) -> byt
     """The stored bytes, or the instance transcoded to Explicit VR Little Endian when the client
     does not take the stored syntax."""
     data = store.get(inst.object_key)
+    if hashlib.sha256(data).hexdigest() != inst.sha256:  # never serve damaged bytes
+        raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
     if wanted.allows(inst.transfer_syntax_uid):
         return data
     return to_explicit_vr_little_endian(data)
