@@ -39,6 +39,8 @@ class StackSettings:
     upload_batch: int = 32
     fsync: bool = True
     share_ttl_hours: int = 720
+    cors_origins: str = ""
+    """Browser origins allowed to call DICOMweb (e.g. an OHIF viewer), comma-separated."""
     object_store: str = "filesystem"
     """'filesystem' (under data_dir/objects) or 's3'."""
     s3_bucket: str = ""

@@ -104,7 +104,11 @@ class Stack:
         sock = socket.create_server((s.http_host, s.http_port))
         self.http_port = int(sock.getsockname()[1])
         app = create_app(
-            ViewerSettings(public_base_url=self.base_url(), share_ttl_s=s.share_ttl_hours * 3600),
+            ViewerSettings(
+                public_base_url=self.base_url(),
+                share_ttl_s=s.share_ttl_hours * 3600,
+                cors_origins=frozenset(o.strip() for o in s.cors_origins.split(",") if o.strip()),
+            ),
             self.store,
             self.index,
             self.shares,

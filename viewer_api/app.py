@@ -34,7 +34,12 @@ def create_app(
     signer: TokenSigner,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[middlewares.audit, middlewares.errors, middlewares.authenticate]
+        middlewares=[
+            middlewares.audit,
+            middlewares.errors,
+            middlewares.cors_preflight,
+            middlewares.authenticate,
+        ]
     )
     app[SERVICES] = Services(
         settings, store, index, shares, audit, signer, LocalIngest(store, index)

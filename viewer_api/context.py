@@ -28,6 +28,9 @@ class ViewerSettings:
     share_ttl_s: int = 30 * 86400
     max_limit: int = 1000
     default_limit: int = 100
+    cors_origins: frozenset[str] = frozenset()
+    """Web origins (e.g. an OHIF viewer's https://viewer.example) allowed to call DICOMweb
+    from a browser; empty allows none."""
 
 
 @dataclass(frozen=True, slots=True)

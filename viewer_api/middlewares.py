@@ -101,7 +101,39 @@ async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
             logger.exception("audit append failed for %s", event.resource)
 
 
+CORS_PATHS = ("/dicom-web",)
+
+
+def _cors_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    allowed = services(request).settings.cors_origins
+    if origin and request.path.startswith(CORS_PATHS) and origin in allowed:
+        return origin
+    return None
+
+
+@web.middleware
+async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer a browser's CORS preflight (sent without credentials) for allowed origins."""
+    if request.method == "OPTIONS" and request.path.startswith(CORS_PATHS):
+        if _cors_origin(request) is None:
+            return _error(403, "origin not allowed")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Accept, Content-Type",
+                "Access-Control-Max-Age": "600",
+            },
+        )
+    return await handler(request)
+
+
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = _cors_origin(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     if request.path.startswith(AUDITED):
