@@ -62,6 +62,7 @@ def create_app(
     r.add_get(SERIES + "/instances", qido.search_instances)
     r.add_get(INSTANCE, wado.retrieve)
     r.add_get(INSTANCE + "/metadata", wado.metadata)
+    r.add_get(INSTANCE + "/frames/{frames}", wado.frames)
     r.add_post("/api/shares", film.create_share)
     r.add_delete("/api/shares/{id}", film.revoke_share)
     r.add_get("/api/shares/{id}/qr.{kind:png|svg}", film.share_qr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -10,7 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 from aiohttp import BodyPartReader, MultipartReader
+from pydicom.encaps import get_frame
 
+from cloudfilm.synth import synthesize_study
+from image_store.ingest import LocalIngest
 from image_store.records import InstanceQuery
 from tests.viewer_api.conftest import Api, Regional, uids
 
@@ -259,3 +263,47 @@ async def test_damaged_objects_are_never_served(api: Api) -> None:
     r = await api.client.get(f"/dicom-web/studies/{ct.StudyInstanceUID}", headers=api.token())
     assert r.status == 500 and (await r.json())["error"] == "internal error"
     assert bytes(data) not in await r.read()
+
+
+def _frame_parts(body: bytes, ctype: str) -> list[bytes]:
+    boundary = ctype.rsplit("boundary=", 1)[1].encode()
+    chunks = body.split(b"--" + boundary)[1:-1]
+    return [c.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") for c in chunks]
+
+
+async def test_frames_are_served_without_decoding(api: Api, tmp_path: Path) -> None:
+    (path,) = synthesize_study(tmp_path, modality="US", images=1, frames=4, seed=6)
+    ds = pydicom.dcmread(path)
+    (out,) = LocalIngest(api.store._inner, api.index._inner).ingest("H1", [path.read_bytes()])
+    assert out.ok
+    base = (
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/frames"
+    )
+    accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    r = await api.client.get(f"{base}/2,4", headers={**api.token(), "Accept": accept})
+    assert r.status == 200
+    assert r.headers["Content-Type"].startswith(
+        'multipart/related; type="application/octet-stream"'
+    )
+    size = ds.Rows * ds.Columns * 3
+    assert _frame_parts(await r.read(), r.headers["Content-Type"]) == [
+        ds.PixelData[size : 2 * size],
+        ds.PixelData[3 * size : 4 * size],
+    ]
+    assert (await api.client.get(f"{base}/9", headers=api.token())).status == 404
+    assert (await api.client.get(f"{base}/x", headers=api.token())).status == 400
+    assert (await api.client.get(f"{base}/0", headers=api.token())).status == 400
+
+
+async def test_an_encapsulated_frame_comes_out_as_stored(api: Api) -> None:
+    sc = uids("SC_rgb_rle.dcm")
+    ds = pydicom.dcmread(io.BytesIO(api.files["SC_rgb_rle.dcm"]))
+    url = (
+        f"/dicom-web/studies/{sc.StudyInstanceUID}/series/{sc.SeriesInstanceUID}"
+        f"/instances/{sc.SOPInstanceUID}/frames/1"
+    )
+    r = await api.client.get(url, headers=api.token("H2"))
+    assert r.status == 200
+    (frame,) = _frame_parts(await r.read(), r.headers["Content-Type"])
+    assert frame == get_frame(ds.PixelData, 0, number_of_frames=1)

@@ -7,6 +7,7 @@ import hashlib
 from aiohttp import web
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_codecs.frames import FrameError, frame_bytes
 from dicom_codecs.transcode import to_explicit_vr_little_endian
 from image_store.errors import IntegrityError
 from image_store.ports import ObjectStore
@@ -21,7 +22,7 @@ from viewer_api.dicomweb.multipart import (
     new_boundary,
     part_header,
 )
-from viewer_api.errors import NotAcceptable, NotFound
+from viewer_api.errors import BadRequest, NotAcceptable, NotFound
 from viewer_api.thumbnails import series_jpeg
 
 
@@ -104,3 +105,33 @@ async def thumbnail(request: web.Request) -> web.Response:
     svc = services(request)
     jpeg = await series_jpeg(svc.store, svc.index, series_uid)
     return web.Response(body=jpeg, content_type="image/jpeg")
+
+
+async def frames(request: web.Request) -> web.StreamResponse:
+    """WADO-RS frames: the pixel data of frames (1-based, comma-separated) as
+    multipart/related; type="application/octet-stream", not decoded (transfer-syntax=*)."""
+    text = request.match_info["frames"]
+    try:
+        numbers = [int(n) for n in text.split(",")]
+    except ValueError as exc:
+        raise BadRequest(
+            f"frame list must be numbers separated by commas, got {text[:40]!r}"
+        ) from exc
+    if not numbers or len(numbers) > 10_000 or min(numbers) < 1:
+        raise BadRequest("frame numbers start at 1")
+    study_uid, series_uid, sop_uid = await _targets(request)
+    (inst,) = await instances_of(request, study_uid, series_uid, sop_uid)
+    data = await blocking(_read, services(request).store, inst, DicomAccept(("*",)))
+    try:
+        syntax, chunks = await blocking(frame_bytes, data, numbers)
+    except FrameError as exc:
+        raise NotFound(str(exc)) from exc
+    part_type = f"application/octet-stream; transfer-syntax={syntax}"
+    boundary = new_boundary()
+    body = b"".join(
+        part_header(boundary, part_type, first=n == 0) + chunk for n, chunk in enumerate(chunks)
+    ) + closing(boundary)
+    return web.Response(
+        body=body,
+        headers={"Content-Type": content_type(boundary, "application/octet-stream")},
+    )
