@@ -74,10 +74,6 @@ class StackSettings:
         return out
 
     @property
-    def base_url(self) -> str:
-        return self.public_base_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}"
-
-    @property
     def objects_dir(self) -> Path:
         return self.data_dir / "objects"
 

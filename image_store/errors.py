@@ -27,10 +27,6 @@ class InvalidDicom(ImageStoreError, ValueError):
     """Bytes that are not a DICOM dataset we can index (unreadable or missing required UIDs)."""
 
 
-class IndexConflict(ImageStoreError, ValueError):
-    """An instance that contradicts what the index already holds (e.g. another hospital's study)."""
-
-
 class StoreUnavailable(ImageStoreError, OSError):
     """The object store did not answer (timeouts, 5xx, throttling) within its retry budget.
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal, cast, get_args
 
 from image_store.keys import check_hospital
+from image_store.objects.filesystem import fsync_dir
 from viewer_api.errors import Unauthorized
 
 Role = Literal["admin", "clinician"]
@@ -60,21 +61,13 @@ def load_or_create_secret(path: Path) -> bytes:
             except FileExistsError:
                 pass
             else:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
         data = path.read_bytes()
     if len(data) != 32:
         raise ValueError(f"secret key file {path} must hold 32 bytes, found {len(data)}")
     return data
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,10 +80,12 @@ def http(
 
 
 def start_server(
-    data: Path, log: Path, env: dict[str, str] | None = None
+    data: Path, log: Path, env: dict[str, str] | None = None, *, new_session: bool = False
 ) -> tuple[subprocess.Popen[str], Server]:
+    """Start `cloudfilm serve`; ``new_session`` puts it (and its gateway processes) in a
+    process group of its own, so a test can kill the whole stack with os.killpg."""
     with open(log, "a") as log_fh:  # the child keeps its own descriptor
-        proc = _spawn(data, log_fh, env)
+        proc = _spawn(data, log_fh, env, new_session)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -97,7 +99,9 @@ def start_server(
     raise RuntimeError(f"cloudfilm serve did not start:\n{log.read_text()[-3000:]}")
 
 
-def _spawn(data: Path, log_fh: IO[str], env: dict[str, str] | None) -> subprocess.Popen[str]:
+def _spawn(
+    data: Path, log_fh: IO[str], env: dict[str, str] | None, new_session: bool
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -119,6 +123,7 @@ def _spawn(data: Path, log_fh: IO[str], env: dict[str, str] | None) -> subproces
         stderr=log_fh,
         text=True,
         env={**os.environ, **(env or {})},
+        start_new_session=new_session,
     )
 
 

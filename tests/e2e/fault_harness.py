@@ -10,14 +10,13 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 
-from tests.e2e.conftest import READY
+from tests.e2e.conftest import start_server
 
 
 @dataclass(frozen=True)
@@ -35,31 +34,8 @@ class FaultReport:
 
 
 def _start(data: Path, log: Path) -> tuple[subprocess.Popen[str], int]:
-    with open(log, "a") as log_fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cloudfilm.cli",
-                "serve",
-                "--data",
-                str(data),
-                "--http",
-                "127.0.0.1:0",
-                "--dicom",
-                "127.0.0.1:0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log_fh,
-            text=True,
-            start_new_session=True,
-        )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = READY.match(line)
-    if not m:
-        raise RuntimeError(f"serve did not start: {line!r}\n{log.read_text()[-2000:]}")
-    return proc, int(m[4])
+    proc, server = start_server(data, log, new_session=True)
+    return proc, server.dicom_port
 
 
 def _stop(proc: subprocess.Popen[str], sig: int) -> None:
