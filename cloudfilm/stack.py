@@ -177,10 +177,13 @@ class Stack:
 
 
 def _warm_codecs() -> None:
+    """Load the cached JIT of the RLE and render kernels so no request pays for it."""
+    from dicom_codecs import render
     from dicom_codecs.pydicom_plugin import register, warm_up
 
     register()
     warm_up()
+    render.warm_up()
 
 
 async def serve_until_signal(

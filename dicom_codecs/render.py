@@ -1,4 +1,4 @@
-"""Rendering DICOM images to 8-bit pictures: thumbnails (first cut, numpy + Pillow).
+"""Rendering DICOM images to 8-bit pictures: thumbnails and rendered frames.
 
 The grey pipeline follows PS3.3 C.11: Modality LUT (rescale slope/intercept, or a Modality LUT
 Sequence), VOI (the first window, C.11.2.1.2, with its VOI LUT Function; else a VOI LUT
@@ -6,12 +6,18 @@ Sequence; else the frame's range without padding), then MONOCHROME1 inverted. Co
 keep their colour: YBR is converted to RGB by the decoder, palette colour goes through its
 lookup tables. Only the frame being rendered is decoded. The pure array functions are kept
 apart from decoding (pydicom) and encoding (Pillow).
+
+Grey images with a linear Modality LUT (the common case: CT, MR, CR, DX) take the fused Numba
+kernel of ``dicom_codecs.kernels.render`` (rescale + window + box downsampling in one pass);
+``grey_to_uint8`` + Pillow is the reference it is tested against and the path for LUT
+sequences.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +40,27 @@ logger = logging.getLogger(__name__)
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+_MAX_SIDE = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A VOI window asked for by the viewer (instead of the one in the dataset)."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+    def __post_init__(self) -> None:
+        if self.function not in _VOI_FUNCTIONS:
+            raise RenderError(
+                f"function must be one of {', '.join(_VOI_FUNCTIONS)}, got {self.function!r}"
+            )
+        if not (math.isfinite(self.center) and math.isfinite(self.width)):
+            raise RenderError("window center and width must be finite numbers")
+        if self.width < 1 if self.function == "LINEAR" else self.width <= 0:
+            minimum = ">= 1" if self.function == "LINEAR" else "> 0"
+            raise RenderError(f"width must be {minimum}, got {self.width}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +71,12 @@ class RenderOptions:
     """JPEG quality, 1..100."""
     frame: int | None = None
     """Frame of a multi-frame image, from 0; None picks the middle one."""
+    window: Window | None = None
+    """VOI window to apply to grey images; None uses the dataset's."""
+    viewport: tuple[int, int] | None = None
+    """(width, height) to fit the image into, enlarging if needed; overrides ``size``."""
+    image_format: str = "JPEG"
+    """JPEG or PNG."""
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -52,6 +85,12 @@ class RenderOptions:
             raise RenderError(f"quality must be 1..100, got {self.quality}")
         if self.frame is not None and self.frame < 0:
             raise RenderError(f"frame must be >= 0 or None, got {self.frame}")
+        if self.viewport is not None and not (
+            1 <= self.viewport[0] <= _MAX_SIDE and 1 <= self.viewport[1] <= _MAX_SIDE
+        ):
+            raise RenderError(f"viewport must be 1..{_MAX_SIDE} on each side, got {self.viewport}")
+        if self.image_format not in ("JPEG", "PNG"):
+            raise RenderError(f"image_format must be JPEG or PNG, got {self.image_format!r}")
 
 
 # --- pure array functions -------------------------------------------------------------------
@@ -144,33 +183,141 @@ def _padding_mask(stored: NDArray[np.generic], ds: Dataset) -> NDArray[np.bool_]
     return np.asarray((values < lo) | (values > hi), dtype=np.bool_)
 
 
-def grey_to_uint8(frame: NDArray[np.generic], ds: Dataset) -> NDArray[np.uint8]:
-    """Modality LUT, VOI (window, VOI LUT or range) and MONOCHROME1 inversion of one frame."""
-    if "ModalityLUTSequence" in ds:
-        values = np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
-    else:
-        slope = _first(ds.get("RescaleSlope"))
-        intercept = _first(ds.get("RescaleIntercept")) or 0.0
-        values = frame.astype(np.float32)
-        if slope is not None and slope != 0 and slope != 1:
-            values *= np.float32(slope)
-        if intercept:
-            values += np.float32(intercept)
+def _modality_linear(ds: Dataset) -> tuple[float, float]:
+    """(slope, intercept) of the Modality LUT; slope 1 when absent or 0."""
+    slope = _first(ds.get("RescaleSlope"))
+    intercept = _first(ds.get("RescaleIntercept")) or 0.0
+    return (slope if slope is not None and slope != 0 else 1.0), intercept
+
+
+def _dataset_window(ds: Dataset) -> Window | None:
+    """The dataset's first window (C.11.2.1.2), None when it has none or it is unusable."""
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
     if function not in _VOI_FUNCTIONS:
         function = "LINEAR"
-    if center is not None and width is not None and width >= (1 if function == "LINEAR" else 0):
-        out = window_to_uint8(values, center, width, function)
+    if center is None or width is None:
+        return None
+    try:
+        return Window(center, width, function)
+    except RenderError:
+        return None
+
+
+def _inverted(ds: Dataset) -> bool:
+    return str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+
+
+def grey_to_uint8(
+    frame: NDArray[np.generic], ds: Dataset, window: Window | None = None
+) -> NDArray[np.uint8]:
+    """Modality LUT, VOI (window, VOI LUT or range) and MONOCHROME1 inversion of one frame,
+    with numpy: the reference for the fused kernel and the path for LUT sequences."""
+    if "ModalityLUTSequence" in ds:
+        values = np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
+    else:
+        slope, intercept = _modality_linear(ds)
+        values = frame.astype(np.float32)
+        if slope != 1:
+            values *= np.float32(slope)
+        if intercept:
+            values += np.float32(intercept)
+    window = window or _dataset_window(ds)
+    if window is not None:
+        out = window_to_uint8(values, window.center, window.width, window.function)
     elif ds.get("VOILUTSequence") and np.issubdtype(frame.dtype, np.integer):
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         lut_in = np.rint(values).astype(np.int64)
         out = scale_to_uint8(np.asarray(apply_voi(lut_in, ds)), bits)
     else:
         out = range_to_uint8(values, _padding_mask(frame, ds))
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    if _inverted(ds):
         out = 255 - out
     return out
+
+
+# --- the fused kernel -----------------------------------------------------------------------
+
+
+def box_weights(in_size: int, out_size: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Per output pixel: the first input pixel and the normalised weights of Pillow's BOX filter
+    (Resample.c, precompute_coeffs), so the kernel resamples as ``Image.resize(BOX)`` does."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    ksize = math.ceil(support) * 2 + 1
+    starts = np.zeros(out_size, dtype=np.int64)
+    weights = np.zeros((out_size, ksize), dtype=np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        offsets = (np.arange(xmax) + xmin - center + 0.5) / filterscale
+        w = ((offsets > -0.5) & (offsets <= 0.5)).astype(np.float64)
+        total = w.sum()
+        starts[xx] = xmin
+        weights[xx, :xmax] = w / total if total else w
+    return starts, weights
+
+
+_FUNCTION_CODES = {"LINEAR": 0, "LINEAR_EXACT": 1, "SIGMOID": 2}
+
+
+def fused_grey(
+    frame: NDArray[np.generic], ds: Dataset, size: tuple[int, int], window: Window | None = None
+) -> NDArray[np.uint8] | None:
+    """``grey_to_uint8`` followed by a BOX resize to ``size`` (width, height), in one Numba pass;
+    None when the dataset needs the numpy path (LUT sequences, or no window and a VOI LUT)."""
+    if frame.ndim != 2 or frame.dtype.kind not in "iuf" or "ModalityLUTSequence" in ds:
+        return None
+    if frame.dtype.kind == "f" and frame.dtype.itemsize < 4:
+        return None
+    if not frame.dtype.isnative:
+        frame = frame.astype(frame.dtype.newbyteorder("="))
+    from dicom_codecs.kernels.render import value_range, voi_resample
+
+    slope, intercept = _modality_linear(ds)
+    window = window or _dataset_window(ds)
+    if window is None:
+        if ds.get("VOILUTSequence") and frame.dtype.kind in "iu":
+            return None
+        pad = _first(ds.get("PixelPaddingValue"))
+        limit = _first(ds.get("PixelPaddingRangeLimit"))
+        pad_lo, pad_hi = (0.0, 0.0) if pad is None else (pad, pad if limit is None else limit)
+        lo, hi, found = value_range(
+            frame, min(pad_lo, pad_hi), max(pad_lo, pad_hi), pad is not None
+        )
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+        if not found or not hi > lo:
+            return np.full((size[1], size[0]), 255 if _inverted(ds) else 0, dtype=np.uint8)
+        window = Window((lo + hi) / 2, hi - lo, "LINEAR_EXACT")
+    x_start, x_weights = box_weights(frame.shape[1], size[0])
+    y_start, y_weights = box_weights(frame.shape[0], size[1])
+    out = np.empty((size[1], size[0]), dtype=np.uint8)
+    voi_resample(
+        frame,
+        slope,
+        intercept,
+        window.center,
+        window.width,
+        _FUNCTION_CODES[window.function],
+        _inverted(ds),
+        x_start,
+        x_weights,
+        y_start,
+        y_weights,
+        out,
+    )
+    return out
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the render kernels with a tiny frame."""
+    ds = Dataset()
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    for dtype in (np.int16, np.uint16, np.uint8):
+        fused_grey(np.arange(16, dtype=dtype).reshape(4, 4), ds, (2, 2), Window(8, 16))
+        fused_grey(np.arange(16, dtype=dtype).reshape(4, 4), ds, (2, 2))
 
 
 # --- decoding and encoding ------------------------------------------------------------------
@@ -199,7 +346,9 @@ def _frame(ds: Dataset, options: RenderOptions) -> tuple[NDArray[np.generic], st
     return np.asarray(arr), photometric.strip()
 
 
-def _to_picture(arr: NDArray[np.generic], photometric: str, ds: Dataset) -> Image.Image:
+def _to_picture(
+    arr: NDArray[np.generic], photometric: str, ds: Dataset, window: Window | None
+) -> Image.Image:
     if photometric == "PALETTE COLOR":
         try:
             rgb = np.asarray(apply_color_lut(arr, ds))
@@ -208,7 +357,7 @@ def _to_picture(arr: NDArray[np.generic], photometric: str, ds: Dataset) -> Imag
         bits = 16 if rgb.dtype.itemsize > 1 else 8
         return Image.fromarray(scale_to_uint8(rgb, bits), mode="RGB")
     if arr.ndim == 2:
-        return Image.fromarray(grey_to_uint8(arr, ds), mode="L")
+        return Image.fromarray(grey_to_uint8(arr, ds, window), mode="L")
     if arr.ndim == 3 and arr.shape[-1] == 3:
         if photometric.startswith("YBR"):
             arr = convert_color_space(arr, photometric, "RGB")
@@ -221,29 +370,54 @@ def _to_picture(arr: NDArray[np.generic], photometric: str, ds: Dataset) -> Imag
     raise RenderError(f"cannot render {photometric} pixels of shape {arr.shape}")
 
 
-def _target_size(width: int, height: int, aspect: float, longest: int) -> tuple[int, int]:
-    """Output size showing pixels at their physical aspect, longest side at most ``longest``."""
+def _target_size(width: int, height: int, aspect: float, options: RenderOptions) -> tuple[int, int]:
+    """Output size showing pixels at their physical aspect: the longest side at most
+    ``options.size`` (never enlarged), or fitted into ``options.viewport``."""
     w, h = float(width), height * aspect
-    scale = min(1.0, longest / max(w, h))
+    if options.viewport is not None:
+        scale = min(options.viewport[0] / w, options.viewport[1] / h)
+    else:
+        scale = min(1.0, options.size / max(w, h))
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def render_dataset(ds: Dataset, options: RenderOptions = RenderOptions()) -> bytes:
-    """JPEG of one frame of a dataset, its longest side at most ``options.size``."""
-    arr, photometric = _frame(ds, options)
-    img = _to_picture(arr, photometric, ds)
-    target = _target_size(img.width, img.height, _row_to_column_spacing(ds), options.size)
+def render_array(
+    arr: NDArray[np.generic], photometric: str, ds: Dataset, options: RenderOptions
+) -> Image.Image:
+    """One decoded frame -> an 8-bit picture of the size ``options`` asks for."""
+    aspect = _row_to_column_spacing(ds)
+    width, height = (arr.shape[1], arr.shape[0]) if arr.ndim >= 2 else (0, 0)
+    target = _target_size(width, height, aspect, options)
+    shrink = target[0] <= width and target[1] <= height
+    if photometric.startswith("MONOCHROME") and arr.ndim == 2:
+        fused = fused_grey(arr, ds, target if shrink else (width, height), options.window)
+        if fused is not None:
+            img = Image.fromarray(fused, mode="L")
+            return img if shrink else img.resize(target, Image.Resampling.BILINEAR)
+    img = _to_picture(arr, photometric, ds, options.window)
     if target != img.size:
-        shrink = target[0] <= img.width and target[1] <= img.height
         method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
         img = img.resize(target, method)
+    return img
+
+
+def encode_picture(img: Image.Image, options: RenderOptions) -> bytes:
     out = io.BytesIO()
-    img.save(out, format="JPEG", quality=options.quality)
+    if options.image_format == "PNG":
+        img.save(out, format="PNG", compress_level=1)
+    else:
+        img.save(out, format="JPEG", quality=options.quality)
     return out.getvalue()
 
 
+def render_dataset(ds: Dataset, options: RenderOptions = RenderOptions()) -> bytes:
+    """JPEG (or PNG) of one frame of a dataset, sized as ``options`` asks."""
+    arr, photometric = _frame(ds, options)
+    return encode_picture(render_array(arr, photometric, ds, options), options)
+
+
 def render_thumbnail(data: bytes, options: RenderOptions = RenderOptions()) -> bytes:
-    """JPEG thumbnail of a DICOM Part 10 file held in memory."""
+    """JPEG thumbnail (or rendered frame) of a DICOM Part 10 file held in memory."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many types for malformed files
@@ -251,5 +425,5 @@ def render_thumbnail(data: bytes, options: RenderOptions = RenderOptions()) -> b
     try:
         return render_dataset(ds, options)
     except RenderError as exc:
-        logger.debug("no thumbnail for SOP instance %s: %s", ds.get("SOPInstanceUID", "?"), exc)
+        logger.debug("no picture of SOP instance %s: %s", ds.get("SOPInstanceUID", "?"), exc)
         raise

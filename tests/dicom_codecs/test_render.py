@@ -235,7 +235,7 @@ def test_garbage_is_a_render_error_and_a_value_error() -> None:
 )
 def test_bad_options_are_render_errors_naming_the_option(kwargs: dict[str, int], word: str) -> None:
     with pytest.raises(RenderError, match=word):
-        RenderOptions(**kwargs)
+        RenderOptions(**kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("syntax", [JPEGLSLossless, JPEG2000Lossless], ids=["jpeg-ls", "j2k"])
