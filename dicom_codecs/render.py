@@ -15,6 +15,7 @@ sequences.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -239,27 +240,52 @@ def grey_to_uint8(
 # --- the fused kernel -----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
 def box_weights(in_size: int, out_size: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """Per output pixel: the first input pixel and the normalised weights of Pillow's BOX filter
-    (Resample.c, precompute_coeffs), so the kernel resamples as ``Image.resize(BOX)`` does."""
+    (Resample.c, precompute_coeffs), so the kernel resamples as ``Image.resize(BOX)`` does.
+    Cached: a series asks for the same sizes again and again (callers must not modify them)."""
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = 0.5 * filterscale
     ksize = math.ceil(support) * 2 + 1
-    starts = np.zeros(out_size, dtype=np.int64)
-    weights = np.zeros((out_size, ksize), dtype=np.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        offsets = (np.arange(xmax) + xmin - center + 0.5) / filterscale
-        w = ((offsets > -0.5) & (offsets <= 0.5)).astype(np.float64)
-        total = w.sum()
-        starts[xx] = xmin
-        weights[xx, :xmax] = w / total if total else w
-    return starts, weights
+    centers = (np.arange(out_size) + 0.5) * scale
+    xmin = np.maximum((centers - support + 0.5).astype(np.int64), 0)
+    xmax = np.minimum((centers + support + 0.5).astype(np.int64), in_size) - xmin
+    k = np.arange(ksize)
+    offsets = (k[None, :] + xmin[:, None] - centers[:, None] + 0.5) / filterscale
+    inside = (offsets > -0.5) & (offsets <= 0.5) & (k[None, :] < xmax[:, None])
+    weights = inside.astype(np.float64)
+    totals = weights.sum(axis=1, keepdims=True)
+    np.divide(weights, totals, out=weights, where=totals != 0)
+    weights.setflags(write=False)
+    xmin.setflags(write=False)
+    return xmin, weights
 
 
+@functools.lru_cache(maxsize=64)
+def box_partition(
+    in_size: int, out_size: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
+    """(output index of every input pixel or -1, input count of every output pixel) when the
+    BOX weights give every input pixel to at most one output pixel with equal weights, as
+    they do when shrinking; None otherwise (the general kernel handles it)."""
+    if out_size > in_size:
+        return None
+    starts, weights = box_weights(in_size, out_size)
+    outputs, offsets = np.nonzero(weights)
+    inputs = starts[outputs] + offsets
+    if len(np.unique(inputs)) != len(inputs):
+        return None
+    mapping = np.full(in_size, -1, dtype=np.int64)
+    mapping[inputs] = outputs
+    counts = np.bincount(outputs, minlength=out_size).astype(np.int64)
+    mapping.setflags(write=False)
+    counts.setflags(write=False)
+    return mapping, counts
+
+
+_LUT_LIMIT = 1 << 20
 _FUNCTION_CODES = {"LINEAR": 0, "LINEAR_EXACT": 1, "SIGMOID": 2}
 
 
@@ -291,9 +317,11 @@ def fused_grey(
         if not found or not hi > lo:
             return np.full((size[1], size[0]), 255 if _inverted(ds) else 0, dtype=np.uint8)
         window = Window((lo + hi) / 2, hi - lo, "LINEAR_EXACT")
+    out = np.empty((size[1], size[0]), dtype=np.uint8)
+    if frame.dtype.kind in "iu" and _lut_resample(frame, slope, intercept, window, ds, out):
+        return out
     x_start, x_weights = box_weights(frame.shape[1], size[0])
     y_start, y_weights = box_weights(frame.shape[0], size[1])
-    out = np.empty((size[1], size[0]), dtype=np.uint8)
     voi_resample(
         frame,
         slope,
@@ -309,6 +337,46 @@ def fused_grey(
         out,
     )
     return out
+
+
+def _lut_resample(
+    frame: NDArray[np.generic],
+    slope: float,
+    intercept: float,
+    window: Window,
+    ds: Dataset,
+    out: NDArray[np.uint8],
+) -> bool:
+    """The fast path for integer frames: a display-value lookup table over the frame's range,
+    then box sums. False when it does not apply (huge value range, or boxes that overlap)."""
+    from dicom_codecs.kernels.render import display_lut, lut_halve, lut_map, lut_resample
+
+    rows, cols = frame.shape
+    out_h, out_w = out.shape
+    lo, hi = int(frame.min()), int(frame.max())
+    if hi - lo >= _LUT_LIMIT:
+        return False
+    lut = display_lut(
+        lo,
+        hi,
+        slope,
+        intercept,
+        window.center,
+        window.width,
+        _FUNCTION_CODES[window.function],
+        _inverted(ds),
+    )
+    if rows == out_h and cols == out_w:
+        lut_map(frame, lut, lo, out)
+        return True
+    if rows == 2 * out_h and cols == 2 * out_w:
+        lut_halve(frame, lut, lo, out)
+        return True
+    across, down = box_partition(cols, out_w), box_partition(rows, out_h)
+    if across is None or down is None:
+        return False
+    lut_resample(frame, lut, lo, across[0], down[0], across[1], down[1], out)
+    return True
 
 
 def warm_up() -> None:

@@ -117,3 +117,86 @@ def value_range(
             if v > hi:
                 hi = v
     return lo, hi, lo <= hi
+
+
+@njit(cache=True, nogil=True)
+def display_lut(
+    lo: int,
+    hi: int,
+    slope: float,
+    intercept: float,
+    center: float,
+    width: float,
+    function: int,
+    invert: bool,
+) -> NDArray[np.float32]:  # pragma: no cover
+    """Display value (0..255, inverted for MONOCHROME1) of every stored value in lo..hi."""
+    lut = np.empty(hi - lo + 1, dtype=np.float32)
+    for i in range(hi - lo + 1):
+        v = _display(float(lo + i), slope, intercept, center, width, function)
+        lut[i] = 255.0 - v if invert else v
+    return lut
+
+
+@njit(cache=True, nogil=True)
+def lut_resample(
+    frame: NDArray[np.generic],
+    lut: NDArray[np.float32],
+    lo: int,
+    col_map: NDArray[np.int64],
+    row_map: NDArray[np.int64],
+    col_count: NDArray[np.int64],
+    row_count: NDArray[np.int64],
+    out: NDArray[np.uint8],
+) -> None:  # pragma: no cover
+    """Box downsampling where every input pixel lies in exactly one output box: input column
+    ``x`` goes to output column ``col_map[x]`` (rows likewise, -1 = none); each output pixel is
+    the mean of the looked-up display values of its ``col_count * row_count`` inputs."""
+    out_w = out.shape[1]
+    rows, cols = frame.shape
+    acc = np.zeros(out_w, dtype=np.float32)
+    current = -1
+    for y in range(rows + 1):
+        oy = row_map[y] if y < rows else -2
+        if oy != current:
+            if current >= 0:
+                for ox in range(out_w):
+                    v = acc[ox] / (col_count[ox] * row_count[current])
+                    out[current, ox] = np.uint8(min(max(math.floor(v + 0.5), 0.0), 255.0))
+                    acc[ox] = 0.0
+            current = oy
+        if oy < 0:
+            continue
+        row = frame[y]
+        for x in range(cols):
+            ox = col_map[x]
+            if ox >= 0:
+                acc[ox] += lut[row[x] - lo]
+
+
+@njit(cache=True, nogil=True)
+def lut_halve(
+    frame: NDArray[np.generic], lut: NDArray[np.float32], lo: int, out: NDArray[np.uint8]
+) -> None:  # pragma: no cover
+    """The 2x2 box case (512 -> 256) without index maps: out = mean of each 2x2 block."""
+    out_h, out_w = out.shape
+    for oy in range(out_h):
+        a = frame[2 * oy]
+        b = frame[2 * oy + 1]
+        for ox in range(out_w):
+            x = 2 * ox
+            s = lut[a[x] - lo] + lut[a[x + 1] - lo] + lut[b[x] - lo] + lut[b[x + 1] - lo]
+            out[oy, ox] = np.uint8(math.floor(s * 0.25 + 0.5))
+
+
+@njit(cache=True, nogil=True)
+def lut_map(
+    frame: NDArray[np.generic], lut: NDArray[np.float32], lo: int, out: NDArray[np.uint8]
+) -> None:  # pragma: no cover
+    """No resampling: every pixel through the lookup table."""
+    rows, cols = frame.shape
+    for y in range(rows):
+        row = frame[y]
+        line = out[y]
+        for x in range(cols):
+            line[x] = np.uint8(math.floor(lut[row[x] - lo] + 0.5))

@@ -191,3 +191,9 @@ def test_unusable_windows_and_viewports_are_render_errors() -> None:
         Window(float("nan"), 400)
     with pytest.raises(RenderError, match="viewport"):
         RenderOptions(viewport=(0, 10))
+
+
+def test_a_value_range_too_wide_for_a_lookup_table_takes_the_general_kernel() -> None:
+    frame = np.random.default_rng(5).integers(-(2**30), 2**30, size=(40, 40), dtype=np.int32)
+    ds = _grey(WindowCenter=0, WindowWidth=2**30)
+    _assert_within_one(frame, ds, (17, 13))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import data_store  # type: ignore[import-untyped]
 import numpy as np
 import pydicom
 import pydicom.data
@@ -19,7 +20,10 @@ from dicom_codecs.pydicom_plugin import register, warm_up
 from dicom_codecs.rle import CorruptRLE, FrameSpec, decode_rle_frame, encode_rle_frame
 
 BUNDLED = Path(pydicom.data.__file__).parent / "test_files"
-RLE_FILES = sorted(p for p in BUNDLED.glob("*.dcm") if "rle" in p.name.lower())
+PYDICOM_DATA = Path(data_store.__file__).parent / "data"
+RLE_FILES = sorted(
+    p for folder in (BUNDLED, PYDICOM_DATA) for p in folder.glob("*.dcm") if "rle" in p.name.lower()
+)
 
 
 class _Runner:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import data_store  # type: ignore[import-untyped]
 import pydicom
 import pydicom.data
 import pytest
@@ -19,9 +20,16 @@ from pacs_gateway.scp import STATUS_SUCCESS, handle_store
 from pacs_gateway.spool import Spool
 from tests.e2e.fault_harness import dataset_bytes
 
-# the files bundled in the pydicom wheel (get_testdata_files would also try to download the
-# pydicom-data set, which this machine's network cannot reach)
-CORPUS = sorted(str(p) for p in (Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm"))
+# the files bundled in the pydicom wheel and in the pydicom-data package (a dev dependency;
+# get_testdata_files would try to download what is not installed)
+CORPUS = sorted(
+    str(p)
+    for folder in (
+        Path(pydicom.data.__file__).parent / "test_files",
+        Path(data_store.__file__).parent / "data",
+    )
+    for p in folder.rglob("*.dcm")
+)
 
 
 @dataclass
@@ -61,13 +69,15 @@ def _event_for(path: str) -> tuple[StoreEvent, bytes]:
     with warnings.catch_warnings():  # some files are deliberately odd (e.g. the wrong VR mode)
         warnings.simplefilter("ignore")
         ds: Any = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-    # a sending SCU takes the UIDs from the dataset (pydicom's files' meta does not always agree)
-    sop = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "1.2.3.4")
-    cls = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "1.2.3")
+        # a sending SCU takes the UIDs from the dataset (the files' meta does not always agree)
+        sop = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "1.2.3.4")
+        cls = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "1.2.3")
     out = FileMetaDataset()
-    out.MediaStorageSOPClassUID = cls
-    out.MediaStorageSOPInstanceUID = sop
-    out.TransferSyntaxUID = meta.get("TransferSyntaxUID") or "1.2.840.10008.1.2"
+    with warnings.catch_warnings():  # pynetdicom passes on whatever UIDs the SCU sent
+        warnings.simplefilter("ignore")
+        out.MediaStorageSOPClassUID = cls
+        out.MediaStorageSOPInstanceUID = sop
+        out.TransferSyntaxUID = meta.get("TransferSyntaxUID") or "1.2.840.10008.1.2"
     out.ImplementationClassUID = "1.2.826.0.1.3680043.9.3811.3.0.4"
     return StoreEvent(_Request(sop, cls, io.BytesIO(body)), out), body
 
