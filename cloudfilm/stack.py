@@ -18,6 +18,7 @@ from aiohttp import web
 
 from cloudfilm.config import StackSettings
 from cloudfilm.stores import open_index, open_object_store
+from dicom_codecs.edge import UploadCompression
 from dicom_codecs.render import render_thumbnail
 from image_store.derived import series_thumbnail
 from image_store.ingest import LocalIngest
@@ -78,6 +79,7 @@ class Stack:
             UploaderSettings(
                 workers=settings.upload_workers,
                 batch_size=settings.upload_batch,
+                compression=UploadCompression(settings.upload_compression),
                 idle_poll_s=0.05,  # the SCP writes from another process: poll the spool
             ),
             on_idle=warm_thumbnails,

@@ -153,6 +153,22 @@ def read_header(data: bytes) -> InstanceHeader:
     return header_from_dataset(ds)
 
 
+ORIGINAL_SYNTAX_CREATOR = "2.25.19854275023838909993538055879365399160"
+"""Private Information Creator UID (0002,0100; 2.25 + a UUID, PS3.5 B.2) under which the
+gateway records, in the file meta of an instance it re-encoded, the transfer syntax the
+instance arrived in (Private Information, 0002,0102)."""
+
+
+def original_transfer_syntax(meta: Dataset | None) -> str:
+    """The arrival syntax recorded by the gateway's edge compression, '' if none."""
+    if meta is None or meta.get("PrivateInformationCreatorUID") != ORIGINAL_SYNTAX_CREATOR:
+        return ""
+    value = meta.get("PrivateInformation")
+    if not isinstance(value, bytes):
+        return ""
+    return check_uid(value.rstrip(b"\0 ").decode("ascii", "replace"), "original transfer syntax")
+
+
 def header_from_dataset(ds: Dataset) -> InstanceHeader:
     """Build the index record of an already-read dataset (pixel data, if any, is ignored)."""
     try:
@@ -195,6 +211,7 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
             sop_class_uid=uids["SOPClassUID"],
             instance_number=_int(ds, "InstanceNumber"),
             transfer_syntax_uid=ts,
+            original_transfer_syntax_uid=original_transfer_syntax(meta),
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
             number_of_frames=_int(ds, "NumberOfFrames"),

@@ -43,6 +43,9 @@ class InstanceHeader:
     specific_character_set: str
     metadata_json: str
     """DICOM JSON (PS3.18 F.2) of the header, without pixel data or other bulk data."""
+    original_transfer_syntax_uid: str = ""
+    """The syntax the modality sent when the gateway re-encoded the instance (lossless, bit-exact
+    checked) before upload; empty when the stored syntax is the original one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,8 @@ class InstanceSummary:
     object_key: str
     size: int
     sha256: str
+    original_transfer_syntax_uid: str = ""
+    """Empty when the instance is stored in the syntax it arrived in."""
 
 
 @dataclass(frozen=True, slots=True)

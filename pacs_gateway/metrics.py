@@ -75,6 +75,7 @@ def render_metrics(spool: Spool, uploader: Uploader, store: StoreCounters, meter
             u.refused,
             u.failures,
         )
+        sent_bytes, compressed = u.sent_bytes, u.compressed
     counts = store.snapshot()
     accepted, accepted_bytes = counts.accepted, counts.accepted_bytes
     refused_res, refused_inv = counts.refused_resources, counts.refused_invalid
@@ -139,6 +140,20 @@ def render_metrics(spool: Spool, uploader: Uploader, store: StoreCounters, meter
         "counter",
         "Bytes committed in the cloud.",
         uploaded_bytes,
+    )
+    _line(
+        out,
+        "cloudfilm_upload_sent_bytes_total",
+        "counter",
+        "Bytes sent to the cloud for the committed instances (after lossless compression).",
+        sent_bytes,
+    )
+    _line(
+        out,
+        "cloudfilm_upload_compressed_total",
+        "counter",
+        "Committed instances that went up re-encoded losslessly (checked bit-exact).",
+        compressed,
     )
     _line(
         out,

@@ -8,6 +8,7 @@ names and text, ranges for dates, backslash-separated UID lists.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from collections.abc import Iterator
@@ -16,9 +17,12 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
-from image_store.errors import ImageStoreError
+from dicom_codecs.errors import CodecError
+from dicom_codecs.transcode import TARGETS, choose_syntax, transcode
+from image_store.errors import ImageStoreError, IntegrityError
 from image_store.keys import is_valid_uid
 from image_store.metadata import text_value
 from image_store.ports import Index, ObjectStore
@@ -242,8 +246,41 @@ def retrieve_matches(ds: Dataset, index: Index, settings: QrSettings) -> list[In
     return found
 
 
-def _load(store: ObjectStore, inst: InstanceSummary) -> Dataset:
-    return pydicom.dcmread(io.BytesIO(store.get(inst.object_key)))
+Accepted = frozenset[tuple[str, str]]
+"""(SOP Class UID, transfer syntax UID) pairs a peer accepted for storage."""
+
+
+def send_syntax(inst: InstanceSummary, accepted: Accepted | None) -> str:
+    """The transfer syntax to send an instance in: as stored if the peer takes it, else the
+    first the peer takes of the arrival syntax and those we transcode into; without knowing
+    what the peer took (C-MOVE), the syntax the instance arrived in."""
+    stored = inst.transfer_syntax_uid
+    arrival = inst.original_transfer_syntax_uid or stored
+    if accepted is None:
+        return arrival
+    for syntax in (stored, arrival, *TARGETS):
+        if (inst.sop_class_uid, syntax) in accepted and (
+            syntax == stored or choose_syntax(stored, (syntax,)) == syntax
+        ):
+            return syntax
+    return stored
+
+
+def _load(store: ObjectStore, inst: InstanceSummary, accepted: Accepted | None) -> Dataset:
+    data = store.get(inst.object_key)
+    if hashlib.sha256(data).hexdigest() != inst.sha256:  # never send damaged bytes
+        raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
+    syntax = send_syntax(inst, accepted)
+    if syntax != inst.transfer_syntax_uid:
+        data = transcode(data, syntax)
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def _accepted(event: Any) -> Accepted:
+    return frozenset(
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+        for cx in event.assoc.accepted_contexts
+    )
 
 
 # -- pynetdicom event handlers (the edge: errors become statuses here) -------------------------
@@ -270,15 +307,15 @@ def handle_find(
 
 
 def _sub_operations(
-    event: Any, store: ObjectStore, matches: list[InstanceSummary]
+    event: Any, store: ObjectStore, matches: list[InstanceSummary], accepted: Accepted | None
 ) -> Iterator[tuple[int, Dataset | None]]:
     for inst in matches:
         if event.is_cancelled:
             yield STATUS_CANCEL, None
             return
         try:
-            yield STATUS_PENDING, _load(store, inst)
-        except (ImageStoreError, OSError, ValueError):
+            yield STATUS_PENDING, _load(store, inst, accepted)
+        except (ImageStoreError, CodecError, OSError, ValueError):
             logger.exception("cannot read instance %s for retrieve", inst.sop_uid)
             yield STATUS_RETRIEVE_FAILED, None
             return
@@ -292,7 +329,7 @@ def handle_get(event: Any, index: Index, store: ObjectStore, settings: QrSetting
         yield STATUS_IDENTIFIER_MISMATCH, None
         return
     yield len(matches)
-    yield from _sub_operations(event, store, matches)
+    yield from _sub_operations(event, store, matches, _accepted(event))
 
 
 def handle_move(
@@ -310,10 +347,13 @@ def handle_move(
         yield destination[0], destination[1]
         yield STATUS_IDENTIFIER_MISMATCH, None
         return
-    contexts = sorted({(m.sop_class_uid, m.transfer_syntax_uid) for m in matches})
+    # the sub-association is pynetdicom's: we cannot see what the destination accepted, so
+    # instances go in the syntax they arrived in (uncompressed ones convert between VRs)
+    contexts = sorted({(m.sop_class_uid, send_syntax(m, None)) for m in matches})
     requested = [
-        build_context(c, [ts, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]) for c, ts in contexts
+        build_context(c, list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian])))
+        for c, ts in contexts
     ]
     yield destination[0], destination[1], {"contexts": requested[:128]}
     yield len(matches)
-    yield from _sub_operations(event, store, matches)
+    yield from _sub_operations(event, store, matches, None)

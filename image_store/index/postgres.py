@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from image_store.index.sql import POSTGRES
-from image_store.index.sqlbase import SqlIndex, schema
+from image_store.index.sqlbase import ADDED_COLUMNS, SqlIndex, schema
 
 SCHEMA = schema(
     serial_pk="BIGSERIAL PRIMARY KEY",
@@ -46,6 +46,10 @@ class PostgresIndex(SqlIndex):
         with self._tx() as conn:
             conn.raw.execute("SELECT pg_advisory_xact_lock(72637)")  # one schema creator
             conn.raw.execute(SCHEMA)
+            for table, column, declaration in ADDED_COLUMNS:  # indexes made by older versions
+                conn.raw.execute(
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}"
+                )
 
     def _connect(self) -> _Connection:
         conn: _Connection | None = getattr(self._local, "conn", None)

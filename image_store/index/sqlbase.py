@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS instances (
     sop_class_uid TEXT NOT NULL,
     instance_number INTEGER,
     transfer_syntax_uid TEXT NOT NULL,
+    original_transfer_syntax_uid TEXT NOT NULL DEFAULT '',
     rows_ INTEGER,
     columns_ INTEGER,
     number_of_frames INTEGER,
@@ -99,6 +100,11 @@ CREATE TABLE IF NOT EXISTS instance_versions (
 """
 
 
+ADDED_COLUMNS = (("instances", "original_transfer_syntax_uid", "TEXT NOT NULL DEFAULT ''"),)
+"""Columns added after the first release: (table, column, declaration), added to an existing
+index when it is opened."""
+
+
 def schema(*, serial_pk: str, bigint: str, real: str, name_key: str) -> str:
     """The index tables in one backend's column types (the layout is the same everywhere)."""
     return _SCHEMA.format(serial_pk=serial_pk, bigint=bigint, real=real, name_key=name_key)
@@ -115,7 +121,8 @@ _SERIES_COLS = (
 )
 _INSTANCE_COLS = (
     "i.hospital, i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.instance_number, "
-    "i.transfer_syntax_uid, i.rows_, i.columns_, i.number_of_frames, i.object_key, i.size, i.sha256"
+    "i.transfer_syntax_uid, i.rows_, i.columns_, i.number_of_frames, i.object_key, i.size, "
+    "i.sha256, i.original_transfer_syntax_uid"
 )
 
 
@@ -182,6 +189,7 @@ def _instance(r: Any) -> InstanceSummary:
         object_key=str(r[10]),
         size=int(r[11]),
         sha256=str(r[12]),
+        original_transfer_syntax_uid=str(r[13]),
     )
 
 
@@ -320,14 +328,15 @@ class SqlIndex:
         conn.execute(
             "INSERT INTO instances (sop_uid, series_uid, study_uid, hospital, sop_class_uid, "
             "instance_number, transfer_syntax_uid, rows_, columns_, number_of_frames, object_key, "
-            "size, sha256, metadata, indexed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "size, sha256, metadata, indexed_at, original_transfer_syntax_uid) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (sop_uid) DO UPDATE SET sop_class_uid = excluded.sop_class_uid, "
             "instance_number = excluded.instance_number, "
             "transfer_syntax_uid = excluded.transfer_syntax_uid, rows_ = excluded.rows_, "
             "columns_ = excluded.columns_, number_of_frames = excluded.number_of_frames, "
             "object_key = excluded.object_key, size = excluded.size, sha256 = excluded.sha256, "
-            "metadata = excluded.metadata, indexed_at = excluded.indexed_at",
+            "metadata = excluded.metadata, indexed_at = excluded.indexed_at, "
+            "original_transfer_syntax_uid = excluded.original_transfer_syntax_uid",
             (
                 h.sop_uid,
                 h.series_uid,
@@ -344,6 +353,7 @@ class SqlIndex:
                 rec.sha256,
                 h.metadata_json,
                 now,
+                h.original_transfer_syntax_uid,
             ),
         )
         if row is None:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from image_store.index.sql import SQLITE
-from image_store.index.sqlbase import SqlIndex, schema
+from image_store.index.sqlbase import ADDED_COLUMNS, SqlIndex, schema
 from image_store.sqlite_db import SqliteDatabase
 
 SCHEMA = schema(
@@ -31,6 +31,11 @@ class SqliteIndex(SqlIndex):
     def __init__(self, path: Path) -> None:
         self.db = SqliteDatabase(path, SCHEMA)
         self.path = self.db.path
+        with self.db.tx() as conn:  # indexes made by older versions
+            for table, column, declaration in ADDED_COLUMNS:
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def _conn(self) -> sqlite3.Connection:
         return self.db.conn()

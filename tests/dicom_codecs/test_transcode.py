@@ -10,7 +10,12 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from cloudfilm.synth import synthesize_study
-from dicom_codecs.transcode import TranscodeError, to_explicit_vr_little_endian
+from dicom_codecs.transcode import (
+    TranscodeError,
+    choose_syntax,
+    to_explicit_vr_little_endian,
+    transcode,
+)
 
 
 def _bytes(ds: pydicom.Dataset) -> bytes:
@@ -46,3 +51,29 @@ def test_explicit_vr_little_endian_is_returned_untouched() -> None:
 def test_unreadable_data_is_a_transcode_error() -> None:
     with pytest.raises(TranscodeError):
         to_explicit_vr_little_endian(b"\0" * 200)
+
+
+@pytest.mark.parametrize("target", [ImplicitVRLittleEndian, JPEGLSLossless, RLELossless])
+def test_an_instance_transcodes_into_every_target_and_back_with_the_same_pixels(
+    tmp_path: Path, target: str
+) -> None:
+    (path,) = synthesize_study(tmp_path, modality="MR", images=1, seed=9)
+    original = pydicom.dcmread(path)
+    there = transcode(path.read_bytes(), target)
+    assert pydicom.dcmread(io.BytesIO(there)).file_meta.TransferSyntaxUID == target
+    back = pydicom.dcmread(io.BytesIO(transcode(there, ExplicitVRLittleEndian)))
+    assert back.PixelData == original.PixelData
+    assert back.SOPInstanceUID == original.SOPInstanceUID
+
+
+def test_the_syntax_chosen_follows_the_clients_order_and_what_we_can_make() -> None:
+    assert choose_syntax(JPEGLSLossless, ("*",)) == JPEGLSLossless
+    assert choose_syntax(JPEGLSLossless, (RLELossless, "*")) == RLELossless
+    assert choose_syntax(JPEGLSLossless, ("1.2.840.10008.1.2.4.50",)) is None
+    assert choose_syntax("1.2.840.10008.1.2.2", (ExplicitVRLittleEndian,)) is None
+
+
+def test_a_syntax_we_cannot_encode_is_a_transcode_error(tmp_path: Path) -> None:
+    (path,) = synthesize_study(tmp_path, modality="MR", images=1, seed=9)
+    with pytest.raises(TranscodeError, match="cannot transcode into"):
+        transcode(path.read_bytes(), "1.2.840.10008.1.2.4.50")

@@ -13,10 +13,15 @@ from pathlib import Path
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 from cloudfilm.synth import synthesize_study
 from tests.e2e.conftest import Reply, Server, http
 from tests.e2e.fault_harness import dataset_bytes
+
+ARRIVAL_SYNTAX = (
+    f'multipart/related; type="application/dicom"; transfer-syntax={ExplicitVRLittleEndian}'
+)
 
 pytestmark = pytest.mark.e2e
 CT_IMAGES = 50
@@ -129,13 +134,20 @@ def test_storescu_study_is_found_by_qido(server: Server, ct_study: list[Path]) -
     assert len(insts) == 10  # type: ignore[arg-type]
 
 
-def test_wado_rs_returns_byte_identical_datasets(server: Server, ct_study: list[Path]) -> None:
+def test_wado_rs_in_the_arrival_syntax_returns_byte_identical_datasets(
+    server: Server, ct_study: list[Path]
+) -> None:
+    """The gateway uploads JPEG-LS (lossless, checked); asked for the syntax the modality sent,
+    the cloud gives back exactly the dataset the modality sent."""
     originals = {}
     for p in ct_study:
         ds = pydicom.dcmread(p)
         originals[ds.SOPInstanceUID] = (p.read_bytes(), ds)
     study_uid = next(iter(originals.values()))[1].StudyInstanceUID
-    r = http(f"{server.base}/dicom-web/studies/{study_uid}", token=server.token())
+    accept = (
+        f'multipart/related; type="application/dicom"; transfer-syntax={ExplicitVRLittleEndian}'
+    )
+    r = http(f"{server.base}/dicom-web/studies/{study_uid}", token=server.token(), accept=accept)
     assert r.status == 200
     parts = parse_multipart(r)
     assert len(parts) == len(ct_study)
@@ -146,6 +158,28 @@ def test_wado_rs_returns_byte_identical_datasets(server: Server, ct_study: list[
         assert dataset_bytes(payload) == dataset_bytes(raw)
         assert got == want  # every element, pixel data included
         assert got.PixelData == want.PixelData
+
+
+def test_the_cloud_keeps_the_study_losslessly_compressed_at_most_40_percent_of_raw(
+    server: Server, ct_study: list[Path]
+) -> None:
+    study_uid = pydicom.dcmread(ct_study[0], stop_before_pixels=True).StudyInstanceUID
+    r = http(f"{server.base}/dicom-web/studies/{study_uid}", token=server.token())
+    parts = parse_multipart(r)
+    stored = sum(len(payload) for _, payload in parts)
+    raw = sum(p.stat().st_size for p in ct_study)
+    assert stored <= 0.40 * raw
+    for _, payload in parts:
+        got = pydicom.dcmread(io.BytesIO(payload))
+        assert got.file_meta.TransferSyntaxUID == JPEGLSLossless
+    metrics = http(f"{server.base}/metrics").body.decode()
+    values = dict(
+        line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#")
+    )
+    assert float(values["cloudfilm_upload_compressed_total"]) >= len(ct_study)
+    assert float(values["cloudfilm_upload_sent_bytes_total"]) <= 0.4 * float(
+        values["cloudfilm_upload_bytes_total"]
+    )
 
 
 def test_wado_rs_series_instance_and_metadata(server: Server, ct_study: list[Path]) -> None:
@@ -159,7 +193,8 @@ def test_wado_rs_series_instance_and_metadata(server: Server, ct_study: list[Pat
         if pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID == ds.SeriesInstanceUID
     )
     assert len(series) == n_series
-    (one,) = parse_multipart(http(f"{s}/instances/{ds.SOPInstanceUID}", token=tok))
+    one_url = f"{s}/instances/{ds.SOPInstanceUID}"
+    (one,) = parse_multipart(http(one_url, token=tok, accept=ARRIVAL_SYNTAX))
     assert dataset_bytes(one[1]) == dataset_bytes(ct_study[3].read_bytes())
     meta = http(f"{s}/metadata", token=tok)
     assert meta.status == 200
@@ -177,7 +212,7 @@ def test_multiframe_instance_round_trips(server: Server, us_cine: Path) -> None:
         f"{server.base}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
         f"/instances/{ds.SOPInstanceUID}"
     )
-    (part,) = parse_multipart(http(url, token=server.token()))
+    (part,) = parse_multipart(http(url, token=server.token(), accept=ARRIVAL_SYNTAX))
     got = pydicom.dcmread(io.BytesIO(part[1]))
     assert int(got.NumberOfFrames) == 8
     assert dataset_bytes(part[1]) == dataset_bytes(us_cine.read_bytes())

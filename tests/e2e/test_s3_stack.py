@@ -12,7 +12,7 @@ import pytest
 
 from cloudfilm.synth import synthesize_study
 from tests.e2e.conftest import http, start_server, stop_server
-from tests.e2e.fault_harness import dataset_bytes
+from tests.e2e.fault_harness import arrival_bytes, dataset_bytes
 from tests.e2e.test_end_to_end import parse_multipart, storescu, wait_indexed
 from tests.servers import Seaweed, seaweedfs
 
@@ -53,7 +53,7 @@ def test_two_api_processes_serve_the_same_s3_backed_studies(weed: Seaweed, tmp_p
         assert len(parts) == len(paths)
         for _, payload in parts:
             uid = pydicom.dcmread(io.BytesIO(payload), stop_before_pixels=True).SOPInstanceUID
-            assert dataset_bytes(payload) == dataset_bytes(originals[uid])
+            assert dataset_bytes(arrival_bytes(payload)) == dataset_bytes(originals[uid])
     finally:
         stop_server(proc_a)
         stop_server(proc_b)

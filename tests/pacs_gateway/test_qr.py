@@ -8,7 +8,14 @@ import pytest
 from pydicom.dataset import Dataset
 
 from image_store.index.sqlite import SqliteIndex
-from pacs_gateway.qr import BadIdentifier, QrSettings, find_matches, retrieve_matches
+from image_store.records import InstanceSummary
+from pacs_gateway.qr import (
+    BadIdentifier,
+    QrSettings,
+    find_matches,
+    retrieve_matches,
+    send_syntax,
+)
 from tests.contracts.index import load_two_hospitals
 
 H1 = QrSettings(ae_title="GW", hospitals=frozenset({"H1"}))
@@ -94,3 +101,40 @@ def test_retrieve_names_instances_of_visible_studies_only(index: SqliteIndex) ->
     assert [i.sop_uid for i in series] == ["1.2.1.2.1"]
     with pytest.raises(BadIdentifier):
         retrieve_matches(_ident("PATIENT"), index, H1)
+
+
+def _inst(stored: str, original: str = "") -> InstanceSummary:
+    return InstanceSummary(
+        hospital="H1",
+        study_uid="1.2",
+        series_uid="1.2.3",
+        sop_uid="1.2.3.4",
+        sop_class_uid=CT,
+        instance_number=1,
+        transfer_syntax_uid=stored,
+        rows=512,
+        columns=512,
+        number_of_frames=None,
+        object_key="k",
+        size=1,
+        sha256="0" * 64,
+        original_transfer_syntax_uid=original,
+    )
+
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+ELE, IVLE, JLS = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.80"
+
+
+def test_c_get_sends_the_stored_syntax_when_the_peer_takes_it() -> None:
+    assert send_syntax(_inst(JLS, ELE), frozenset({(CT, JLS), (CT, ELE)})) == JLS
+
+
+def test_c_get_transcodes_to_what_the_peer_takes() -> None:
+    assert send_syntax(_inst(JLS, ELE), frozenset({(CT, IVLE)})) == IVLE
+    assert send_syntax(_inst(JLS, IVLE), frozenset({(CT, ELE), (CT, IVLE)})) == IVLE
+
+
+def test_c_move_sends_the_syntax_the_instance_arrived_in() -> None:
+    assert send_syntax(_inst(JLS, IVLE), None) == IVLE
+    assert send_syntax(_inst(JLS), None) == JLS

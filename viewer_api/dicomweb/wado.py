@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 
 from aiohttp import web
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_codecs.frames import FrameError, frame_bytes
-from dicom_codecs.transcode import to_explicit_vr_little_endian
+from dicom_codecs.transcode import TARGETS, choose_syntax, transcode
 from image_store.errors import IntegrityError
 from image_store.ports import ObjectStore
 from image_store.records import InstanceQuery, InstanceSummary
@@ -64,27 +63,26 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
 
 
 def _read(store: ObjectStore, inst: InstanceSummary, wanted: DicomAccept) -> bytes:
-    """The stored bytes, or the instance transcoded to Explicit VR Little Endian when the client
-    does not take the stored syntax."""
+    """The stored bytes, or the instance transcoded into the first syntax the client accepts
+    that we can produce (checked by ``_check_syntax`` before the response started)."""
     data = store.get(inst.object_key)
     if hashlib.sha256(data).hexdigest() != inst.sha256:  # never serve damaged bytes
         raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
-    if wanted.allows(inst.transfer_syntax_uid):
+    syntax = choose_syntax(inst.transfer_syntax_uid, wanted.transfer_syntaxes)
+    if syntax is None or syntax == inst.transfer_syntax_uid:
         return data
-    return to_explicit_vr_little_endian(data)
+    return transcode(data, syntax)
 
 
 def _check_syntax(instances: list[InstanceSummary], wanted: DicomAccept) -> None:
-    """406 unless every instance can be sent as stored or as Explicit VR Little Endian."""
-    if ExplicitVRLittleEndian in wanted.transfer_syntaxes:
-        return
+    """406 unless every instance can be sent in a syntax the client accepts."""
     stored = {i.transfer_syntax_uid for i in instances}
-    refused = sorted(ts for ts in stored if not wanted.allows(ts))
+    refused = sorted(ts for ts in stored if choose_syntax(ts, wanted.transfer_syntaxes) is None)
     if refused:
         asked = ", ".join(wanted.transfer_syntaxes)
         raise NotAcceptable(
             f"transfer syntax {asked} is not available (stored: {', '.join(sorted(stored))}); "
-            f"ask for transfer-syntax=* (as stored) or {ExplicitVRLittleEndian}"
+            f"ask for transfer-syntax=* (as stored) or one of {', '.join(TARGETS)}"
         )
 
 
