@@ -10,7 +10,7 @@ from viewer_api import film, middlewares
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
 from viewer_api.context import SERVICES, Services, ViewerSettings
-from viewer_api.dicomweb import qido, stow, wado
+from viewer_api.dicomweb import qido, rendered, stow, wado
 from viewer_api.share import SqliteShareLinks
 
 __all__ = ["ViewerSettings", "create_app"]
@@ -63,6 +63,10 @@ def create_app(
     r.add_get(INSTANCE, wado.retrieve)
     r.add_get(INSTANCE + "/metadata", wado.metadata)
     r.add_get(INSTANCE + "/frames/{frames}", wado.frames)
+    r.add_get(INSTANCE + "/rendered", rendered.instance_rendered)
+    r.add_get(INSTANCE + "/frames/{frame}/rendered", rendered.frame_rendered)
+    r.add_get(INSTANCE + "/thumbnail", rendered.instance_thumbnail)
+    r.add_get(STUDY + "/thumbnail", rendered.study_thumbnail)
     r.add_post("/api/shares", film.create_share)
     r.add_delete("/api/shares/{id}", film.revoke_share)
     r.add_get("/api/shares/{id}/qr.{kind:png|svg}", film.share_qr)

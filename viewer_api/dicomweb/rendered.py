@@ -1,0 +1,187 @@
+"""WADO-RS rendered resources (PS3.18 8.3.5, 10.4.1.1.3): an instance or one of its frames as
+JPEG or PNG, with the viewport, window and quality query parameters; thumbnails of a study and
+of an instance.
+
+Grey images go through the fused Numba kernel of ``dicom_codecs.render`` (rescale + window +
+downsampling in one pass); the picture is rendered in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from dicom_codecs.errors import RenderError
+from image_store.errors import IntegrityError
+from image_store.ports import ObjectStore
+from image_store.records import InstanceSummary, SeriesQuery
+from viewer_api.context import blocking, services, uid_param
+from viewer_api.dicomweb.access import instances_of, series_of, visible_study
+from viewer_api.errors import BadRequest, NotAcceptable, NotFound
+from viewer_api.thumbnails import series_jpeg
+
+_NUMBER = r"-?\d{1,9}(?:\.\d{1,6})?"
+_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
+_MEDIA = {"image/jpeg": "JPEG", "image/png": "PNG"}
+_ALLOWED = frozenset({"viewport", "window", "quality", "accept"})
+
+
+@dataclass(frozen=True, slots=True)
+class RenderRequest:
+    """The rendering asked for, validated: nothing here reaches the renderer unchecked."""
+
+    image_format: str = "JPEG"
+    quality: int = 85
+    viewport: tuple[int, int] | None = None
+    window: tuple[float, float, str] | None = None
+
+
+def _media(accept: str | None, query_accept: str) -> str:
+    """JPEG unless the client prefers PNG; 406 when it takes neither."""
+    text = query_accept or accept or ""
+    if not text.strip():
+        return "JPEG"
+    for item in text.split(","):
+        media, _, params = item.strip().partition(";")
+        media = media.strip().lower()
+        if re.search(r"\bq\s*=\s*0(?:\.0*)?\s*(?:;|$)", params):
+            continue
+        if media in _MEDIA:
+            return _MEDIA[media]
+        if media in ("*/*", "image/*"):
+            return "JPEG"
+    raise NotAcceptable("rendered images come as image/jpeg or image/png")
+
+
+def parse_render_request(query: web.Request) -> RenderRequest:
+    """Query parameters of a rendered request (400 with the reason for any bad one)."""
+    params = query.query
+    for key in params:
+        if key not in _ALLOWED:
+            raise BadRequest(f"unsupported query parameter {key[:64]!r} for rendered resources")
+        if len(params.getall(key)) > 1:
+            raise BadRequest(f"parameter {key} may be given once")
+    quality = 85
+    if "quality" in params:
+        text = params["quality"].strip()
+        if not re.fullmatch(r"\d{1,3}", text) or not 1 <= int(text) <= 100:
+            raise BadRequest(f"quality must be 1..100, got {text[:20]!r}")
+        quality = int(text)
+    viewport = None
+    if "viewport" in params:
+        m = re.fullmatch(r"(\d{1,5}),(\d{1,5})", params["viewport"].strip())
+        if not m or not (1 <= int(m[1]) <= 8192 and 1 <= int(m[2]) <= 8192):
+            raise BadRequest("viewport must be WIDTH,HEIGHT, each 1..8192")
+        viewport = (int(m[1]), int(m[2]))
+    window = None
+    if "window" in params:
+        m = re.fullmatch(
+            rf"({_NUMBER}),({_NUMBER})(?:,(linear|linear-exact|sigmoid))?",
+            params["window"].strip().lower(),
+        )
+        if not m:
+            raise BadRequest("window must be CENTER,WIDTH[,linear|linear-exact|sigmoid]")
+        window = (float(m[1]), float(m[2]), _FUNCTIONS[m[3] or "linear"])
+    image_format = _media(query.headers.get("Accept"), params.get("accept", ""))
+    return RenderRequest(image_format, quality, viewport, window)
+
+
+def _render(
+    store: ObjectStore, inst: InstanceSummary, want: RenderRequest, frame: int | None
+) -> bytes:
+    from dicom_codecs.render import RenderOptions, Window, render_thumbnail
+
+    data = store.get(inst.object_key)
+    if hashlib.sha256(data).hexdigest() != inst.sha256:  # never render damaged bytes
+        raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
+    options = RenderOptions(
+        size=max(inst.rows or 1, inst.columns or 1, 1),
+        quality=want.quality,
+        frame=frame,
+        window=None if want.window is None else Window(*want.window),
+        viewport=want.viewport,
+        image_format=want.image_format,
+    )
+    return render_thumbnail(data, options)
+
+
+async def _instance(request: web.Request) -> InstanceSummary:
+    study_uid = uid_param(request, "study")
+    series_uid = uid_param(request, "series")
+    sop_uid = uid_param(request, "instance")
+    await visible_study(request, study_uid)
+    await series_of(request, study_uid, series_uid)
+    (inst,) = await instances_of(request, study_uid, series_uid, sop_uid)
+    return inst
+
+
+async def _respond(
+    request: web.Request, inst: InstanceSummary, want: RenderRequest, frame: int | None
+) -> web.Response:
+    try:
+        body = await blocking(_render, services(request).store, inst, want, frame)
+    except RenderError as exc:
+        # a frame number past the end is the client's mistake; anything else, the image's
+        if "frame must be" in str(exc):
+            raise NotFound(str(exc)) from exc
+        raise BadRequest(f"cannot render instance {inst.sop_uid}: {exc}") from exc
+    media = "image/png" if want.image_format == "PNG" else "image/jpeg"
+    return web.Response(body=body, content_type=media, headers={"Cache-Control": "private"})
+
+
+async def instance_rendered(request: web.Request) -> web.Response:
+    want = parse_render_request(request)
+    inst = await _instance(request)
+    return await _respond(request, inst, want, None)
+
+
+async def frame_rendered(request: web.Request) -> web.Response:
+    want = parse_render_request(request)
+    text = request.match_info["frame"]
+    if not re.fullmatch(r"\d{1,6}", text) or int(text) < 1:
+        raise BadRequest(f"frame number must be a whole number from 1, got {text[:20]!r}")
+    inst = await _instance(request)
+    return await _respond(request, inst, want, int(text) - 1)
+
+
+async def instance_thumbnail(request: web.Request) -> web.Response:
+    """A small rendering of the instance (its middle frame), 256 px on the longest side."""
+    inst = await _instance(request)
+    want = RenderRequest(image_format=_media(request.headers.get("Accept"), ""), quality=80)
+    body = await blocking(_thumbnail, services(request).store, inst, want)
+    media = "image/png" if want.image_format == "PNG" else "image/jpeg"
+    return web.Response(body=body, content_type=media, headers={"Cache-Control": "private"})
+
+
+def _thumbnail(store: ObjectStore, inst: InstanceSummary, want: RenderRequest) -> bytes:
+    from dicom_codecs.render import RenderOptions, render_thumbnail
+
+    data = store.get(inst.object_key)
+    if hashlib.sha256(data).hexdigest() != inst.sha256:
+        raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
+    options = RenderOptions(quality=want.quality, image_format=want.image_format)
+    try:
+        return render_thumbnail(data, options)
+    except RenderError as exc:
+        raise NotFound(f"instance {inst.sop_uid} has no picture: {exc}") from exc
+
+
+async def study_thumbnail(request: web.Request) -> web.Response:
+    """The thumbnail of the study's first series with a picture (series number order)."""
+    study_uid = uid_param(request, "study")
+    await visible_study(request, study_uid)
+    svc = services(request)
+    series = await blocking(
+        svc.index.find_series, SeriesQuery(study_uid=study_uid), limit=1000, offset=0
+    )
+    series.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
+    for s in series:
+        try:
+            jpeg = await series_jpeg(svc.store, svc.index, s.series_uid)
+        except (NotFound, RenderError):
+            continue
+        return web.Response(body=jpeg, content_type="image/jpeg")
+    raise NotFound(f"study {study_uid} has no series with a picture")
