@@ -42,6 +42,7 @@ from pydicom.pixels.encoders import (
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloudfilm.synth import synthesize_study
+from dicom_codecs.edge import UploadCompression, compress_for_upload
 from dicom_codecs.pydicom_plugin import register
 from dicom_codecs.render import fused_grey, grey_to_uint8, warm_up
 
@@ -211,6 +212,23 @@ def choice(rows: list[Row], study: str, cores: int = 2) -> None:
         print(f"fastest at {link * 8 / 1e6:.0f} Mbit/s: {codec} ({t:.2f} s)")
 
 
+def edge_path(slices: list[bytes], repeat: int) -> None:
+    """The gateway's whole path per instance: parse, encode, decode and compare, write."""
+    raw = sum(len(s) for s in slices)
+    print(
+        f"\nEdge path (dicom_codecs.edge.compress_for_upload: encode + bit-exact check), "
+        f"{len(slices)} synthetic CT slices, {raw / 1e6:.1f} MB, one core"
+    )
+    print(f"{'codec':10} {'% of raw':>8} {'MB/s':>7} {'2 cores Mbit/s':>15}")
+    for codec in (UploadCompression.JPEG_LS, UploadCompression.RLE):
+        results = [compress_for_upload(s, codec) for s in slices]
+        assert all(r.compressed for r in results), [r.reason for r in results]
+        sent = sum(len(r.data) for r in results)
+        t = median_s(lambda: [compress_for_upload(s, codec) for s in slices], max(1, repeat // 3))  # noqa: B023
+        mbs = raw / t / 1e6
+        print(f"{codec.value:10} {100 * sent / raw:8.1f} {mbs:7.0f} {2 * mbs * 8:15.0f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=9)
@@ -237,6 +255,9 @@ def main() -> int:
     rows = compression({**synth, **real}, args.repeat)
     choice(rows, "synthetic CT")
     choice(rows, "real 693")
+    with tempfile.TemporaryDirectory() as d:
+        paths = synthesize_study(Path(d) / "ct", modality="CT", images=30, seed=2)
+        edge_path([p.read_bytes() for p in paths[1:]], args.repeat)
     return 0
 
 

@@ -3,9 +3,11 @@ the result decodes bit-exactly to the original pixel data, and only then sends i
 
 Which codec: ``bench/codec_table.py`` measures JPEG-LS, HTJ2K, JPEG 2000, RLE and deflate on
 synthetic and real images. JPEG-LS (CharLS, through pydicom's pyjpegls plugin) has the best
-ratio (34 % of raw for a synthetic CT study, 19 % for a real CT) and encodes at about 100-120 MB/s
-per core, so on 2 cores it keeps ahead of a 1 Gbit/s uplink; it is the default. RLE (our Numba
-codec, 5x faster, 42 % of raw) is the choice for a gateway whose CPU is the constraint.
+ratio (34 % of raw for a synthetic CT study, 19 % for a real CT); the whole edge path (parse,
+encode, decode, compare, write) runs at about 55 MB/s per core, which keeps a 2-core gateway
+ahead of uplinks up to about 300 Mbit/s (typical of hospital links): it is the default. RLE
+(our Numba codec, 43 % of raw, about 220 MB/s per core for the whole path) keeps ahead of
+uplinks up to about 1.5 Gbit/s: the choice for fast links or a busy CPU.
 
 The arrival syntax is kept in the file meta (Private Information, PS3.10 7.1, under
 ``image_store.metadata.ORIGINAL_SYNTAX_CREATOR``) so the index records it and retrieval can
