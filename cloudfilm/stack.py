@@ -11,6 +11,7 @@ import functools
 import logging
 import signal
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -101,8 +102,9 @@ class Stack:
 
     async def start(self) -> None:
         s = self.settings
-        # load the Numba kernels (from the on-disk JIT cache) before the first request needs them
-        await asyncio.to_thread(_warm_codecs)
+        # load the Numba kernels (from the on-disk JIT cache) before the first request needs them;
+        # in a daemon thread, so a stop during a first-ever compilation does not wait for it
+        await _in_daemon_thread(warm_codecs)
         sock = socket.create_server((s.http_host, s.http_port))
         self.http_port = int(sock.getsockname()[1])
         app = create_app(
@@ -178,8 +180,34 @@ class Stack:
         self.index.close()
 
 
-def _warm_codecs() -> None:
-    """Load the cached JIT of the RLE and render kernels so no request pays for it."""
+async def _in_daemon_thread(fn: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, done, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, None)
+
+    threading.Thread(target=run, name="warm-codecs", daemon=True).start()
+    await done
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
+
+
+def warm_codecs() -> None:
+    """Load the cached JIT of the RLE and render kernels so no request pays for it (compiles
+    and caches them the first time: scripts/setup.sh does that once after installing)."""
     from dicom_codecs import render
     from dicom_codecs.pydicom_plugin import register, warm_up
 
@@ -199,7 +227,15 @@ async def serve_until_signal(
         loop.add_signal_handler(sig, stop.set)
     code = 0
     try:
-        await stack.start()
+        starting = asyncio.create_task(stack.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # asked to stop while starting: give up the start
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return 0
+        stopping.cancel()
+        starting.result()
         if on_ready is not None:
             keep_serving = await on_ready(stack)
             if not keep_serving:

@@ -383,9 +383,10 @@ def warm_up() -> None:
     """Compile (or load from the cache) the render kernels with a tiny frame."""
     ds = Dataset()
     ds.PhotometricInterpretation = "MONOCHROME2"
-    for dtype in (np.int16, np.uint16, np.uint8):
-        fused_grey(np.arange(16, dtype=dtype).reshape(4, 4), ds, (2, 2), Window(8, 16))
-        fused_grey(np.arange(16, dtype=dtype).reshape(4, 4), ds, (2, 2))
+    for dtype in (np.int16, np.uint16):  # CT, MR, CR, DX; other types compile on first use
+        frame = np.arange(36, dtype=dtype).reshape(6, 6)
+        for size in ((3, 3), (6, 6), (4, 4)):  # 2x2 boxes, 1:1, a partition
+            fused_grey(frame, ds, size, Window(8, 16))
 
 
 # --- decoding and encoding ------------------------------------------------------------------

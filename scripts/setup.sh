@@ -37,3 +37,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   if [ "$dev" = 1 ]; then .venv/bin/python -m pip install -q -e '.[dev]'; else .venv/bin/python -m pip install -q -e .; fi
   touch "$stamp"
 fi
+# compile the Numba kernels once into their on-disk cache (later starts only load them)
+.venv/bin/python -c 'from cloudfilm.stack import warm_codecs; warm_codecs()'
