@@ -128,6 +128,9 @@ class StudyQuery:
     study_uids: tuple[str, ...] = ()
     referring_physician: str = ""
     study_description: str = ""
+    patient_name_fuzzy: bool = False
+    """Match ``patient_name`` (without wildcards) as the start of any name component, in any
+    component group, ignoring case: 'zhang' finds 'ZHANG^SAN' and 'LI^ZHANGWEI'."""
 
 
 @dataclass(frozen=True, slots=True)

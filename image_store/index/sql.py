@@ -93,7 +93,17 @@ def study_where(q: StudyQuery, d: Dialect) -> tuple[str, list[object]]:
     _hospitals(w, "s.hospital", q.hospitals)
     if q.patient_id:
         w.text("p.patient_id", q.patient_id)
-    if q.patient_name:
+    if q.patient_name and q.patient_name_fuzzy and not any(c in q.patient_name for c in "*?"):
+        ph = d.placeholder
+        value = wildcard_to_like(q.patient_name.strip())
+        tests = []
+        params: list[object] = []
+        for column in ("p.name_alpha", "p.name_ideo"):
+            for pattern in (f"{value}%", f"%^{value}%", f"% {value}%"):
+                tests.append(f"{column} {d.ilike} {ph} ESCAPE '{LIKE_ESCAPE}'")
+                params.append(pattern)
+        w.raw("(" + " OR ".join(tests) + ")", *params)
+    elif q.patient_name:
         ph = d.placeholder
         like = wildcard_to_like(q.patient_name)
         w.raw(

@@ -138,6 +138,18 @@ class IndexContract:
         assert uids(StudyQuery(hospitals=frozenset({"H2"}))) == ["2.1"]
         assert uids(StudyQuery(hospitals=frozenset())) == []
 
+    def test_fuzzy_name_matching_takes_the_start_of_any_component(self, index: Index) -> None:
+        load_two_hospitals(index)
+
+        def fuzzy(name: str) -> list[str]:
+            q = StudyQuery(patient_name=name, patient_name_fuzzy=True)
+            return sorted(s.study_uid for s in index.find_studies(q, limit=100))
+
+        assert fuzzy("wang") == ["1.3.1"]
+        assert fuzzy("WU") == ["1.3.1"]
+        assert fuzzy("ang") == []
+        assert fuzzy("张") == ["1.2.1"]
+
     def test_wildcards_match_literally_percent_and_underscore(self, index: Index) -> None:
         index.add_instances([make_record(name="A_B%C")])
         assert index.find_studies(StudyQuery(patient_name="A_B%*"), limit=5)

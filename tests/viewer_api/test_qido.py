@@ -264,3 +264,72 @@ async def test_malformed_or_unknown_parameters_are_400_json(api: Api, url: str) 
 async def test_empty_results_are_an_empty_array(api: Api) -> None:
     r = await api.client.get("/dicom-web/studies?PatientID=nobody", headers=api.token())
     assert r.status == 200 and await r.json() == []
+
+
+async def test_includefield_adds_named_attributes_from_the_stored_headers(
+    regional: Regional,
+) -> None:
+    ct = regional.ct[1]
+    study_url = f"/dicom-web/studies?StudyInstanceUID={ct.StudyInstanceUID}"
+    (plain,) = await _get(regional.api, study_url)
+    assert "00101010" not in plain  # PatientAge is not a default study attribute
+    (study,) = await _get(regional.api, f"{study_url}&includefield=PatientAge,00080070")
+    assert study["00101010"]["Value"] == [ct.PatientAge]
+    assert study["00080070"]["Value"] == [ct.Manufacturer]
+    series = await _get(
+        regional.api,
+        f"/dicom-web/studies/{ct.StudyInstanceUID}/series?includefield=00081090",
+    )
+    assert {s["00081090"]["Value"][0] for s in series} == {ct.ManufacturerModelName}
+
+
+async def test_includefield_all_adds_the_attributes_of_each_level(regional: Regional) -> None:
+    ct = regional.ct[1]
+    (study,) = await _get(
+        regional.api, f"/dicom-web/studies?StudyInstanceUID={ct.StudyInstanceUID}&includefield=all"
+    )
+    assert study["00101010"]["Value"] == [ct.PatientAge]  # patient module
+    assert "00080070" not in study  # Manufacturer is a series attribute
+    series = await _get(
+        regional.api, f"/dicom-web/studies/{ct.StudyInstanceUID}/series?includefield=all"
+    )
+    assert all(s["00080070"]["Value"] == [ct.Manufacturer] for s in series)
+    insts = await _get(
+        regional.api,
+        f"/dicom-web/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}/instances"
+        "?includefield=all",
+    )
+    assert all("00200032" in i for i in insts)  # ImagePositionPatient, an instance attribute
+    assert all("7FE00010" not in i for i in insts)
+
+
+async def test_an_unknown_includefield_attribute_is_400(api: Api) -> None:
+    r = await api.client.get("/dicom-web/studies?includefield=NoSuchThing", headers=api.token())
+    assert r.status == 400
+    assert "includefield" in (await r.json())["error"]
+
+
+async def test_fuzzymatching_finds_a_name_by_the_start_of_any_component(
+    regional: Regional,
+) -> None:
+    name = str(regional.ct[0].PatientName)
+    _, _, given = name.partition("^")
+    assert given, name
+    probe = given[:3].lower()
+    strict = await _get(regional.api, f"/dicom-web/studies?PatientName={probe}")
+    fuzzy = await _get(regional.api, f"/dicom-web/studies?PatientName={probe}&fuzzymatching=true")
+    assert strict == []
+    assert regional.ct[0].StudyInstanceUID in _values(fuzzy, "0020000D")
+
+
+async def test_the_study_search_ohif_makes_gets_description_and_modality(
+    regional: Regional,
+) -> None:
+    found = await _get(
+        regional.api,
+        "/dicom-web/studies?limit=101&offset=0&fuzzymatching=false"
+        "&includefield=00081030%2C00080060",
+    )
+    ct = next(s for s in found if s["0020000D"]["Value"] == [regional.ct[0].StudyInstanceUID])
+    assert ct["00080060"]["Value"] == [regional.ct[0].Modality]
+    assert "00081030" in ct

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from multidict import MultiMapping
+from pydicom.datadict import tag_for_keyword
 
 from image_store.keys import is_valid_uid
 from image_store.records import InstanceQuery, SeriesQuery, StudyQuery
@@ -56,6 +57,9 @@ class Paging:
     limit: int
     offset: int
     include_all: bool
+    include: frozenset[str] = frozenset()
+    """Tags (8 hex digits, upper case) asked for with includefield, beyond the defaults."""
+    fuzzy: bool = False
 
 
 def normalise(params: MultiMapping[str], allowed: frozenset[str]) -> dict[str, list[str]]:
@@ -152,21 +156,40 @@ def paging(values: dict[str, list[str]], *, default_limit: int, max_limit: int) 
     fuzzy = _single(values, "fuzzymatching").lower()
     if fuzzy not in ("", "true", "false"):
         raise BadRequest(f"fuzzymatching must be true or false, got {fuzzy!r}")
-    include = [f for v in values.get("includefield", []) for f in v.split(",")]
+    include = [f.strip() for v in values.get("includefield", []) for f in v.split(",")]
+    include = [f for f in include if f]
+    if len(include) > 200:
+        raise BadRequest("includefield names more than 200 attributes")
+    include_all = "all" in (f.lower() for f in include)
     return Paging(
         limit=min(limit or default_limit, max_limit),
         offset=offset or 0,
-        include_all="all" in (f.strip().lower() for f in include),
+        include_all=include_all,
+        include=frozenset(_tag(f) for f in include if f.lower() != "all"),
+        fuzzy=fuzzy == "true",
     )
 
 
-def study_query(values: dict[str, list[str]], hospitals: frozenset[str] | None) -> StudyQuery:
+def _tag(text: str) -> str:
+    """An includefield item (a tag as 8 hex digits, or a keyword) as 8 upper-case hex digits."""
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", text):
+        return text.upper()
+    tag = tag_for_keyword(text) if re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,63}", text) else None
+    if tag is None:
+        raise BadRequest(f"includefield names an unknown attribute: {text[:64]!r}")
+    return f"{tag:08X}"
+
+
+def study_query(
+    values: dict[str, list[str]], hospitals: frozenset[str] | None, *, fuzzy: bool = False
+) -> StudyQuery:
     date = _single(values, "StudyDate")
     lo, hi = date_range(date) if date else ("", "")
     return StudyQuery(
         hospitals=hospitals,
         patient_id=_single(values, "PatientID"),
         patient_name=_single(values, "PatientName"),
+        patient_name_fuzzy=fuzzy,
         study_date_from=lo,
         study_date_to=hi,
         modalities=_modalities(values, "ModalitiesInStudy"),

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from viewer_api.context import blocking, principal, services, uid_param
-from viewer_api.dicomweb import params
+from viewer_api.dicomweb import include, params
 from viewer_api.dicomweb.access import visible_study
 from viewer_api.dicomweb.json import instance_json, series_json, study_json
 
@@ -32,10 +32,12 @@ async def search_studies(request: web.Request) -> web.Response:
     svc = services(request)
     values = params.normalise(request.query, params.STUDY_KEYS)
     page = _paging(request, values)
-    q = params.study_query(values, principal(request).visible_hospitals())
+    q = params.study_query(values, principal(request).visible_hospitals(), fuzzy=page.fuzzy)
     found = await blocking(svc.index.find_studies, q, limit=page.limit, offset=page.offset)
     base = svc.settings.public_base_url
-    return _reply([study_json(s, base) for s in found])
+    docs = [study_json(s, base) for s in found]
+    await _include(request, docs, page, "study", "0020000D")
+    return _reply(docs)
 
 
 async def search_series(request: web.Request) -> web.Response:
@@ -48,7 +50,9 @@ async def search_series(request: web.Request) -> web.Response:
     q = params.series_query(values, principal(request).visible_hospitals(), study_uid)
     found = await blocking(svc.index.find_series, q, limit=page.limit, offset=page.offset)
     base = svc.settings.public_base_url
-    return _reply([series_json(s, base) for s in found])
+    docs = [series_json(s, base) for s in found]
+    await _include(request, docs, page, "series", "0020000E")
+    return _reply(docs)
 
 
 async def search_instances(request: web.Request) -> web.Response:
@@ -63,4 +67,17 @@ async def search_instances(request: web.Request) -> web.Response:
     q = params.instance_query(values, principal(request).visible_hospitals(), study_uid, series_uid)
     found = await blocking(svc.index.find_instances, q, limit=page.limit, offset=page.offset)
     base = svc.settings.public_base_url
-    return _reply([instance_json(i, base) for i in found])
+    docs = [instance_json(i, base) for i in found]
+    await _include(request, docs, page, "instance", "00080018")
+    return _reply(docs)
+
+
+async def _include(
+    request: web.Request, docs: list[dict[str, Any]], page: params.Paging, level: str, key: str
+) -> None:
+    """Apply includefield (in place): one or two index reads, only when something is missing."""
+    if not include.wants_more(page, docs):
+        return
+    uids = [(d.get(key, {}).get("Value") or [""])[0] for d in docs]
+    meta = await blocking(include.representative_metadata, services(request).index, level, uids)
+    include.merge(docs, key, page, meta, level)
