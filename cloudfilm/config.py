@@ -46,6 +46,15 @@ class StackSettings:
     share_ttl_hours: int = 720
     cors_origins: str = ""
     """Browser origins allowed to call DICOMweb (e.g. an OHIF viewer), comma-separated."""
+    https_cert_file: str = ""
+    """PEM certificate (chain) for the API; with https_key_file the API speaks HTTPS only."""
+    https_key_file: str = ""
+    dicom_tls_cert_file: str = ""
+    """PEM certificate for DICOM TLS (PS3.15 B.1); with dicom_tls_key_file the SCP speaks TLS."""
+    dicom_tls_key_file: str = ""
+    dicom_tls_ca_file: str = ""
+    """CA that modalities' client certificates must chain to (mutual TLS); empty: no client
+    certificates asked for."""
     object_store: str = "filesystem"
     """'filesystem' (under data_dir/objects) or 's3'."""
     s3_bucket: str = ""
@@ -175,6 +184,17 @@ def load_settings(
         raise ConfigError(f"index must be sqlite or postgres, got {settings.index!r}")
     if settings.index == "postgres" and not settings.postgres_dsn:
         raise ConfigError("index = postgres needs postgres_dsn")
+    for cert, key, what in (
+        (settings.https_cert_file, settings.https_key_file, "https"),
+        (settings.dicom_tls_cert_file, settings.dicom_tls_key_file, "dicom_tls"),
+    ):
+        if bool(cert) != bool(key):
+            raise ConfigError(f"{what}_cert_file and {what}_key_file go together")
+        for path in filter(None, (cert, key)):
+            if not Path(path).is_file():
+                raise ConfigError(f"{what}: no such file {path}")
+    if settings.dicom_tls_ca_file and not settings.dicom_tls_cert_file:
+        raise ConfigError("dicom_tls_ca_file needs dicom_tls_cert_file and dicom_tls_key_file")
     if settings.upload_compression not in ("jpeg-ls", "rle", "none"):
         raise ConfigError(
             f"upload_compression must be jpeg-ls, rle or none, got {settings.upload_compression!r}"

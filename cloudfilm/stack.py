@@ -11,9 +11,11 @@ import functools
 import logging
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -27,7 +29,7 @@ from image_store.ports import Index, ObjectStore
 from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
 from pacs_gateway.process import GatewayProcess, GatewaySpec
 from pacs_gateway.qr import QrSettings
-from pacs_gateway.scp import ScpSettings
+from pacs_gateway.scp import ScpSettings, TlsSettings
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
 from viewer_api.app import ViewerSettings, create_app
@@ -98,7 +100,8 @@ class Stack:
 
     def base_url(self) -> str:
         s = self.settings
-        return s.public_base_url.rstrip("/") or f"http://{s.http_host}:{self.http_port}"
+        scheme = "https" if s.https_cert_file else "http"
+        return s.public_base_url.rstrip("/") or f"{scheme}://{s.http_host}:{self.http_port}"
 
     async def start(self) -> None:
         s = self.settings
@@ -122,7 +125,7 @@ class Stack:
         app.router.add_get("/metrics", self._metrics)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        await web.SockSite(self.runner, sock).start()
+        await web.SockSite(self.runner, sock, ssl_context=_https_context(s)).start()
         self.uploader.start()
         self.gateway = GatewayProcess(
             GatewaySpec(
@@ -131,6 +134,7 @@ class Stack:
                     host=s.dicom_host,
                     port=s.dicom_port,
                     stream_to_disk=True,
+                    tls=_dicom_tls(s),
                 ),
                 spool_dir=s.spool_dir,
                 high_water_bytes=self.spool.high_water_bytes,
@@ -178,6 +182,25 @@ class Stack:
             await self.runner.cleanup()
             self.runner = None
         self.index.close()
+
+
+def _https_context(s: StackSettings) -> ssl.SSLContext | None:
+    if not s.https_cert_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(s.https_cert_file, s.https_key_file)
+    return ctx
+
+
+def _dicom_tls(s: StackSettings) -> TlsSettings | None:
+    if not s.dicom_tls_cert_file:
+        return None
+    return TlsSettings(
+        cert_file=Path(s.dicom_tls_cert_file),
+        key_file=Path(s.dicom_tls_key_file),
+        client_ca_file=Path(s.dicom_tls_ca_file) if s.dicom_tls_ca_file else None,
+    )
 
 
 async def _in_daemon_thread(fn: Callable[[], None]) -> None:

@@ -135,6 +135,8 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.secure:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     if request.path.startswith(AUDITED):
         response.headers.setdefault("Cache-Control", "no-store")

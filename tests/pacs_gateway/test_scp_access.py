@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from pacs_gateway.scp import ScpSettings, TlsSettings, start_scp
 from pacs_gateway.spool import Spool
+from tests.pki import client_context, make_pki
 
 # pynetdicom 3.0.4's requestor does not close its socket when the peer drops the connection or
 # the TLS handshake fails, so _echo closes it.
@@ -64,68 +63,9 @@ def test_network_allow_list_drops_connections_from_elsewhere(tmp_path: Path) -> 
         server.shutdown()
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Test CA",
-        "-keyout",
-        str(d / "ca.key"),
-        "-out",
-        str(d / "ca.pem"),
-    )
-    for name in ("server", "client"):
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            str(d / f"{name}.key"),
-            "-out",
-            str(d / f"{name}.csr"),
-        )
-        ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1\n")
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(d / f"{name}.csr"),
-            "-CA",
-            str(d / "ca.pem"),
-            "-CAkey",
-            str(d / "ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            str(ext),
-            "-out",
-            str(d / f"{name}.pem"),
-        )
-    return d
-
-
-def _client_ctx(pki: Path, *, with_cert: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.pem"))
-    if with_cert:
-        ctx.load_cert_chain(pki / "client.pem", pki / "client.key")
-    return ctx
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_tls_with_client_certificates_stores_and_refuses_peers_without_one(
@@ -142,7 +82,7 @@ def test_tls_with_client_certificates_stores_and_refuses_peers_without_one(
             "127.0.0.1",
             port,
             ae_title="GW",
-            tls_args=(_client_ctx(pki, with_cert=True), "127.0.0.1"),
+            tls_args=(client_context(pki, with_cert=True), "127.0.0.1"),
         )
         assert assoc.is_established
         path = get_testdata_file("CT_small.dcm")
@@ -152,7 +92,7 @@ def test_tls_with_client_certificates_stores_and_refuses_peers_without_one(
 
         plain = _echo(port)
         assert not plain.is_established
-        no_cert = _echo(port, tls=(_client_ctx(pki, with_cert=False), "127.0.0.1"))
+        no_cert = _echo(port, tls=(client_context(pki, with_cert=False), "127.0.0.1"))
         assert not no_cert.is_established
     finally:
         server.shutdown()

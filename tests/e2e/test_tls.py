@@ -1,0 +1,70 @@
+"""The stack with certificates: the API over HTTPS only, the gateway over DICOM TLS."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from tests.e2e.conftest import start_server, stop_server
+from tests.pki import client_context, make_pki
+
+
+def test_api_speaks_https_and_gateway_dicom_tls_with_the_given_certificates(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki(tmp_path)
+    env = {
+        "CLOUDFILM_HTTPS_CERT_FILE": str(pki / "server.pem"),
+        "CLOUDFILM_HTTPS_KEY_FILE": str(pki / "server.key"),
+        "CLOUDFILM_DICOM_TLS_CERT_FILE": str(pki / "server.pem"),
+        "CLOUDFILM_DICOM_TLS_KEY_FILE": str(pki / "server.key"),
+        "CLOUDFILM_DICOM_TLS_CA_FILE": str(pki / "ca.pem"),
+    }
+    proc, server = start_server(tmp_path / "data", tmp_path / "server.log", env)
+    try:
+        assert server.base.startswith("https://127.0.0.1:")
+        trust = client_context(pki, with_cert=False)
+        with urllib.request.urlopen(f"{server.base}/healthz", context=trust) as r:
+            assert r.status == 200
+            assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+        # plain HTTP to the HTTPS port gets no answer
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(
+                server.base.replace("https://", "http://") + "/healthz", timeout=5
+            )
+
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate(
+            server.dicom_host,
+            server.dicom_port,
+            ae_title=server.ae,
+            tls_args=(client_context(pki, with_cert=True), "127.0.0.1"),
+        )
+        assert assoc.is_established
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+
+        req = urllib.request.Request(
+            f"{server.base}/dicom-web/studies?StudyInstanceUID={ds.StudyInstanceUID}",
+            headers={"Authorization": f"Bearer {server.token()}"},
+        )
+        for _ in range(100):
+            with urllib.request.urlopen(req, context=trust) as r:
+                if json.loads(r.read()):
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the study sent over DICOM TLS never appeared")
+    finally:
+        stop_server(proc)
