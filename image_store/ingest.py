@@ -16,8 +16,9 @@ from typing import Protocol
 from image_store.errors import ImageStoreError
 from image_store.keys import check_hospital, instance_key, prior_version_key
 from image_store.metadata import read_header
+from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
-from image_store.records import InstanceHeader, InstanceQuery, InstanceRecord
+from image_store.records import InstanceHeader, InstanceQuery, InstanceRecord, PatientRef
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,13 @@ class LocalIngest:
         index: Index,
         *,
         duplicates: DuplicatePolicy = DuplicatePolicy.KEEP_NEWER,
+        persons: PersonKeyer | None = None,
     ) -> None:
         self.store = store
         self.index = index
         self.duplicates = duplicates
+        self.persons = persons
+        """Links patients to regional persons from the identifiers their instances carry."""
 
     def ingest(self, hospital: str, items: Sequence[bytes]) -> list[IngestOutcome]:
         check_hospital(hospital)
@@ -84,6 +88,23 @@ class LocalIngest:
             seen.add(header.sop_uid)
             parsed.append((i, header, key))
         return self._commit(hospital, items, parsed)
+
+    def _link_persons(self, hospital: str, headers: list[InstanceHeader]) -> None:
+        """Link the patients of committed instances to their persons (once per patient and
+        batch); a link an administrator made stays as it is."""
+        if self.persons is None:
+            return
+        keys: dict[PatientRef, str] = {}
+        for h in headers:
+            ref = PatientRef(hospital, h.patient.patient_id, h.patient.issuer)
+            if ref not in keys and h.person_ids:
+                key = self.persons.first_key(h.person_ids)
+                if key is not None:
+                    keys[ref] = key
+        for ref, key in keys.items():
+            current = self.index.person_link(ref)
+            if current is None or (current.source == "dicom" and current.person_key != key):
+                self.index.link_patient(ref, key, "dicom")
 
     def _commit(
         self,
@@ -135,6 +156,7 @@ class LocalIngest:
         refused.update(result.rejected)
         replaced = set(result.replaced_uids)
         outcomes: list[IngestOutcome] = []
+        committed: list[InstanceHeader] = []
         for p in parsed:
             if isinstance(p, IngestOutcome):
                 outcomes.append(p)
@@ -145,6 +167,8 @@ class LocalIngest:
                 self.store.delete(key)  # the index refused a new object: leave no orphan
             if reason is not None:
                 logger.warning("instance %s refused: %s", h.sop_uid, reason)
+            if reason is None:
+                committed.append(h)
             outcomes.append(
                 IngestOutcome(
                     ok=reason is None,
@@ -155,4 +179,5 @@ class LocalIngest:
                     replaced=h.sop_uid in replaced,
                 )
             )
+        self._link_persons(hospital, committed)
         return outcomes

@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 
 from image_store.errors import InvalidDicom
 from image_store.keys import check_uid
+from image_store.persons import identifiers
 from image_store.records import InstanceHeader, PatientInfo
 
 logger = logging.getLogger(__name__)
@@ -183,9 +184,14 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
         if ts:
             check_uid(ts, "TransferSyntaxUID")
         ds_for_json = ds
-        if 0x7FE00010 in ds:  # a fully read dataset: leave the pixels out of the metadata
-            ds_for_json = ds.copy()
-            del ds_for_json[0x7FE00010]
+        # leave out the pixels (of a fully read dataset) and other patient identifiers: the
+        # index keeps person identifiers only as keyed hashes (image_store.persons)
+        dropped = {t for t in (0x7FE00010, 0x00101000, 0x00101002) if t in ds}
+        if dropped:  # a new dataset: Dataset.copy() shares its elements with the original
+            ds_for_json = Dataset()
+            for elem in ds:
+                if elem.tag not in dropped:
+                    ds_for_json.add(elem)
         patient = PatientInfo(
             patient_id=text_value(ds, "PatientID"),
             issuer=text_value(ds, "IssuerOfPatientID"),
@@ -212,6 +218,7 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
             instance_number=_int(ds, "InstanceNumber"),
             transfer_syntax_uid=ts,
             original_transfer_syntax_uid=original_transfer_syntax(meta),
+            person_ids=identifiers(ds),
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
             number_of_frames=_int(ds, "NumberOfFrames"),

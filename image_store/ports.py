@@ -16,6 +16,8 @@ from image_store.records import (
     InstanceRecord,
     InstanceSummary,
     ObjectInfo,
+    PatientRef,
+    PersonLink,
     SeriesQuery,
     SeriesRecord,
     StudyQuery,
@@ -72,5 +74,20 @@ class Index(Protocol):
         ...
 
     def count_instances(self) -> int: ...
+
+    # master patient index: hospitals' patients linked to regional persons
+    def link_patient(self, patient: PatientRef, person_key: str, source: str) -> None:
+        """Link (or re-link) a hospital's patient to a person; ``person_key`` is a keyed hash."""
+        ...
+
+    def unlink_patient(self, patient: PatientRef) -> bool: ...
+
+    def person_link(self, patient: PatientRef) -> PersonLink | None: ...
+
+    def linked_patients(self, person_key: str) -> list[PersonLink]: ...
+
+    def merge_persons(self, from_key: str, into_key: str) -> int:
+        """Move every link of one person to another (two records found to be one person)."""
+        ...
 
     def close(self) -> None: ...

@@ -43,6 +43,10 @@ class InstanceHeader:
     specific_character_set: str
     metadata_json: str
     """DICOM JSON (PS3.18 F.2) of the header, without pixel data or other bulk data."""
+    person_ids: tuple[tuple[str, str], ...] = ()
+    """(issuer, value) of the regional person identifiers the instance carries (Issuer of
+    Patient ID or Other Patient IDs Sequence, for the configured issuers). Held in memory only,
+    to be turned into keyed hashes; never stored or logged."""
     original_transfer_syntax_uid: str = ""
     """The syntax the modality sent when the gateway re-encoded the instance (lossless, bit-exact
     checked) before upload; empty when the stored syntax is the original one."""
@@ -128,6 +132,8 @@ class StudyQuery:
     study_uids: tuple[str, ...] = ()
     referring_physician: str = ""
     study_description: str = ""
+    person_key: str = ""
+    """Studies of every hospital's patient linked to this person (master patient index)."""
     patient_name_fuzzy: bool = False
     """Match ``patient_name`` (without wildcards) as the start of any name component, in any
     component group, ignoring case: 'zhang' finds 'ZHANG^SAN' and 'LI^ZHANGWEI'."""
@@ -150,6 +156,26 @@ class InstanceQuery:
     sop_uids: tuple[str, ...] = ()
     sop_class_uid: str = ""
     instance_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRef:
+    """One hospital's record of a patient: its Patient ID under an issuer."""
+
+    hospital: str
+    patient_id: str
+    issuer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PersonLink:
+    """A hospital's patient linked to a person of the region (by a keyed hash of an ID)."""
+
+    patient: PatientRef
+    person_key: str
+    source: str
+    """'dicom' (Other Patient IDs in an instance) or 'admin:<actor>'."""
+    linked_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,13 @@ def study_where(q: StudyQuery, d: Dialect) -> tuple[str, list[object]]:
             like,
             like,
         )
+    if q.person_key:
+        w.raw(
+            "EXISTS (SELECT 1 FROM person_links l WHERE l.person_key = "
+            f"{d.placeholder} AND l.hospital = p.hospital AND l.issuer = p.issuer "
+            "AND l.patient_id = p.patient_id)",
+            q.person_key,
+        )
     if q.study_date_from:
         w.raw(f"s.study_date >= {d.placeholder}", q.study_date_from)
     if q.study_date_to:

@@ -18,6 +18,8 @@ from image_store.records import (
     InstanceSummary,
     ObjectInfo,
     PatientInfo,
+    PatientRef,
+    PersonLink,
     SeriesQuery,
     SeriesRecord,
     StudyQuery,
@@ -89,6 +91,16 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, instance_number);
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS person_links (
+    hospital TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    person_key TEXT NOT NULL,
+    source TEXT NOT NULL,
+    linked_at {real} NOT NULL,
+    PRIMARY KEY (hospital, issuer, patient_id)
+);
+CREATE INDEX IF NOT EXISTS person_links_person ON person_links (person_key);
 CREATE TABLE IF NOT EXISTS instance_versions (
     sop_uid TEXT NOT NULL,
     sha256 TEXT NOT NULL,
@@ -410,6 +422,68 @@ class SqlIndex:
             "ORDER BY i.series_uid, i.instance_number, i.sop_uid"
         )
         return [str(r[0]) for r in self._conn().execute(sql, params)]
+
+    # -- master patient index ------------------------------------------------------------------
+
+    def link_patient(self, patient: PatientRef, person_key: str, source: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO person_links (hospital, issuer, patient_id, person_key, source, "
+                "linked_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hospital, issuer, patient_id) "
+                "DO UPDATE SET person_key = excluded.person_key, source = excluded.source, "
+                "linked_at = excluded.linked_at",
+                (
+                    patient.hospital,
+                    patient.issuer,
+                    patient.patient_id,
+                    person_key,
+                    source,
+                    time.time(),
+                ),
+            )
+
+    def unlink_patient(self, patient: PatientRef) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "DELETE FROM person_links WHERE hospital = ? AND issuer = ? AND patient_id = ?",
+                (patient.hospital, patient.issuer, patient.patient_id),
+            )
+            return bool(cur.rowcount)
+
+    def person_link(self, patient: PatientRef) -> PersonLink | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT person_key, source, linked_at FROM person_links "
+                "WHERE hospital = ? AND issuer = ? AND patient_id = ?",
+                (patient.hospital, patient.issuer, patient.patient_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return PersonLink(patient, str(row[0]), str(row[1]), float(row[2]))
+
+    def linked_patients(self, person_key: str) -> list[PersonLink]:
+        rows = self._conn().execute(
+            "SELECT hospital, patient_id, issuer, source, linked_at FROM person_links "
+            "WHERE person_key = ? ORDER BY hospital, issuer, patient_id",
+            (person_key,),
+        )
+        return [
+            PersonLink(
+                PatientRef(str(r[0]), str(r[1]), str(r[2])), person_key, str(r[3]), float(r[4])
+            )
+            for r in rows
+        ]
+
+    def merge_persons(self, from_key: str, into_key: str) -> int:
+        """Re-point every link of ``from_key`` to ``into_key``; how many moved."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE person_links SET person_key = ? WHERE person_key = ?", (into_key, from_key)
+            )
+            return int(cur.rowcount)
 
     def prior_versions(self, sop_uid: str) -> list[ObjectInfo]:
         rows = self._conn().execute(

@@ -10,6 +10,7 @@ from image_store.records import (
     InstanceQuery,
     InstanceRecord,
     PatientInfo,
+    PatientRef,
     SeriesQuery,
     StudyQuery,
 )
@@ -201,3 +202,31 @@ class IndexContract:
         assert (
             index.find_instances(InstanceQuery(study_uid="1.2.1", hospitals=only_h2), limit=9) == []
         )
+
+    def test_linked_patients_of_several_hospitals_give_one_persons_studies(
+        self, index: Index
+    ) -> None:
+        load_two_hospitals(index)  # P1 at H1 (study 1.2.1) and P1 at H2 (study 2.1): not linked
+        a, b = PatientRef("H1", "P1", "ISS"), PatientRef("H2", "P1", "ISS")
+        assert index.person_link(a) is None
+        index.link_patient(a, "k" * 64, "admin:test")
+        index.link_patient(b, "k" * 64, "dicom")
+        studies = index.find_studies(StudyQuery(person_key="k" * 64), limit=10)
+        assert [s.study_uid for s in studies] == ["2.1", "1.2.1"]  # newest first
+        link = index.person_link(a)
+        assert link is not None and link.source == "admin:test"
+        assert [x.patient for x in index.linked_patients("k" * 64)] == [a, b]
+        assert index.find_studies(StudyQuery(person_key="z" * 64), limit=10) == []
+
+    def test_unlink_and_merge_persons(self, index: Index) -> None:
+        load_two_hospitals(index)
+        a, b = PatientRef("H1", "P1", "ISS"), PatientRef("H2", "P1", "ISS")
+        index.link_patient(a, "a" * 64, "dicom")
+        index.link_patient(b, "b" * 64, "dicom")
+        assert index.merge_persons("b" * 64, "a" * 64) == 1
+        assert len(index.linked_patients("a" * 64)) == 2
+        assert index.unlink_patient(b) is True
+        assert index.unlink_patient(b) is False
+        assert [
+            s.study_uid for s in index.find_studies(StudyQuery(person_key="a" * 64), limit=9)
+        ] == ["1.2.1"]
