@@ -68,6 +68,9 @@ class StackSettings:
     postgres_dsn: str = ""
     """libpq connection string, e.g. 'host=db port=5432 dbname=cloudfilm user=cloudfilm'
     (password from PGPASSWORD or ~/.pgpass, never in the config file)."""
+    mpi_issuers: str = "CN_RESIDENT_ID,CN_HEALTH_CARD"
+    """Issuer of Patient ID values that name regional person identifiers (resident ID, health
+    card): instances carrying one link their patient to the person (as a keyed hash)."""
     qr_hospitals: str = ""
     """Hospitals whose studies the gateway's C-FIND/C-GET/C-MOVE serve, comma-separated;
     empty: this hospital only."""
@@ -102,6 +105,10 @@ class StackSettings:
     @property
     def shares_path(self) -> Path:
         return self.data_dir / "shares.sqlite"
+
+    @property
+    def consents_path(self) -> Path:
+        return self.data_dir / "consents.sqlite"
 
     @property
     def audit_path(self) -> Path:

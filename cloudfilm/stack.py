@@ -25,6 +25,7 @@ from dicom_codecs.edge import UploadCompression
 from dicom_codecs.render import render_thumbnail
 from image_store.derived import series_thumbnail
 from image_store.ingest import LocalIngest
+from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
 from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
 from pacs_gateway.process import GatewayProcess, GatewaySpec
@@ -35,6 +36,7 @@ from pacs_gateway.uploader import Uploader, UploaderSettings
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner, load_or_create_secret
+from viewer_api.consent import SqliteConsents
 from viewer_api.share import SqliteShareLinks
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class Stack:
     shares: SqliteShareLinks
     audit: SqliteAuditLog
     signer: TokenSigner
+    consents: SqliteConsents
+    persons: PersonKeyer
     runner: web.AppRunner | None = None
     gateway: GatewayProcess | None = None
     http_port: int = 0
@@ -64,6 +68,8 @@ class Stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = open_object_store(settings)
         index = open_index(settings)
+        secret = load_or_create_secret(settings.secret_path)
+        persons = PersonKeyer(secret, settings.mpi_issuers.split(","))
         spool = Spool(
             settings.spool_dir,
             high_water_bytes=settings.spool_high_water_mb * 1024**2,
@@ -77,7 +83,7 @@ class Stack:
 
         uploader = Uploader(
             spool,
-            LocalIngest(store, index),
+            LocalIngest(store, index, persons=persons),
             settings.hospital,
             UploaderSettings(
                 workers=settings.upload_workers,
@@ -95,7 +101,9 @@ class Stack:
             uploader=uploader,
             shares=SqliteShareLinks(settings.shares_path),
             audit=SqliteAuditLog(settings.audit_path),
-            signer=TokenSigner(load_or_create_secret(settings.secret_path)),
+            signer=TokenSigner(secret),
+            consents=SqliteConsents(settings.consents_path),
+            persons=persons,
         )
 
     def base_url(self) -> str:
@@ -121,6 +129,8 @@ class Stack:
             self.shares,
             self.audit,
             self.signer,
+            consents=self.consents,
+            persons=self.persons,
         )
         app.router.add_get("/metrics", self._metrics)
         self.runner = web.AppRunner(app, access_log=None)
@@ -182,6 +192,7 @@ class Stack:
             await self.runner.cleanup()
             self.runner = None
         self.index.close()
+        self.consents.close()
 
 
 def _https_context(s: StackSettings) -> ssl.SSLContext | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from image_store.ingest import LocalIngest
+from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
-from viewer_api import film, middlewares
+from viewer_api import film, middlewares, patients
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
+from viewer_api.consent import SqliteConsents
 from viewer_api.context import SERVICES, Services, ViewerSettings
 from viewer_api.dicomweb import qido, rendered, stow, wado
 from viewer_api.share import SqliteShareLinks
@@ -32,6 +34,9 @@ def create_app(
     shares: SqliteShareLinks,
     audit: SqliteAuditLog,
     signer: TokenSigner,
+    *,
+    consents: SqliteConsents | None = None,
+    persons: PersonKeyer | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[
@@ -42,7 +47,15 @@ def create_app(
         ]
     )
     app[SERVICES] = Services(
-        settings, store, index, shares, audit, signer, LocalIngest(store, index)
+        settings,
+        store,
+        index,
+        shares,
+        audit,
+        signer,
+        LocalIngest(store, index, persons=persons),
+        consents=consents,
+        persons=persons,
     )
     app.on_response_prepare.append(middlewares.security_headers)
     r = app.router
@@ -67,6 +80,14 @@ def create_app(
     r.add_get(INSTANCE + "/frames/{frame}/rendered", rendered.frame_rendered)
     r.add_get(INSTANCE + "/thumbnail", rendered.instance_thumbnail)
     r.add_get(STUDY + "/thumbnail", rendered.study_thumbnail)
+    r.add_get("/patients/{id}/studies", patients.patient_studies)
+    r.add_post("/api/patients/links", patients.link_patient)
+    r.add_delete("/api/patients/links", patients.unlink_patient)
+    r.add_post("/api/patients/merge", patients.merge_persons)
+    r.add_get("/api/patients/{id}/consents", patients.patient_consents)
+    r.add_get("/api/patients/{id}/access-history", patients.access_history)
+    r.add_post("/api/consents", patients.grant_consent)
+    r.add_delete("/api/consents/{id}", patients.revoke_consent)
     r.add_post("/api/shares", film.create_share)
     r.add_delete("/api/shares/{id}", film.revoke_share)
     r.add_get("/api/shares/{id}/qr.{kind:png|svg}", film.share_qr)

@@ -36,6 +36,8 @@ class AuditEvent:
     resource: str
     status: int
     remote: str
+    via: str = ""
+    """How a read of another hospital's study was allowed (consent grant or break-glass)."""
 
 
 def _canonical(event: AuditEvent) -> str:

@@ -24,7 +24,10 @@ from image_store.keys import check_hospital
 from image_store.objects.filesystem import fsync_dir
 from viewer_api.errors import Unauthorized
 
-Role = Literal["admin", "clinician"]
+Role = Literal["admin", "radiologist", "clinician", "auditor"]
+"""admin: the region's operators (every hospital); radiologist and clinician: their own
+hospital's studies, others' under a consent grant or break-glass; auditor: the audit log, no
+images."""
 ROLES: tuple[str, ...] = get_args(Role)
 _PREFIX = "cf1"
 _MAX_TOKEN = 2048
@@ -81,7 +84,9 @@ class Principal:
 
     def visible_hospitals(self) -> frozenset[str] | None:
         """Hospitals whose studies this principal may read; None means every hospital."""
-        return None if self.role == "admin" else frozenset({self.hospital})
+        if self.role == "admin":
+            return None
+        return frozenset() if self.role == "auditor" else frozenset({self.hospital})
 
     def may_see(self, hospital: str) -> bool:
         allowed = self.visible_hospitals()

@@ -11,9 +11,11 @@ from aiohttp import web
 
 from image_store.ingest import IngestSink
 from image_store.keys import is_valid_uid
+from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Principal, TokenSigner
+from viewer_api.consent import SqliteConsents
 from viewer_api.errors import BadRequest, Unauthorized
 from viewer_api.share import SqliteShareLinks
 
@@ -42,10 +44,15 @@ class Services:
     audit: SqliteAuditLog
     signer: TokenSigner
     ingest: IngestSink
+    consents: SqliteConsents | None = None
+    persons: PersonKeyer | None = None
+    """Turns a person identifier given to the admin API into the master patient index's key."""
 
 
 SERVICES = web.AppKey("services", Services)
 PRINCIPAL = web.RequestKey("principal", Principal)
+VIA = web.RequestKey("via", str)
+"""How a cross-hospital read was allowed ('consent:<id>' or 'break-glass:<reason>'), audited."""
 ACTOR = web.RequestKey("actor", str)
 """Who the audit names when there is no bearer principal (a share link)."""
 

@@ -9,13 +9,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from viewer_api.audit import AuditEvent
-from viewer_api.context import ACTOR, PRINCIPAL, blocking, services
+from viewer_api.context import ACTOR, PRINCIPAL, VIA, blocking, services
 from viewer_api.errors import Unauthorized, ViewerError
 
 logger = logging.getLogger(__name__)
 
-PROTECTED = ("/dicom-web", "/api/")
-AUDITED = ("/dicom-web", "/api/", "/film/")
+PROTECTED = ("/dicom-web", "/api/", "/patients/")
+AUDITED = ("/dicom-web", "/api/", "/film/", "/patients/")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -94,6 +94,7 @@ async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
             resource=audit_resource(request),
             status=status,
             remote=request.remote or "",
+            via=request.get(VIA, ""),
         )
         try:
             await blocking(services(request).audit.append, event)

@@ -16,9 +16,11 @@ from pydicom.data import get_testdata_file
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
+from image_store.persons import PersonKeyer
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Role, TokenSigner
+from viewer_api.consent import SqliteConsents
 from viewer_api.share import SqliteShareLinks
 
 BASE = "http://films.example"
@@ -107,6 +109,8 @@ async def make_api(
         shares,
         audit,
         signer,
+        consents=SqliteConsents(tmp_path / "consents.sqlite"),
+        persons=PersonKeyer(b"p" * 32),
     )
     client = await aiohttp_client(app)
     return Api(client, signer, spy_store, spy_index, shares, audit, files)

@@ -47,7 +47,9 @@ async def search_series(request: web.Request) -> web.Response:
         await visible_study(request, study_uid)
     values = params.normalise(request.query, params.SERIES_KEYS)
     page = _paging(request, values)
-    q = params.series_query(values, principal(request).visible_hospitals(), study_uid)
+    # inside a study the caller was allowed to see (own hospital, consent or break-glass)
+    hospitals = None if study_uid else principal(request).visible_hospitals()
+    q = params.series_query(values, hospitals, study_uid)
     found = await blocking(svc.index.find_series, q, limit=page.limit, offset=page.offset)
     base = svc.settings.public_base_url
     docs = [series_json(s, base) for s in found]
@@ -64,7 +66,8 @@ async def search_instances(request: web.Request) -> web.Response:
     allowed = params.INSTANCE_KEYS if series_uid else params.INSTANCE_KEYS | {"SeriesInstanceUID"}
     values = params.normalise(request.query, allowed)
     page = _paging(request, values)
-    q = params.instance_query(values, principal(request).visible_hospitals(), study_uid, series_uid)
+    hospitals = None if study_uid else principal(request).visible_hospitals()
+    q = params.instance_query(values, hospitals, study_uid, series_uid)
     found = await blocking(svc.index.find_instances, q, limit=page.limit, offset=page.offset)
     base = svc.settings.public_base_url
     docs = [instance_json(i, base) for i in found]
