@@ -37,6 +37,7 @@ from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner, load_or_create_secret
 from viewer_api.consent import SqliteConsents
+from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Stack:
     signer: TokenSigner
     consents: SqliteConsents
     persons: PersonKeyer
+    reports: SqliteReports
     runner: web.AppRunner | None = None
     gateway: GatewayProcess | None = None
     http_port: int = 0
@@ -104,6 +106,7 @@ class Stack:
             signer=TokenSigner(secret),
             consents=SqliteConsents(settings.consents_path),
             persons=persons,
+            reports=SqliteReports(settings.reports_path),
         )
 
     def base_url(self) -> str:
@@ -131,6 +134,7 @@ class Stack:
             self.signer,
             consents=self.consents,
             persons=self.persons,
+            reports=self.reports,
         )
         app.router.add_get("/metrics", self._metrics)
         self.runner = web.AppRunner(app, access_log=None)
@@ -193,6 +197,7 @@ class Stack:
             self.runner = None
         self.index.close()
         self.consents.close()
+        self.reports.close()
 
 
 def _https_context(s: StackSettings) -> ssl.SSLContext | None:

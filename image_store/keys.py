@@ -70,6 +70,20 @@ def thumbnail_key(hospital: str, study_uid: str, series_uid: str, sop_uid: str) 
     return instance_key(hospital, study_uid, series_uid, sop_uid) + ".thumb.jpg"
 
 
+def report_key(hospital: str, study_uid: str, report_id: str, extension: str) -> str:
+    """The key of a diagnostic report attached to a study (text or PDF)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", report_id) or extension not in ("txt", "pdf"):
+        raise InvalidKey("a report id is 16-64 URL-safe characters, its extension txt or pdf")
+    return "/".join(
+        (
+            check_hospital(hospital),
+            check_uid(study_uid, "StudyInstanceUID"),
+            "reports",
+            f"{report_id}.{extension}",
+        )
+    )
+
+
 def check_key(key: str) -> str:
     """Validate a full object key: '/'-separated parts of [A-Za-z0-9._-], no '.' or '..' parts."""
     parts = key.split("/")

@@ -8,11 +8,13 @@ from image_store.ingest import LocalIngest
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
 from viewer_api import film, middlewares, patients
+from viewer_api import reports as reports_api
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
 from viewer_api.consent import SqliteConsents
 from viewer_api.context import SERVICES, Services, ViewerSettings
 from viewer_api.dicomweb import qido, rendered, stow, wado
+from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
 __all__ = ["ViewerSettings", "create_app"]
@@ -37,6 +39,7 @@ def create_app(
     *,
     consents: SqliteConsents | None = None,
     persons: PersonKeyer | None = None,
+    reports: SqliteReports | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[
@@ -56,6 +59,7 @@ def create_app(
         LocalIngest(store, index, persons=persons),
         consents=consents,
         persons=persons,
+        reports=reports,
     )
     app.on_response_prepare.append(middlewares.security_headers)
     r = app.router
@@ -88,6 +92,9 @@ def create_app(
     r.add_get("/api/patients/{id}/access-history", patients.access_history)
     r.add_post("/api/consents", patients.grant_consent)
     r.add_delete("/api/consents/{id}", patients.revoke_consent)
+    r.add_post("/api/studies/{study}/reports", reports_api.add_report)
+    r.add_get("/api/studies/{study}/reports", reports_api.list_reports)
+    r.add_get("/api/reports/{id}", reports_api.get_report)
     r.add_post("/api/shares", film.create_share)
     r.add_delete("/api/shares/{id}", film.revoke_share)
     r.add_get("/api/shares/{id}/qr.{kind:png|svg}", film.share_qr)

@@ -17,6 +17,7 @@ from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Principal, TokenSigner
 from viewer_api.consent import SqliteConsents
 from viewer_api.errors import BadRequest, Unauthorized
+from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
 P = ParamSpec("P")
@@ -45,6 +46,7 @@ class Services:
     signer: TokenSigner
     ingest: IngestSink
     consents: SqliteConsents | None = None
+    reports: SqliteReports | None = None
     persons: PersonKeyer | None = None
     """Turns a person identifier given to the admin API into the master patient index's key."""
 

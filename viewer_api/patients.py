@@ -31,6 +31,7 @@ from viewer_api.consent import Consent
 from viewer_api.context import blocking, principal, services
 from viewer_api.dicomweb.access import BREAK_GLASS
 from viewer_api.errors import BadRequest, Forbidden, NotFound
+from viewer_api.report_store import report_status
 
 _TEXT = re.compile(r"[\w\-. ^]{1,64}")
 MAX_CONSENT_HOURS = 24 * 366
@@ -166,6 +167,8 @@ async def _study_entry(request: web.Request, study: StudyRecord, access: str) ->
         svc.index.find_series, SeriesQuery(study_uid=study.study_uid), limit=1000
     )
     base = f"{svc.settings.public_base_url}/dicom-web/studies/{study.study_uid}"
+    found = [] if svc.reports is None else await blocking(svc.reports.of_study, study.study_uid)
+    status, mutual = report_status(found)
     return {
         "study_uid": study.study_uid,
         "hospital": study.hospital,
@@ -179,7 +182,9 @@ async def _study_entry(request: web.Request, study: StudyRecord, access: str) ->
         "number_of_instances": study.number_of_instances,
         "thumbnail_url": f"{base}/thumbnail",
         "retrieve_url": base,
-        "report_status": "none",
+        "report_status": status,
+        "mutual_recognition": mutual,
+        "reports_url": f"{svc.settings.public_base_url}/api/studies/{study.study_uid}/reports",
         "access": access.split(":", 1)[0],
     }
 

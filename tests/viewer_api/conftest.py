@@ -21,6 +21,7 @@ from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Role, TokenSigner
 from viewer_api.consent import SqliteConsents
+from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
 BASE = "http://films.example"
@@ -111,6 +112,7 @@ async def make_api(
         signer,
         consents=SqliteConsents(tmp_path / "consents.sqlite"),
         persons=PersonKeyer(b"p" * 32),
+        reports=SqliteReports(tmp_path / "reports.sqlite"),
     )
     client = await aiohttp_client(app)
     return Api(client, signer, spy_store, spy_index, shares, audit, files)
