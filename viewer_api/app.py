@@ -7,7 +7,7 @@ from aiohttp import web
 from image_store.ingest import LocalIngest
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
-from viewer_api import film, middlewares, patients
+from viewer_api import film, middlewares, openapi, patients
 from viewer_api import reports as reports_api
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
@@ -64,6 +64,7 @@ def create_app(
     app.on_response_prepare.append(middlewares.security_headers)
     r = app.router
     r.add_get("/healthz", healthz)
+    r.add_get("/openapi.json", openapi.openapi_json)
     r.add_get(DW + "/studies", qido.search_studies)
     r.add_get(DW + "/series", qido.search_series)
     r.add_get(DW + "/instances", qido.search_instances)

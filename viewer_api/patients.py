@@ -252,7 +252,7 @@ async def grant_consent(request: web.Request) -> web.Response:
     if link is None:
         raise BadRequest("the patient is not linked to a regional person yet")
     ttl = body.get("ttl_hours", 720)
-    if not isinstance(ttl, int) or not 1 <= ttl <= MAX_CONSENT_HOURS:
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_CONSENT_HOURS:
         raise BadRequest(f"ttl_hours must be a whole number 1..{MAX_CONSENT_HOURS}")
     study_uid = body.get("study_uid") or ""
     if study_uid:

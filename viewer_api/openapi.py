@@ -1,0 +1,278 @@
+"""The OpenAPI 3.1 description of the API beyond DICOMweb (PS3.18 describes that part), served
+at ``/openapi.json`` and fuzzed by the test suite (schemathesis: no 500s)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+_ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+    "required": ["error", "status"],
+}
+_UID = {"type": "string", "pattern": "^[0-9.]{1,64}$"}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 64}
+_HOSPITAL = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}
+_PATIENT = {
+    "type": "object",
+    "properties": {"hospital": _HOSPITAL, "patient_id": _TEXT, "issuer": _TEXT},
+    "required": ["patient_id"],
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "bad input", 401: "no or bad token", 403: "not allowed", 404: "not found"}
+    return {
+        str(c): {
+            "description": text.get(c, "error"),
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for c in codes
+    }
+
+
+def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema or {"type": "object"}}},
+    }
+
+
+def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+_PATIENT_QUERY = [
+    _path_param("id", _TEXT),
+    _query("hospital", _HOSPITAL),
+    _query("issuer", _TEXT),
+]
+
+
+def spec(server_url: str = "/") -> dict[str, Any]:
+    """The description; ``server_url`` is where clients reach the API."""
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "CloudFilm regional API", "version": "1"},
+        "servers": [{"url": server_url}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": _ERROR},
+        },
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "liveness",
+                    "security": [],
+                    "responses": {"200": _json("up")},
+                }
+            },
+            "/patients/{id}/studies": {
+                "get": {
+                    "summary": "all studies of a hospital's patient's person, newest first",
+                    "security": secured,
+                    "parameters": [
+                        *_PATIENT_QUERY,
+                        {
+                            "name": "X-Break-Glass-Reason",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 200},
+                        },
+                    ],
+                    "responses": {"200": _json("the studies"), **_errors(400, 401, 403)},
+                }
+            },
+            "/api/patients/links": {
+                "post": {
+                    "summary": "link a hospital's patient to a person (admin)",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "hospital": _HOSPITAL,
+                                        "patient_id": _TEXT,
+                                        "issuer": _TEXT,
+                                        "id_issuer": _TEXT,
+                                        "id": {"type": "string", "maxLength": 64},
+                                    },
+                                    "required": ["patient_id", "id_issuer", "id"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"201": _json("linked"), **_errors(400, 401, 403)},
+                },
+                "delete": {
+                    "summary": "unlink a hospital's patient (admin)",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _PATIENT}},
+                    },
+                    "responses": {"200": _json("unlinked"), **_errors(400, 401, 403, 404)},
+                },
+            },
+            "/api/patients/merge": {
+                "post": {
+                    "summary": "move every link of one person to another (admin)",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"from": _PATIENT, "into": _PATIENT},
+                                    "required": ["from", "into"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"200": _json("merged"), **_errors(400, 401, 403, 404)},
+                }
+            },
+            "/api/patients/{id}/consents": {
+                "get": {
+                    "summary": "consent grants of the patient's person",
+                    "security": secured,
+                    "parameters": _PATIENT_QUERY,
+                    "responses": {
+                        "200": _json("grants", {"type": "array"}),
+                        **_errors(400, 401, 403),
+                    },
+                }
+            },
+            "/api/patients/{id}/access-history": {
+                "get": {
+                    "summary": "who opened the patient's studies (from the audit log)",
+                    "security": secured,
+                    "parameters": _PATIENT_QUERY,
+                    "responses": {
+                        "200": _json("accesses", {"type": "array"}),
+                        **_errors(400, 401, 403),
+                    },
+                }
+            },
+            "/api/consents": {
+                "post": {
+                    "summary": "record a patient's consent for a hospital or clinician",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "patient": _PATIENT,
+                                        "grantee_hospital": _HOSPITAL,
+                                        "grantee_subject": _TEXT,
+                                        "study_uid": _UID,
+                                        "ttl_hours": {"type": "integer", "minimum": 1},
+                                    },
+                                    "required": ["patient", "grantee_hospital"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"201": _json("granted"), **_errors(400, 401, 403)},
+                }
+            },
+            "/api/consents/{id}": {
+                "delete": {
+                    "summary": "revoke a consent grant",
+                    "security": secured,
+                    "parameters": [_path_param("id", {"type": "string", "maxLength": 64})],
+                    "responses": {"200": _json("revoked"), **_errors(400, 401, 403, 404)},
+                }
+            },
+            "/api/studies/{study}/reports": {
+                "get": {
+                    "summary": "reports of a study",
+                    "security": secured,
+                    "parameters": [_path_param("study", _UID)],
+                    "responses": {
+                        "200": _json("reports", {"type": "array"}),
+                        **_errors(400, 401, 403, 404),
+                    },
+                },
+                "post": {
+                    "summary": "attach a report (radiologists of the study's hospital)",
+                    "security": secured,
+                    "parameters": [
+                        _path_param("study", _UID),
+                        _query("status", {"enum": ["preliminary", "final"]}),
+                        _query("mutual_recognition", {"enum": ["true", "false"]}),
+                        _query("title", {"type": "string", "maxLength": 128}),
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    "responses": {"201": _json("attached"), **_errors(400, 401, 403, 404)},
+                },
+            },
+            "/api/reports/{id}": {
+                "get": {
+                    "summary": "a report's content (text/plain or application/pdf)",
+                    "security": secured,
+                    "parameters": [_path_param("id", {"type": "string", "maxLength": 64})],
+                    "responses": {
+                        "200": {"description": "the report"},
+                        **_errors(400, 401, 403, 404),
+                    },
+                }
+            },
+            "/api/shares": {
+                "post": {
+                    "summary": "create a cloud-film link for a study",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "study_uid": _UID,
+                                        "ttl_hours": {"type": "integer"},
+                                    },
+                                    "required": ["study_uid"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"201": _json("the link"), **_errors(400, 401, 403, 404)},
+                }
+            },
+            "/api/shares/{id}": {
+                "delete": {
+                    "summary": "revoke a cloud-film link",
+                    "security": secured,
+                    "parameters": [_path_param("id", {"type": "string", "maxLength": 64})],
+                    "responses": {"200": _json("revoked"), **_errors(400, 401, 403, 404)},
+                }
+            },
+        },
+    }
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    from viewer_api.context import services
+
+    return web.json_response(spec(services(request).settings.public_base_url or "/"))
