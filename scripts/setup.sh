@@ -12,6 +12,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
 if [ "$dev" = 1 ]; then
   command -v storescu >/dev/null || apt_pkgs+=(dcmtk)          # modality / workstation tests
   command -v Orthanc >/dev/null || apt_pkgs+=(orthanc)         # backfill test, ingest bench
+  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || apt_pkgs+=(orthanc-dicomweb)  # bench
   command -v openssl >/dev/null || apt_pkgs+=(openssl)         # DICOM TLS test certificates
   command -v ip >/dev/null || apt_pkgs+=(iproute2)             # loopback in private netns
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_pkgs+=(postgresql)  # index tests

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
 
 from aiohttp import web
@@ -23,6 +25,9 @@ from viewer_api.dicomweb.multipart import (
 )
 from viewer_api.errors import BadRequest, NotAcceptable, NotFound
 from viewer_api.thumbnails import series_jpeg
+
+READ_AHEAD = 6
+READ_AHEAD_BYTES = 64 << 20
 
 
 async def _targets(request: web.Request) -> tuple[str, str, str]:
@@ -51,12 +56,34 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     data = await blocking(_read, store, instances[0], wanted)
     resp = web.StreamResponse(headers={"Content-Type": content_type(boundary)})
     await resp.prepare(request)
-    for n, inst in enumerate(instances):
-        if n:
-            data = await blocking(_read, store, inst, wanted)
-        await resp.write(part_header(boundary, first=n == 0))
-        await resp.write(data)
-        del data  # one object in memory at a time
+    # The next objects are read (and their hashes checked) in worker threads while this one is
+    # written to the socket, a few at once (an S3 GET waits on the network): at most
+    # READ_AHEAD objects and READ_AHEAD_BYTES in flight, at least one.
+    ahead: collections.deque[tuple[asyncio.Future[bytes], int]] = collections.deque()
+    queued = 1
+    try:
+        for n in range(len(instances)):
+            if n:
+                future, _ = ahead.popleft()
+                data = await future
+            in_flight = sum(size for _, size in ahead)
+            while queued < len(instances) and len(ahead) < READ_AHEAD:
+                size = instances[queued].size
+                if ahead and in_flight + size > READ_AHEAD_BYTES:
+                    break
+                task = asyncio.ensure_future(blocking(_read, store, instances[queued], wanted))
+                ahead.append((task, size))
+                in_flight += size
+                queued += 1
+            await resp.write(part_header(boundary, first=n == 0))
+            await resp.write(data)
+            del data
+    finally:
+        for future, _ in ahead:
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a failure after the client left is not news
+            else:
+                future.cancel()
     await resp.write(closing(boundary))
     await resp.write_eof()
     return resp
