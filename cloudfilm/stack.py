@@ -71,7 +71,10 @@ class Stack:
         store = open_object_store(settings)
         index = open_index(settings)
         secret = load_or_create_secret(settings.secret_path)
-        persons = PersonKeyer(secret, settings.mpi_issuers.split(","))
+        # its own key: signing keys may be rotated, person keys are stored hashes and may not
+        persons = PersonKeyer(
+            load_or_create_secret(settings.person_key_path), settings.mpi_issuers.split(",")
+        )
         spool = Spool(
             settings.spool_dir,
             high_water_bytes=settings.spool_high_water_mb * 1024**2,
