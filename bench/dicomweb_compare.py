@@ -239,6 +239,7 @@ def main() -> int:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--no-s3", action="store_true")
+    ap.add_argument("--only-s3", action="store_true", help="skip the filesystem comparison")
     args = ap.parse_args()
     ensure_netns()
     os.environ["TCP_NODELAY"] = "1"
@@ -259,6 +260,8 @@ def main() -> int:
     sop = str(pydicom.dcmread(axial[len(axial) // 2], stop_before_pixels=True).SOPInstanceUID)
     print(f"series: {len(axial)} instances; repeat {args.repeat}; client urllib on 127.0.0.1")
 
+    if args.only_s3:
+        return _print_s3(s3_share(axial, args.repeat))
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(dir=WORK) as d:
         data = Path(d) / "cf"
@@ -298,15 +301,19 @@ def main() -> int:
         ms = one_click_ms(Path(d) / "oc", args.repeat)
         print(f"\none click, a patient with 50 studies: {ms:.1f} ms")
     if not args.no_s3:
-        got = s3_share(axial, args.repeat)
-        if got is None:
-            print("SeaweedFS (weed) not installed: no S3 figures")
-        else:
-            wado, raw = got
-            print(
-                f"S3 (SeaweedFS): WADO-RS series {wado:.0f} MB/s, raw boto3 GET (8 threads) "
-                f"{raw:.0f} MB/s: {100 * wado / raw:.0f} % of raw"
-            )
+        _print_s3(s3_share(axial, args.repeat))
+    return 0
+
+
+def _print_s3(got: tuple[float, float] | None) -> int:
+    if got is None:
+        print("SeaweedFS (weed) not installed: no S3 figures")
+        return 0
+    wado, raw = got
+    print(
+        f"S3 (SeaweedFS): WADO-RS series {wado:.0f} MB/s, raw boto3 GET (8 threads) "
+        f"{raw:.0f} MB/s: {100 * wado / raw:.0f} % of raw"
+    )
     return 0
 
 

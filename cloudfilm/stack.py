@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,6 +266,9 @@ async def serve_until_signal(
     stack = Stack.open(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # index, store and render calls run in worker threads; S3 reads wait on the network, so
+    # more threads than cores keep WADO-RS read-ahead busy (asyncio's default is cores + 4)
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=16, thread_name_prefix="io"))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     code = 0

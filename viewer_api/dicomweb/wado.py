@@ -26,7 +26,7 @@ from viewer_api.dicomweb.multipart import (
 from viewer_api.errors import BadRequest, NotAcceptable, NotFound
 from viewer_api.thumbnails import series_jpeg
 
-READ_AHEAD = 6
+READ_AHEAD = 8
 READ_AHEAD_BYTES = 64 << 20
 
 
