@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl-hours", type=int, default=24)
     p.add_argument("--config", type=Path)
 
+    p = sub.add_parser("keys", help="signing keys and bearer tokens")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    k = ksub.add_parser("rotate", help="new signing key; the old one still verifies until retired")
+    k.add_argument("--data", required=True, help="data directory of the stack")
+    k = ksub.add_parser("retire", help="delete retired keys: what they signed stops working")
+    k.add_argument("--data", required=True, help="data directory of the stack")
+    k.add_argument("--older-than-days", type=float, required=True)
+    k = ksub.add_parser("revoke-token", help="refuse a bearer token before it expires")
+    k.add_argument("--data", required=True, help="data directory of the stack")
+    k.add_argument("--token", required=True)
+
     p = sub.add_parser("audit", help="the access audit log")
     asub = p.add_subparsers(dest="audit_command", required=True)
     for name, text in (("verify", "check the hash chain"), ("export", "print as JSON lines")):
@@ -132,12 +143,49 @@ def cmd_token(args: argparse.Namespace) -> int:
     )
     if not 1 <= args.ttl_hours <= 24 * 366:
         raise ConfigError(f"--ttl-hours must be 1..8784, got {args.ttl_hours}")
-    signer = TokenSigner(load_or_create_secret(settings.secret_path))
+    signer = TokenSigner(load_or_create_secret(settings.secret_path))  # the current key
     print(
         signer.issue(
             settings.hospital, args.role, subject=args.subject, ttl_s=args.ttl_hours * 3600
         )
     )
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from viewer_api.auth import (
+        RevokedTokens,
+        TokenSigner,
+        load_or_create_secret,
+        retire_keys,
+        retired_keys,
+        rotate_key,
+    )
+    from viewer_api.errors import Unauthorized
+
+    settings = load_settings({"data_dir": args.data})
+    if args.keys_command == "rotate":
+        load_or_create_secret(settings.secret_path)
+        old = rotate_key(settings.secret_path)
+        print(f"new signing key in {settings.secret_path}; the old one verifies until retired")
+        print(f"(restart the API to sign with the new key): {old.name}")
+        return 0
+    if args.keys_command == "retire":
+        if args.older_than_days < 0:
+            raise ConfigError("--older-than-days must not be negative")
+        gone = retire_keys(settings.secret_path, args.older_than_days * 86400)
+        print(f"{gone} retired key(s) deleted")
+        return 0
+    signer = TokenSigner(
+        load_or_create_secret(settings.secret_path), retired_keys(settings.secret_path)
+    )
+    try:
+        jti, exp = signer.token_id(args.token.strip())
+    except Unauthorized as exc:
+        print(f"cloudfilm keys revoke-token: not a token of this region: {exc}", file=sys.stderr)
+        return 2
+    RevokedTokens(settings.revoked_tokens_path).revoke(jti, exp)
+    print(f"token {jti} revoked")
     return 0
 
 
@@ -264,6 +312,7 @@ COMMANDS = {
     "synth": cmd_synth,
     "serve": cmd_serve,
     "token": cmd_token,
+    "keys": cmd_keys,
     "demo": cmd_demo,
     "gateway": cmd_gateway,
     "audit": cmd_audit,

@@ -119,6 +119,10 @@ class StackSettings:
         return self.data_dir / "audit.sqlite"
 
     @property
+    def revoked_tokens_path(self) -> Path:
+        return self.data_dir / "secrets" / "revoked-tokens"
+
+    @property
     def person_key_path(self) -> Path:
         """The master patient index's HMAC key: back it up; without it no identifier can be
         matched to the persons already linked."""

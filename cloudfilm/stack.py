@@ -36,7 +36,7 @@ from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
-from viewer_api.auth import TokenSigner, load_or_create_secret
+from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret, retired_keys
 from viewer_api.consent import SqliteConsents
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
@@ -107,7 +107,11 @@ class Stack:
             uploader=uploader,
             shares=SqliteShareLinks(settings.shares_path),
             audit=SqliteAuditLog(settings.audit_path),
-            signer=TokenSigner(secret),
+            signer=TokenSigner(
+                secret,
+                retired_keys(settings.secret_path),
+                revoked=RevokedTokens(settings.revoked_tokens_path),
+            ),
             consents=SqliteConsents(settings.consents_path),
             persons=persons,
             reports=SqliteReports(settings.reports_path),

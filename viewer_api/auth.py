@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -97,12 +98,60 @@ class Principal:
         return f"{self.role}:{self.hospital}:{self.subject or '-'}"
 
 
+class RevokedTokens:
+    """Token ids (``jti``) revoked before they expire: a text file of ``jti expiry`` lines,
+    appended by ``cloudfilm token revoke`` and re-read by the API whenever it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._seen: tuple[float, int] | None = None
+        self._ids: frozenset[str] = frozenset()
+
+    def revoke(self, jti: str, expires_at: float) -> None:
+        if not re.fullmatch(r"[0-9a-f]{16}", jti):
+            raise ValueError("a token id (jti) is 16 hex digits")
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.path, "a") as fh:
+            fh.write(f"{jti} {int(expires_at)}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def __contains__(self, jti: object) -> bool:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return False
+        if self._seen != (st.st_mtime, st.st_size):
+            now = time.time()
+            ids = set()
+            for line in self.path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) > now:
+                    ids.add(parts[0])
+            self._ids, self._seen = frozenset(ids), (st.st_mtime, st.st_size)
+        return jti in self._ids
+
+
 class TokenSigner:
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) < 32:
+    """Signs with the current key; verifies with it and with ``previous`` keys (kept after a
+    rotation until the tokens and links they signed have expired)."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        previous: tuple[bytes, ...] = (),
+        *,
+        revoked: RevokedTokens | None = None,
+    ) -> None:
+        if len(secret) < 32 or any(len(k) < 32 for k in previous):
             raise ValueError("the signing secret must be at least 32 bytes")
         self._bearer_key = hmac.new(secret, b"bearer-token", hashlib.sha256).digest()
         self._secret = secret
+        self._verify_bearer = [
+            hmac.new(k, b"bearer-token", hashlib.sha256).digest() for k in (secret, *previous)
+        ]
+        self._share_secrets = (secret, *previous)
+        self._revoked = revoked
 
     # -- bearer tokens -----------------------------------------------------------------------
 
@@ -129,10 +178,14 @@ class TokenSigner:
         prefix, body, sig = token.split(".")
         if prefix != _PREFIX:
             raise Unauthorized("unknown token format")
-        want = hmac.new(self._bearer_key, f"{prefix}.{body}".encode(), hashlib.sha256).digest()
+        payload = None
         try:
             got = b64d(sig)
-            payload = json.loads(b64d(body)) if hmac.compare_digest(want, got) else None
+            for key in self._verify_bearer:
+                want = hmac.new(key, f"{prefix}.{body}".encode(), hashlib.sha256).digest()
+                if hmac.compare_digest(want, got):
+                    payload = json.loads(b64d(body))
+                    break
         except (binascii.Error, ValueError, UnicodeDecodeError):
             payload = None
         if not isinstance(payload, dict):
@@ -147,9 +200,17 @@ class TokenSigner:
             raise Unauthorized("unknown role in token")
         if exp < (time.time() if now is None else now):
             raise Unauthorized("token expired")
+        if self._revoked is not None and str(payload.get("jti", "")) in self._revoked:
+            raise Unauthorized("token revoked")
         return Principal(hospital=hospital, role=cast(Role, role), subject=subject, expires_at=exp)
 
     # -- share-link tokens -------------------------------------------------------------------
+
+    def token_id(self, token: str) -> tuple[str, float]:
+        """(jti, expiry) of one of our tokens, to revoke it; Unauthorized if it is not ours."""
+        self.verify(token, now=0.0)  # signature and form; expiry does not matter here
+        payload = json.loads(b64d(token.split(".")[1]))
+        return str(payload.get("jti", "")), float(payload["exp"])
 
     def share_token(self, link_id: str) -> str:
         return f"{link_id}.{self._share_sig(link_id)}"
@@ -159,14 +220,54 @@ class TokenSigner:
         if len(token) > 128 or token.count(".") != 1:
             return None
         link_id, sig = token.split(".")
-        if not link_id or not hmac.compare_digest(self._share_sig(link_id).encode(), sig.encode()):
+        if not link_id:
             return None
-        return link_id
+        for secret in self._share_secrets:
+            if hmac.compare_digest(self._share_sig(link_id, secret).encode(), sig.encode()):
+                return link_id
+        return None
 
-    def _share_sig(self, link_id: str) -> str:
+    def _share_sig(self, link_id: str, secret: bytes | None = None) -> str:
         """base64url(HMAC-SHA256(secret, b"share:" + id)[:16])."""
-        mac = hmac.new(self._secret, b"share:" + link_id.encode(), hashlib.sha256)
+        mac = hmac.new(secret or self._secret, b"share:" + link_id.encode(), hashlib.sha256)
         return b64e(mac.digest()[:16])
+
+
+def retired_keys(secret_path: Path) -> tuple[bytes, ...]:
+    """Signing keys retired by ``cloudfilm keys rotate`` (``retired/*.key`` beside the current
+    one), newest first: still accepted for verification."""
+    folder = Path(secret_path).parent / "retired"
+    if not folder.is_dir():
+        return ()
+    keys = sorted(folder.glob("*.key"), reverse=True)
+    return tuple(k.read_bytes() for k in keys if len(k.read_bytes()) == 32)
+
+
+def rotate_key(secret_path: Path) -> Path:
+    """Retire the current signing key (kept in ``retired/``) and make a new one; returns where
+    the old key went. Tokens and links signed with it keep working until ``retire_keys``."""
+    secret_path = Path(secret_path)
+    folder = secret_path.parent / "retired"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = folder / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}.key"
+    os.link(secret_path, target)
+    os.utime(target)  # retired now (retire_keys goes by this time)
+    fsync_dir(folder)
+    secret_path.unlink()
+    load_or_create_secret(secret_path)
+    return target
+
+
+def retire_keys(secret_path: Path, older_than_s: float) -> int:
+    """Delete retired keys older than ``older_than_s``: what they signed stops working."""
+    folder = Path(secret_path).parent / "retired"
+    cutoff = time.time() - older_than_s
+    gone = 0
+    for key in folder.glob("*.key") if folder.is_dir() else ():
+        if key.stat().st_mtime < cutoff:
+            key.unlink()
+            gone += 1
+    return gone
 
 
 def new_link_id() -> str:

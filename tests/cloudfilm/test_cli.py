@@ -89,3 +89,30 @@ def test_store_scrub_reports_missing_and_corrupt_objects(
     assert main(["store", "scrub", "--data", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"missing  {keys[0]}" in out and f"corrupt  {keys[1]}" in out
+
+
+def test_keys_commands_rotate_retire_and_revoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret, retired_keys
+    from viewer_api.errors import Unauthorized
+
+    assert main(["token", "--data", str(tmp_path), "--hospital", "H1", "--role", "admin"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert main(["keys", "rotate", "--data", str(tmp_path)]) == 0
+    key = tmp_path / "secrets" / "api.key"
+
+    def stack_signer() -> TokenSigner:  # as the stack builds it
+        return TokenSigner(
+            load_or_create_secret(key),
+            retired_keys(key),
+            revoked=RevokedTokens(tmp_path / "secrets" / "revoked-tokens"),
+        )
+
+    assert stack_signer().verify(token).role == "admin"
+    assert main(["keys", "revoke-token", "--data", str(tmp_path), "--token", token]) == 0
+    with pytest.raises(Unauthorized, match="revoked"):
+        stack_signer().verify(token)
+    assert main(["keys", "revoke-token", "--data", str(tmp_path), "--token", "cf1.x.y"]) == 2
+    assert main(["keys", "retire", "--data", str(tmp_path), "--older-than-days", "0"]) == 0
+    assert "1 retired key(s) deleted" in capsys.readouterr().out

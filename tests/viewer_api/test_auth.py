@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from viewer_api.auth import Principal, TokenSigner, b64d, b64e, load_or_create_secret
+from viewer_api.auth import (
+    Principal,
+    RevokedTokens,
+    TokenSigner,
+    b64d,
+    b64e,
+    load_or_create_secret,
+    retire_keys,
+    retired_keys,
+    rotate_key,
+)
 from viewer_api.errors import Unauthorized
 
 SECRET = bytes(range(32))
@@ -132,3 +142,33 @@ def test_share_tokens_that_are_not_ours_have_no_id(token: str) -> None:
 def test_a_share_token_of_another_key_has_no_id() -> None:
     token = TokenSigner(b"x" * 32).share_token("AAAAAAAAAAAAAAAAAAAAAA")
     assert TokenSigner(SECRET).share_id(token) is None
+
+
+def test_after_a_rotation_old_tokens_and_links_still_verify_until_the_key_is_retired(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "secrets" / "api.key"
+    old = TokenSigner(load_or_create_secret(path))
+    token, link = old.issue("H1", "clinician"), old.share_token("AAAAAAAAAAAAAAAAAAAAAA")
+    rotate_key(path)
+    new = TokenSigner(load_or_create_secret(path), retired_keys(path))
+    assert new.verify(token).hospital == "H1"
+    assert new.share_id(link) == "AAAAAAAAAAAAAAAAAAAAAA"
+    assert TokenSigner(load_or_create_secret(path)).share_id(link) is None  # new key alone
+    assert retire_keys(path, older_than_s=-1) == 1
+    after = TokenSigner(load_or_create_secret(path), retired_keys(path))
+    with pytest.raises(Unauthorized):
+        after.verify(token)
+
+
+def test_a_revoked_token_is_refused_before_it_expires(tmp_path: Path) -> None:
+    revoked = RevokedTokens(tmp_path / "revoked")
+    signer = TokenSigner(SECRET, revoked=revoked)
+    token, other = signer.issue("H1", "clinician"), signer.issue("H1", "clinician")
+    jti, exp = signer.token_id(token)
+    revoked.revoke(jti, exp)
+    with pytest.raises(Unauthorized, match="revoked"):
+        signer.verify(token)
+    assert signer.verify(other).hospital == "H1"
+    with pytest.raises(ValueError):
+        revoked.revoke("../../etc", exp)
