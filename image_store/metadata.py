@@ -19,6 +19,7 @@ import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from image_store.errors import InvalidDicom
 from image_store.keys import check_uid
@@ -61,7 +62,28 @@ def metadata_json(ds: Dataset, instance_path: str) -> str:
     obj: dict[str, Any] = ds.to_json_dict(
         bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=bulk_uri
     )
+    if "Rows" in ds and "7FE00010" not in obj:  # read without its pixels: they are bulk data
+        meta = getattr(ds, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        vr = "OB" if syntax is not None and UID(syntax).is_encapsulated else "OW"
+        obj["7FE00010"] = {"vr": vr, "BulkDataURI": f"{instance_path}/bulkdata/7FE00010"}
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def bulk_value(part10: bytes, tag: int) -> bytes | None:
+    """The value bytes of a top-level element of an instance (what a BulkDataURI names), None
+    if the instance has no such element. Text values come encoded as stored."""
+    ds = pydicom.dcmread(io.BytesIO(part10), force=True)
+    if tag not in ds:
+        return None
+    raw = ds.get_item(tag)  # before conversion: the bytes as stored
+    stored = raw.value if isinstance(raw, RawDataElement) else None
+    elem = ds[tag]
+    if elem.VR == "SQ":
+        return None
+    if isinstance(elem.value, bytes | bytearray):
+        return bytes(elem.value)
+    return bytes(stored) if stored is not None else None
 
 
 @dataclass(frozen=True, slots=True)

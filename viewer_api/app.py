@@ -81,6 +81,7 @@ def create_app(
     r.add_get(INSTANCE, wado.retrieve)
     r.add_get(INSTANCE + "/metadata", wado.metadata)
     r.add_get(INSTANCE + "/frames/{frames}", wado.frames)
+    r.add_get(INSTANCE + "/bulkdata/{tag}", wado.bulkdata)
     r.add_get(INSTANCE + "/rendered", rendered.instance_rendered)
     r.add_get(INSTANCE + "/frames/{frame}/rendered", rendered.frame_rendered)
     r.add_get(INSTANCE + "/thumbnail", rendered.instance_thumbnail)

@@ -67,3 +67,17 @@ def test_another_hospital_cannot_read_it(stack: Server, tmp_path: Path) -> None:
         )
         == []
     )
+
+
+def test_bulk_data_uris_in_the_metadata_retrieve_the_values(stack: Server, tmp_path: Path) -> None:
+    (path,) = synthesize_study(tmp_path, modality="MR", images=1, seed=53)
+    ds = pydicom.dcmread(path)
+    client = _client(stack)
+    client.store_instances([ds])
+    meta = client.retrieve_instance_metadata(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
+    uri = meta["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(stack.base + "/dicom-web/studies/")
+    (pixels,) = client.retrieve_bulkdata(uri)
+    assert pixels == ds.PixelData

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import pydicom
@@ -67,7 +68,8 @@ def test_a_conflicting_instance_leaves_no_orphan_object(ingest: LocalIngest) -> 
 def test_header_keeps_the_ideographic_name_and_metadata_has_no_pixel_data() -> None:
     h = read_header(_testfile("CT_small.dcm"))
     assert h.transfer_syntax_uid == "1.2.840.10008.1.2.1"
-    assert "7FE00010" not in h.metadata_json
+    pixels = json.loads(h.metadata_json)["7FE00010"]  # a reference, never the pixels
+    assert set(pixels) == {"vr", "BulkDataURI"} and pixels["BulkDataURI"].endswith("/7FE00010")
     assert h.rows == 128
 
 

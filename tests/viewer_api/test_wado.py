@@ -307,3 +307,14 @@ async def test_an_encapsulated_frame_comes_out_as_stored(api: Api) -> None:
     assert r.status == 200
     (frame,) = _frame_parts(await r.read(), r.headers["Content-Type"])
     assert frame == get_frame(ds.PixelData, 0, number_of_frames=1)
+
+
+async def test_bulkdata_of_a_missing_attribute_is_404_and_a_bad_tag_400(regional: Regional) -> None:
+    api, ds = regional.api, regional.ct[2]
+    inst = f"{_study_url(regional)}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    r = await api.client.get(f"{inst}/bulkdata/00091001", headers=api.token())
+    assert r.status == 404
+    r = await api.client.get(f"{inst}/bulkdata/xyz", headers=api.token())
+    assert r.status == 400
+    r = await api.client.get(f"{inst}/bulkdata/7FE00010", headers=api.token(hospital="H2"))
+    assert r.status == 403

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import re
 
 from aiohttp import web
 
 from dicom_codecs.frames import FrameError, frame_bytes
 from dicom_codecs.transcode import TARGETS, choose_syntax, transcode
 from image_store.errors import IntegrityError
+from image_store.metadata import bulk_value
 from image_store.ports import ObjectStore
 from image_store.records import InstanceQuery, InstanceSummary
 from viewer_api.context import blocking, services, uid_param
@@ -121,8 +123,33 @@ async def metadata(request: web.Request) -> web.Response:
     docs = await blocking(services(request).index.instance_metadata, q)
     if sop_uid and not docs:
         raise NotFound(f"no instance {sop_uid} in series {series_uid}")
-    body = ("[" + ",".join(docs) + "]").encode()
+    # stored with paths; clients get absolute BulkDataURIs (PS3.18 F.2.6)
+    base = services(request).settings.public_base_url
+    text = "[" + ",".join(docs) + "]"
+    body = text.replace('"BulkDataURI":"/dicom-web/', f'"BulkDataURI":"{base}/dicom-web/').encode()
     return web.Response(body=body, content_type="application/dicom+json", charset="utf-8")
+
+
+async def bulkdata(request: web.Request) -> web.Response:
+    """The value of a top-level attribute named by a BulkDataURI, as multipart/related;
+    type="application/octet-stream" (pixel data: the whole value as stored)."""
+    text = request.match_info["tag"]
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", text):
+        raise BadRequest("bulk data is named by an 8-digit hexadecimal tag")
+    study_uid, series_uid, sop_uid = await _targets(request)
+    (inst,) = await instances_of(request, study_uid, series_uid, sop_uid)
+    data = await blocking(_read, services(request).store, inst, DicomAccept(("*",)))
+    value = await blocking(bulk_value, data, int(text, 16))
+    if value is None:
+        raise NotFound(f"instance {sop_uid} has no bulk data {text.upper()}")
+    boundary = new_boundary()
+    part = "application/octet-stream"
+    if int(text, 16) == 0x7FE00010:
+        part += f"; transfer-syntax={inst.transfer_syntax_uid}"
+    body = part_header(boundary, part, first=True) + value + closing(boundary)
+    return web.Response(
+        body=body, headers={"Content-Type": content_type(boundary, "application/octet-stream")}
+    )
 
 
 async def thumbnail(request: web.Request) -> web.Response:
