@@ -83,6 +83,8 @@ def create_app(
     r.add_get(INSTANCE + "/frames/{frames}", wado.frames)
     r.add_get(INSTANCE + "/bulkdata/{tag}", wado.bulkdata)
     r.add_get(INSTANCE + "/rendered", rendered.instance_rendered)
+    r.add_get(STUDY + "/rendered", rendered.many_rendered)
+    r.add_get(SERIES + "/rendered", rendered.many_rendered)
     r.add_get(INSTANCE + "/frames/{frame}/rendered", rendered.frame_rendered)
     r.add_get(INSTANCE + "/thumbnail", rendered.instance_thumbnail)
     r.add_get(STUDY + "/thumbnail", rendered.study_thumbnail)

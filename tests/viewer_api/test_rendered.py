@@ -141,3 +141,21 @@ async def test_another_hospitals_instance_is_not_rendered(regional: Regional) ->
         r = await api.client.get(url, headers=api.token())
         assert r.status == 403, url
         assert (await api.client.get(url)).status == 401
+
+
+async def test_a_series_renders_as_one_picture_per_instance(regional: Regional) -> None:
+    api, ds = regional.api, regional.ct[1]
+    url = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/rendered"
+    r = await api.client.get(url, params={"viewport": "64,64"}, headers=api.token())
+    assert r.status == 200
+    ctype = r.headers["Content-Type"]
+    assert ctype.startswith('multipart/related; type="image/jpeg"')
+    boundary = ctype.split("boundary=")[1].encode()
+    parts = (await r.read()).split(b"--" + boundary)[1:-1]
+    pictures = [_picture(p.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n"), "JPEG") for p in parts]
+    assert len(pictures) == 3 and all(p.size == (64, 64) for p in pictures)
+    study = f"/dicom-web/studies/{ds.StudyInstanceUID}/rendered"
+    r = await api.client.get(study, params={"viewport": "32,32"}, headers=api.token())
+    assert (
+        r.status == 200 and (await r.read()).count(boundary[:0] + b"Content-Type: image/jpeg") == 4
+    )

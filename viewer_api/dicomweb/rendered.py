@@ -20,6 +20,7 @@ from image_store.ports import ObjectStore
 from image_store.records import InstanceSummary, SeriesQuery
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb.access import instances_of, series_of, visible_study
+from viewer_api.dicomweb.multipart import closing, content_type, new_boundary, part_header
 from viewer_api.errors import BadRequest, NotAcceptable, NotFound
 from viewer_api.thumbnails import series_jpeg
 
@@ -145,6 +146,41 @@ async def frame_rendered(request: web.Request) -> web.Response:
         raise BadRequest(f"frame number must be a whole number from 1, got {text[:20]!r}")
     inst = await _instance(request)
     return await _respond(request, inst, want, int(text) - 1)
+
+
+async def many_rendered(request: web.Request) -> web.StreamResponse:
+    """A study's or a series' instances rendered (PS3.18 10.4.1.1.3): multipart/related, one
+    picture per instance in instance order, rendered one at a time while streaming."""
+    want = parse_render_request(request)
+    study_uid = uid_param(request, "study")
+    series_uid = uid_param(request, "series") if "series" in request.match_info else ""
+    await visible_study(request, study_uid)
+    if series_uid:
+        await series_of(request, study_uid, series_uid)
+    instances = await instances_of(request, study_uid, series_uid)
+    if not instances:
+        raise NotFound("no instances to render")
+    instances.sort(key=lambda i: (i.series_uid, i.instance_number or 0, i.sop_uid))
+    media = "image/png" if want.image_format == "PNG" else "image/jpeg"
+    boundary = new_boundary()
+    store = services(request).store
+    resp = web.StreamResponse(headers={"Content-Type": content_type(boundary, media)})
+    first = True
+    for inst in instances:
+        try:
+            body = await blocking(_render, store, inst, want, None)
+        except RenderError:
+            continue  # an instance without a picture (an SR, say) has no rendering
+        if first:
+            await resp.prepare(request)
+        await resp.write(part_header(boundary, media, first=first))
+        await resp.write(body)
+        first = False
+    if first:
+        raise NotFound("none of these instances has a picture")
+    await resp.write(closing(boundary))
+    await resp.write_eof()
+    return resp
 
 
 async def instance_thumbnail(request: web.Request) -> web.Response:
