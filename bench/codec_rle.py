@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +23,9 @@ from pydicom.pixels.decoders.rle import _rle_decode_frame
 from pydicom.pixels.encoders.native import _encode_frame as pydicom_encode_frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import median_s
 
 from cloudfilm.synth import synthesize_study
 from dicom_codecs.rle import FrameSpec, decode_rle_frame, encode_rle_frame
@@ -75,15 +77,6 @@ def _pydicom_decode(encoded: bytes, *, spec: FrameSpec) -> object:
     return _rle_decode_frame(encoded, spec.rows, spec.columns, 1, spec.bits_allocated, ">")
 
 
-def median_s(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=15)
@@ -109,8 +102,8 @@ def main() -> int:
             encoded = enc()
             reps = args.repeat if codec != "pydicom" else 3
             rows[codec] = (
-                mb / median_s(enc, reps),
-                mb / median_s(functools.partial(dec, encoded), reps),
+                mb / median_s(enc, reps, warm_up=False),
+                mb / median_s(functools.partial(dec, encoded), reps, warm_up=False),
                 len(raw) / len(encoded),
             )
         ref = rows["pylibjpeg-rle"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import statistics
 import sys
 import tempfile
 import time
@@ -40,22 +39,14 @@ from pydicom.pixels.encoders import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import median_s
 
 from cloudfilm.synth import synthesize_study
 from dicom_codecs.edge import UploadCompression, compress_for_upload
 from dicom_codecs.pydicom_plugin import register
 from dicom_codecs.render import fused_grey, grey_to_uint8, warm_up
-
-
-def median_s(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
 
 # --- thumbnails -----------------------------------------------------------------------------
 

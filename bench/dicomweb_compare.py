@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest_compare import ROOT, WORK, ensure_netns, send, stop, wait_echo
+from ingest_compare import ROOT, WORK, ensure_netns, orthanc_config, send, stop, wait_echo
+from timing import median_s
 
 CLI = (sys.executable, "-m", "cloudfilm.cli")
 LOOPBACK = ("--http", "127.0.0.1:0", "--dicom", "127.0.0.1:0")
@@ -44,13 +44,7 @@ ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    return median_s(fn, repeat) * 1000
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> bytes:
@@ -90,20 +84,9 @@ def cloudfilm(data: Path, env: dict[str, str]) -> Iterator[tuple[str, int, str]]
 
 @contextmanager
 def orthanc(tmp: Path) -> Iterator[str]:
-    cfg = {
-        "Name": "BenchOrthanc",
-        "StorageDirectory": str(tmp / "db"),
-        "IndexDirectory": str(tmp / "db"),
-        "HttpPort": 8043,
-        "RemoteAccessAllowed": False,
-        "DicomPort": 4243,
-        "DicomAet": "ORTHANC",
-        "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowEcho": True,
-        "Plugins": [str(ORTHANC_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
-    }
+    cfg = orthanc_config(tmp)
+    cfg["Plugins"] = [str(ORTHANC_PLUGIN)]
+    cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True}
     (tmp / "orthanc.json").write_text(json.dumps(cfg))
     proc = subprocess.Popen(
         ["Orthanc", str(tmp / "orthanc.json")],

@@ -150,22 +150,28 @@ def storescp(tmp: Path) -> Iterator[tuple[str, int, Callable[[int], float]]]:
         stop(proc)
 
 
+def orthanc_config(tmp: Path) -> dict[str, object]:
+    """Orthanc's default configuration but for storage under ``tmp``, loopback ports 8043 and
+    4243, and stores accepted from any calling AE."""
+    return {
+        "Name": "BenchOrthanc",
+        "StorageDirectory": str(tmp / "db"),
+        "IndexDirectory": str(tmp / "db"),
+        "HttpPort": 8043,
+        "RemoteAccessAllowed": False,
+        "DicomPort": 4243,
+        "DicomAet": "ORTHANC",
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowEcho": True,
+        "Plugins": [],
+    }
+
+
 def orthanc(max_pdu: int | None) -> Callable[[Path], object]:
     @contextmanager
     def run(tmp: Path) -> Iterator[tuple[str, int, Callable[[int], float]]]:
-        cfg = {
-            "Name": "BenchOrthanc",
-            "StorageDirectory": str(tmp / "db"),
-            "IndexDirectory": str(tmp / "db"),
-            "HttpPort": 8043,
-            "RemoteAccessAllowed": False,
-            "DicomPort": 4243,
-            "DicomAet": "ORTHANC",
-            "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True,
-            "DicomAlwaysAllowEcho": True,
-            "Plugins": [],
-        }
+        cfg = orthanc_config(tmp)
         if max_pdu:
             cfg["MaximumPduLength"] = max_pdu
         (tmp / "orthanc.json").write_text(json.dumps(cfg))

@@ -40,6 +40,10 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     }
 
 
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
@@ -94,33 +98,25 @@ def spec(server_url: str = "/") -> dict[str, Any]:
                 "post": {
                     "summary": "link a hospital's patient to a person (admin)",
                     "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "hospital": _HOSPITAL,
-                                        "patient_id": _TEXT,
-                                        "issuer": _TEXT,
-                                        "id_issuer": _TEXT,
-                                        "id": {"type": "string", "maxLength": 64},
-                                    },
-                                    "required": ["patient_id", "id_issuer", "id"],
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _json_body(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "hospital": _HOSPITAL,
+                                "patient_id": _TEXT,
+                                "issuer": _TEXT,
+                                "id_issuer": _TEXT,
+                                "id": {"type": "string", "maxLength": 64},
+                            },
+                            "required": ["patient_id", "id_issuer", "id"],
+                        }
+                    ),
                     "responses": {"201": _json("linked"), **_errors(400, 401, 403)},
                 },
                 "delete": {
                     "summary": "unlink a hospital's patient (admin)",
                     "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _PATIENT}},
-                    },
+                    "requestBody": _json_body(_PATIENT),
                     "responses": {"200": _json("unlinked"), **_errors(400, 401, 403, 404)},
                 },
             },
@@ -169,24 +165,19 @@ def spec(server_url: str = "/") -> dict[str, Any]:
                 "post": {
                     "summary": "record a patient's consent for a hospital or clinician",
                     "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "patient": _PATIENT,
-                                        "grantee_hospital": _HOSPITAL,
-                                        "grantee_subject": _TEXT,
-                                        "study_uid": _UID,
-                                        "ttl_hours": {"type": "integer", "minimum": 1},
-                                    },
-                                    "required": ["patient", "grantee_hospital"],
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _json_body(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "patient": _PATIENT,
+                                "grantee_hospital": _HOSPITAL,
+                                "grantee_subject": _TEXT,
+                                "study_uid": _UID,
+                                "ttl_hours": {"type": "integer", "minimum": 1},
+                            },
+                            "required": ["patient", "grantee_hospital"],
+                        }
+                    ),
                     "responses": {"201": _json("granted"), **_errors(400, 401, 403)},
                 }
             },
@@ -242,21 +233,16 @@ def spec(server_url: str = "/") -> dict[str, Any]:
                 "post": {
                     "summary": "create a cloud-film link for a study",
                     "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "study_uid": _UID,
-                                        "ttl_hours": {"type": "integer"},
-                                    },
-                                    "required": ["study_uid"],
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _json_body(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "study_uid": _UID,
+                                "ttl_hours": {"type": "integer"},
+                            },
+                            "required": ["study_uid"],
+                        }
+                    ),
                     "responses": {"201": _json("the link"), **_errors(400, 401, 403, 404)},
                 }
             },

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from image_store.keys import check_hospital
 from image_store.persons import InvalidPersonId
-from image_store.records import PatientRef, SeriesQuery, StudyQuery, StudyRecord
+from image_store.records import PatientRef, PersonLink, SeriesQuery, StudyQuery, StudyRecord
 from viewer_api.auth import Principal
 from viewer_api.consent import Consent
 from viewer_api.context import blocking, principal, services
@@ -118,11 +118,7 @@ async def patient_studies(request: web.Request) -> web.Response:
     svc = services(request)
     patient = await _patient_in_path(request)
     link = await blocking(svc.index.person_link, patient)
-    if link is not None:
-        query = StudyQuery(person_key=link.person_key)
-    else:
-        query = StudyQuery(hospitals=frozenset({patient.hospital}), patient_id=patient.patient_id)
-    studies = await blocking(svc.index.find_studies, query, limit=1000)
+    studies = await blocking(svc.index.find_studies, _studies_query(patient, link), limit=1000)
     if link is None:
         studies = [s for s in studies if s.patient.issuer == patient.issuer]
     reason = request.headers.get(BREAK_GLASS, "").strip()
@@ -296,12 +292,23 @@ async def revoke_consent(request: web.Request) -> web.Response:
     return web.json_response({"id": consent.id, "revoked": True})
 
 
-async def patient_consents(request: web.Request) -> web.Response:
-    who = principal(request)
+async def _managed_patient(request: web.Request) -> tuple[PatientRef, PersonLink | None]:
+    """The patient of the path, for the staff of its hospital, and its person link."""
     patient = await _patient_in_path(request)
-    _staff_of(who, patient)
+    _staff_of(principal(request), patient)
+    return patient, await blocking(services(request).index.person_link, patient)
+
+
+def _studies_query(patient: PatientRef, link: PersonLink | None) -> StudyQuery:
+    """The person's studies at every hospital; unlinked, the patient's at its hospital."""
+    if link is not None:
+        return StudyQuery(person_key=link.person_key)
+    return StudyQuery(hospitals=frozenset({patient.hospital}), patient_id=patient.patient_id)
+
+
+async def patient_consents(request: web.Request) -> web.Response:
     svc = services(request)
-    link = await blocking(svc.index.person_link, patient)
+    _, link = await _managed_patient(request)
     grants = (
         []
         if link is None or svc.consents is None
@@ -312,16 +319,9 @@ async def patient_consents(request: web.Request) -> web.Response:
 
 async def access_history(request: web.Request) -> web.Response:
     """Who opened this person's studies, from the audit log (newest first)."""
-    who = principal(request)
-    patient = await _patient_in_path(request)
-    _staff_of(who, patient)
     svc = services(request)
-    link = await blocking(svc.index.person_link, patient)
-    query = (
-        StudyQuery(person_key=link.person_key)
-        if link
-        else StudyQuery(hospitals=frozenset({patient.hospital}), patient_id=patient.patient_id)
-    )
+    patient, link = await _managed_patient(request)
+    query = _studies_query(patient, link)
     studies = {s.study_uid for s in await blocking(svc.index.find_studies, query, limit=1000)}
 
     def scan() -> list[dict[str, Any]]:
