@@ -24,6 +24,7 @@ from cloudfilm.config import StackSettings
 from cloudfilm.stores import open_index, open_object_store
 from dicom_codecs.edge import UploadCompression
 from dicom_codecs.render import render_thumbnail
+from image_store.consents import SqliteConsents
 from image_store.derived import series_thumbnail
 from image_store.ingest import LocalIngest
 from image_store.persons import PersonKeyer
@@ -37,7 +38,6 @@ from pacs_gateway.uploader import Uploader, UploaderSettings
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret, retired_keys
-from viewer_api.consent import SqliteConsents
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
@@ -167,6 +167,8 @@ class Stack:
                     ae_title=s.ae_title,
                     hospitals=s.qr_hospital_set(),
                     move_destinations=s.move_destination_map(),
+                    hospital=s.hospital,
+                    consents_path=s.consents_path,
                 ),
                 index_factory=functools.partial(open_index, s),
                 store_factory=functools.partial(open_object_store, s),

@@ -8,11 +8,14 @@ names and text, ranges for dates, backslash-separated UID lists.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -22,6 +25,7 @@ from pynetdicom.presentation import build_context
 
 from dicom_codecs.errors import CodecError
 from dicom_codecs.transcode import TARGETS, choose_syntax, transcode
+from image_store.consents import SqliteConsents
 from image_store.errors import ImageStoreError, IntegrityError
 from image_store.keys import is_valid_uid
 from image_store.metadata import text_value
@@ -29,6 +33,7 @@ from image_store.ports import Index, ObjectStore
 from image_store.records import (
     InstanceQuery,
     InstanceSummary,
+    PatientRef,
     SeriesQuery,
     SeriesRecord,
     StudyQuery,
@@ -58,6 +63,10 @@ class QrSettings:
     hospitals: frozenset[str]
     """Hospitals whose studies workstations behind this gateway may find and retrieve."""
     move_destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    hospital: str = ""
+    """This gateway's hospital: other hospitals' studies are served when the patient has given
+    it consent (a grant to the hospital as a whole, not to one clinician)."""
+    consents_path: Path | None = None
     """C-MOVE destination AE title -> (host, port)."""
 
 
@@ -164,6 +173,58 @@ def _instance_values(i: InstanceSummary) -> dict[str, object]:
     }
 
 
+@functools.lru_cache(maxsize=4)
+def _consent_store(path: Path) -> SqliteConsents:
+    return SqliteConsents(path)
+
+
+def _consented(study: StudyRecord | None, index: Index, settings: QrSettings) -> bool:
+    """True when this gateway's hospital may serve ``study``: an allowed hospital's, or covered
+    by the patient's consent to this hospital."""
+    if study is None:
+        return False
+    if study.hospital in settings.hospitals:
+        return True
+    if settings.consents_path is None or not settings.hospital:
+        return False
+    ref = PatientRef(study.hospital, study.patient.patient_id, study.patient.issuer)
+    link = index.person_link(ref)
+    if link is None:
+        return False
+    grant = _consent_store(settings.consents_path).covering(
+        link.person_key, settings.hospital, "", study.study_uid
+    )
+    return grant is not None
+
+
+def _consented_studies(ds: Dataset, index: Index, settings: QrSettings) -> list[StudyRecord]:
+    """Other hospitals' studies of the person behind the identifier's PatientID at this
+    hospital, that the patient's consent lets this hospital see (a workstation's priors)."""
+    patient_id = text_value(ds, "PatientID")
+    if settings.consents_path is None or not settings.hospital or not patient_id:
+        return []
+    if any(c in patient_id for c in "*?"):
+        return []
+    own = index.find_studies(
+        StudyQuery(hospitals=frozenset({settings.hospital}), patient_id=patient_id), limit=100
+    )
+    keys = set()
+    for ref in {PatientRef(s.hospital, patient_id, s.patient.issuer) for s in own}:
+        link = index.person_link(ref)
+        if link is not None:
+            keys.add(link.person_key)
+    found: list[StudyRecord] = []
+    base = study_query(ds, frozenset())
+    for key in sorted(keys):
+        q = dataclasses.replace(base, hospitals=None, patient_id="", person_key=key)
+        found += [
+            s
+            for s in index.find_studies(q, limit=MAX_MATCHES)
+            if s.hospital not in settings.hospitals and _consented(s, index, settings)
+        ]
+    return found
+
+
 def find_matches(ds: Dataset, index: Index, settings: QrSettings) -> Iterator[Dataset]:
     """Responses for a C-FIND identifier (pure over the Index: easy to test)."""
     level = level_of(ds)
@@ -171,6 +232,7 @@ def find_matches(ds: Dataset, index: Index, settings: QrSettings) -> Iterator[Da
     rows: list[dict[str, object]] = []
     if level in ("PATIENT", "STUDY"):
         studies = index.find_studies(study_query(ds, hospitals), limit=MAX_MATCHES)
+        studies += _consented_studies(ds, index, settings)
         if level == "STUDY":
             rows = [_study_values(s) for s in studies]
         else:
@@ -188,7 +250,9 @@ def find_matches(ds: Dataset, index: Index, settings: QrSettings) -> Iterator[Da
         if len(study_uids) != 1:
             raise BadIdentifier("a SERIES query needs one StudyInstanceUID")
         q = SeriesQuery(
-            hospitals=hospitals,
+            hospitals=None
+            if _consented(index.get_study(study_uids[0]), index, settings)
+            else hospitals,
             study_uid=study_uids[0],
             series_uids=_uids(ds, "SeriesInstanceUID"),
             modality=text_value(ds, "Modality"),
@@ -198,9 +262,12 @@ def find_matches(ds: Dataset, index: Index, settings: QrSettings) -> Iterator[Da
         series_uids = _uids(ds, "SeriesInstanceUID")
         if len(series_uids) != 1:
             raise BadIdentifier("an IMAGE query needs one SeriesInstanceUID")
+        study_uid = (_uids(ds, "StudyInstanceUID") or ("",))[0]
         q2 = InstanceQuery(
-            hospitals=hospitals,
-            study_uid=(_uids(ds, "StudyInstanceUID") or ("",))[0],
+            hospitals=None
+            if study_uid and _consented(index.get_study(study_uid), index, settings)
+            else hospitals,
+            study_uid=study_uid,
             series_uid=series_uids[0],
             sop_uids=_uids(ds, "SOPInstanceUID"),
         )
@@ -225,11 +292,10 @@ def retrieve_matches(ds: Dataset, index: Index, settings: QrSettings) -> list[In
         studies = index.find_studies(
             StudyQuery(hospitals=hospitals, patient_id=patient_id), limit=MAX_MATCHES
         )
+        studies += _consented_studies(ds, index, settings)
         out: list[InstanceSummary] = []
         for s in studies:
-            out += index.find_instances(
-                InstanceQuery(hospitals=hospitals, study_uid=s.study_uid), limit=MAX_MATCHES
-            )
+            out += index.find_instances(InstanceQuery(study_uid=s.study_uid), limit=MAX_MATCHES)
         return out
     study_uids = _uids(ds, "StudyInstanceUID")
     if not study_uids:
@@ -238,9 +304,10 @@ def retrieve_matches(ds: Dataset, index: Index, settings: QrSettings) -> list[In
     sop_uids = _uids(ds, "SOPInstanceUID") if level == "IMAGE" else ()
     found: list[InstanceSummary] = []
     for study in study_uids:
+        allowed = None if _consented(index.get_study(study), index, settings) else hospitals
         for series in series_uids or ("",):
             q = InstanceQuery(
-                hospitals=hospitals, study_uid=study, series_uid=series, sop_uids=sop_uids
+                hospitals=allowed, study_uid=study, series_uid=series, sop_uids=sop_uids
             )
             found += index.find_instances(q, limit=MAX_MATCHES)
     return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from image_store.consents import SqliteConsents
 from image_store.ingest import LocalIngest
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
@@ -11,7 +12,6 @@ from viewer_api import film, middlewares, openapi, patients
 from viewer_api import reports as reports_api
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
-from viewer_api.consent import SqliteConsents
 from viewer_api.context import SERVICES, Services, ViewerSettings
 from viewer_api.dicomweb import qido, rendered, stow, wado
 from viewer_api.report_store import SqliteReports

@@ -9,13 +9,13 @@ from typing import ParamSpec, TypeVar
 
 from aiohttp import web
 
+from image_store.consents import SqliteConsents
 from image_store.ingest import IngestSink
 from image_store.keys import is_valid_uid
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Principal, TokenSigner
-from viewer_api.consent import SqliteConsents
 from viewer_api.errors import BadRequest, Unauthorized
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks

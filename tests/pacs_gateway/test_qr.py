@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
+from image_store.consents import SqliteConsents
 from image_store.index.sqlite import SqliteIndex
-from image_store.records import InstanceSummary
+from image_store.records import InstanceSummary, PatientRef
 from pacs_gateway.qr import (
     BadIdentifier,
     QrSettings,
@@ -138,3 +139,38 @@ def test_c_get_transcodes_to_what_the_peer_takes() -> None:
 def test_c_move_sends_the_syntax_the_instance_arrived_in() -> None:
     assert send_syntax(_inst(JLS, IVLE), None) == IVLE
     assert send_syntax(_inst(JLS), None) == JLS
+
+
+def test_the_patients_consent_lets_the_gateway_serve_another_hospitals_priors(
+    index: SqliteIndex, tmp_path: Path
+) -> None:
+    consents = SqliteConsents(tmp_path / "consents.sqlite")
+    settings = QrSettings(
+        ae_title="GW",
+        hospitals=frozenset({"H1"}),
+        hospital="H1",
+        consents_path=tmp_path / "consents.sqlite",
+    )
+    for hospital in ("H1", "H2"):  # patient P1 at both hospitals is one person
+        index.link_patient(PatientRef(hospital, "P1", "ISS"), "k" * 64, "admin:test")
+
+    def studies() -> list[str]:
+        found = find_matches(_ident("STUDY", PatientID="P1", StudyInstanceUID=""), index, settings)
+        return sorted(str(d.StudyInstanceUID) for d in found)
+
+    def h2_study() -> list[InstanceSummary]:
+        return retrieve_matches(_ident("STUDY", StudyInstanceUID="2.1"), index, settings)
+
+    assert studies() == ["1.2.1"] and h2_study() == []
+    # a grant to one clinician does not open the study to every workstation of the hospital
+    consents.grant("k" * 64, "H1", grantee_subject="dr-li", created_by="t", ttl_s=3600)
+    assert studies() == ["1.2.1"]
+    grant = consents.grant("k" * 64, "H1", created_by="t", ttl_s=3600)
+    assert studies() == ["1.2.1", "2.1"]
+    assert [i.sop_uid for i in h2_study()] == ["2.1.1.1"]
+    ident = _ident("SERIES", StudyInstanceUID="2.1", SeriesInstanceUID="")
+    series = find_matches(ident, index, settings)
+    assert [str(s.SeriesInstanceUID) for s in series] == ["2.1.1"]
+    consents.revoke(grant.id)
+    assert studies() == ["1.2.1"] and h2_study() == []
+    consents.close()

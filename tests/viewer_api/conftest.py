@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydicom.data import get_testdata_file
 
+from image_store.consents import SqliteConsents
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
@@ -20,7 +21,6 @@ from image_store.persons import PersonKeyer
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Role, TokenSigner
-from viewer_api.consent import SqliteConsents
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 

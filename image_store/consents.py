@@ -1,17 +1,19 @@
 """Consent grants: a patient allows a hospital (or one clinician there) to read their studies
 held at other hospitals, for a time, all studies or one; revocable. Kept per person (the master
-patient index's keyed hash), so a grant covers the person's records at every hospital.
+patient index's keyed hash), so a grant covers the person's records at every hospital. Kept
+beside the index: the API and the gateways' query/retrieve both check them.
 """
 
 from __future__ import annotations
 
+import base64
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from image_store.sqlite_db import SqliteDatabase
-from viewer_api.auth import new_link_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS consents (
@@ -104,7 +106,7 @@ class SqliteConsents:
     ) -> Consent:
         now = time.time()
         consent = Consent(
-            new_link_id(),
+            base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode(),
             person_key,
             grantee_hospital,
             grantee_subject,
