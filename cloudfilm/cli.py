@@ -63,6 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl-hours", type=int, default=24)
     p.add_argument("--config", type=Path)
 
+    p = sub.add_parser("hospitals", help="the region's hospitals")
+    hsub = p.add_subparsers(dest="hospitals_command", required=True)
+    h = hsub.add_parser("add", help="add (or rename) a hospital")
+    h.add_argument("id")
+    h.add_argument("--name", required=True)
+    h.add_argument("--data", required=True, help="data directory of the stack")
+    h = hsub.add_parser("list", help="list the hospitals")
+    h.add_argument("--data", required=True, help="data directory of the stack")
+
+    p = sub.add_parser("users", help="staff who may hold tokens")
+    usub = p.add_subparsers(dest="users_command", required=True)
+    u = usub.add_parser("add", help="register a user at a hospital with a role")
+    u.add_argument("subject")
+    u.add_argument("--hospital", required=True)
+    u.add_argument("--role", choices=ROLES, required=True)
+    u.add_argument("--data", required=True, help="data directory of the stack")
+    for action in ("disable", "enable"):
+        u = usub.add_parser(action, help=f"{action} a user (a disabled user's tokens stop working)")
+        u.add_argument("subject")
+        u.add_argument("--data", required=True, help="data directory of the stack")
+    u = usub.add_parser("list", help="list the users")
+    u.add_argument("--data", required=True, help="data directory of the stack")
+
     p = sub.add_parser("keys", help="signing keys and bearer tokens")
     ksub = p.add_subparsers(dest="keys_command", required=True)
     k = ksub.add_parser("rotate", help="new signing key; the old one still verifies until retired")
@@ -143,6 +166,19 @@ def cmd_token(args: argparse.Namespace) -> int:
     )
     if not 1 <= args.ttl_hours <= 24 * 366:
         raise ConfigError(f"--ttl-hours must be 1..8784, got {args.ttl_hours}")
+    from viewer_api.registry import SqliteRegistry
+
+    if args.subject and settings.registry_path.exists():
+        registry = SqliteRegistry(settings.registry_path)
+        user = registry.user(args.subject)
+        registry.close()
+        if user is not None and (
+            not user.enabled or (user.hospital, user.role) != (settings.hospital, args.role)
+        ):
+            raise ConfigError(
+                f"user {args.subject} is registered as {user.role} at {user.hospital}"
+                + ("" if user.enabled else " and disabled")
+            )
     signer = TokenSigner(load_or_create_secret(settings.secret_path))  # the current key
     print(
         signer.issue(
@@ -150,6 +186,39 @@ def cmd_token(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from viewer_api.registry import RegistryError, SqliteRegistry
+
+    settings = load_settings({"data_dir": args.data})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = SqliteRegistry(settings.registry_path)
+    try:
+        if args.command == "hospitals":
+            if args.hospitals_command == "add":
+                h = registry.add_hospital(args.id, args.name)
+                print(f"hospital {h.id}: {h.name}")
+            for h in registry.hospitals() if args.hospitals_command == "list" else ():
+                print(f"{h.id}\t{h.name}")
+            return 0
+        if args.users_command == "add":
+            u = registry.add_user(args.subject, args.hospital, args.role)
+            print(f"user {u.subject}: {u.role} at {u.hospital}")
+        elif args.users_command in ("disable", "enable"):
+            if not registry.set_enabled(args.subject, args.users_command == "enable"):
+                print(f"cloudfilm users: no user {args.subject}", file=sys.stderr)
+                return 2
+            print(f"user {args.subject} {args.users_command}d")
+        else:
+            for u in registry.users():
+                print(f"{u.subject}\t{u.hospital}\t{u.role}\t{'on' if u.enabled else 'off'}")
+        return 0
+    except RegistryError as exc:
+        print(f"cloudfilm {args.command}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        registry.close()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -313,6 +382,8 @@ COMMANDS = {
     "serve": cmd_serve,
     "token": cmd_token,
     "keys": cmd_keys,
+    "hospitals": cmd_registry,
+    "users": cmd_registry,
     "demo": cmd_demo,
     "gateway": cmd_gateway,
     "audit": cmd_audit,

@@ -107,6 +107,10 @@ class StackSettings:
         return self.data_dir / "shares.sqlite"
 
     @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry.sqlite"
+
+    @property
     def reports_path(self) -> Path:
         return self.data_dir / "reports.sqlite"
 

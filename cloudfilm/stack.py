@@ -38,6 +38,7 @@ from pacs_gateway.uploader import Uploader, UploaderSettings
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret, retired_keys
+from viewer_api.registry import SqliteRegistry
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
@@ -59,6 +60,7 @@ class Stack:
     consents: SqliteConsents
     persons: PersonKeyer
     reports: SqliteReports
+    registry: SqliteRegistry
     runner: web.AppRunner | None = None
     gateway: GatewayProcess | None = None
     http_port: int = 0
@@ -115,6 +117,7 @@ class Stack:
             consents=SqliteConsents(settings.consents_path),
             persons=persons,
             reports=SqliteReports(settings.reports_path),
+            registry=SqliteRegistry(settings.registry_path),
         )
 
     def base_url(self) -> str:
@@ -143,6 +146,7 @@ class Stack:
             consents=self.consents,
             persons=self.persons,
             reports=self.reports,
+            registry=self.registry,
         )
         app.router.add_get("/metrics", self._metrics)
         self.runner = web.AppRunner(app, access_log=None)
@@ -208,6 +212,7 @@ class Stack:
         self.index.close()
         self.consents.close()
         self.reports.close()
+        self.registry.close()
 
 
 def _https_context(s: StackSettings) -> ssl.SSLContext | None:

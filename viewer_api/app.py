@@ -8,12 +8,13 @@ from image_store.consents import SqliteConsents
 from image_store.ingest import LocalIngest
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
-from viewer_api import film, middlewares, openapi, patients
+from viewer_api import admin, film, middlewares, openapi, patients
 from viewer_api import reports as reports_api
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
 from viewer_api.context import SERVICES, Services, ViewerSettings
 from viewer_api.dicomweb import qido, rendered, stow, wado
+from viewer_api.registry import SqliteRegistry
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
@@ -40,6 +41,7 @@ def create_app(
     consents: SqliteConsents | None = None,
     persons: PersonKeyer | None = None,
     reports: SqliteReports | None = None,
+    registry: SqliteRegistry | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[
@@ -60,6 +62,7 @@ def create_app(
         consents=consents,
         persons=persons,
         reports=reports,
+        registry=registry,
     )
     app.on_response_prepare.append(middlewares.security_headers)
     r = app.router
@@ -99,6 +102,11 @@ def create_app(
     r.add_post("/api/studies/{study}/reports", reports_api.add_report)
     r.add_get("/api/studies/{study}/reports", reports_api.list_reports)
     r.add_get("/api/reports/{id}", reports_api.get_report)
+    r.add_get("/api/admin/hospitals", admin.list_hospitals)
+    r.add_post("/api/admin/hospitals", admin.add_hospital)
+    r.add_get("/api/admin/users", admin.list_users)
+    r.add_post("/api/admin/users", admin.add_user)
+    r.add_post("/api/admin/users/{subject}/{action:enable|disable}", admin.set_user_enabled)
     r.add_post("/api/shares", film.create_share)
     r.add_delete("/api/shares/{id}", film.revoke_share)
     r.add_get("/api/shares/{id}/qr.{kind:png|svg}", film.share_qr)

@@ -17,6 +17,7 @@ from image_store.ports import Index, ObjectStore
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Principal, TokenSigner
 from viewer_api.errors import BadRequest, Unauthorized
+from viewer_api.registry import SqliteRegistry
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
@@ -47,6 +48,7 @@ class Services:
     ingest: IngestSink
     consents: SqliteConsents | None = None
     reports: SqliteReports | None = None
+    registry: SqliteRegistry | None = None
     persons: PersonKeyer | None = None
     """Turns a person identifier given to the admin API into the master patient index's key."""
 

@@ -56,7 +56,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("a bearer token is required")
-        request[PRINCIPAL] = services(request).signer.verify(token.strip())
+        who = services(request).signer.verify(token.strip())
+        registry = services(request).registry
+        if registry is not None and who.subject:
+            user = await blocking(registry.user, who.subject)
+            if user is not None and not user.enabled:
+                raise Unauthorized("this user is disabled")
+            if user is not None and (user.hospital, user.role) != (who.hospital, who.role):
+                raise Unauthorized("the token does not match the user's registration")
+        request[PRINCIPAL] = who
     return await handler(request)
 
 

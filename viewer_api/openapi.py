@@ -12,6 +12,7 @@ _ERROR = {
     "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
     "required": ["error", "status"],
 }
+_ARRAY = {"type": "array"}
 _UID = {"type": "string", "pattern": "^[0-9.]{1,64}$"}
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 64}
 _HOSPITAL = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}
@@ -227,6 +228,59 @@ def spec(server_url: str = "/") -> dict[str, Any]:
                         "200": {"description": "the report"},
                         **_errors(400, 401, 403, 404),
                     },
+                }
+            },
+            "/api/admin/hospitals": {
+                "get": {
+                    "summary": "the region's hospitals (admin)",
+                    "security": secured,
+                    "responses": {
+                        "200": _json("hospitals", {"type": "array"}),
+                        **_errors(401, 403),
+                    },
+                },
+                "post": {
+                    "summary": "add or rename a hospital (admin)",
+                    "security": secured,
+                    "requestBody": _json_body(
+                        {
+                            "type": "object",
+                            "properties": {"id": _HOSPITAL, "name": _TEXT},
+                            "required": ["id", "name"],
+                        }
+                    ),
+                    "responses": {"201": _json("added"), **_errors(400, 401, 403)},
+                },
+            },
+            "/api/admin/users": {
+                "get": {
+                    "summary": "registered users (admin)",
+                    "security": secured,
+                    "responses": {"200": _json("users", _ARRAY), **_errors(401, 403)},
+                },
+                "post": {
+                    "summary": "register a user at a hospital with a role (admin)",
+                    "security": secured,
+                    "requestBody": _json_body(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "subject": _TEXT,
+                                "hospital": _HOSPITAL,
+                                "role": {"enum": ["admin", "radiologist", "clinician", "auditor"]},
+                            },
+                            "required": ["subject", "hospital", "role"],
+                        }
+                    ),
+                    "responses": {"201": _json("registered"), **_errors(400, 401, 403)},
+                },
+            },
+            "/api/admin/users/{subject}/disable": {
+                "post": {
+                    "summary": "disable a user: their tokens stop working (admin)",
+                    "security": secured,
+                    "parameters": [_path_param("subject", _TEXT)],
+                    "responses": {"200": _json("disabled"), **_errors(400, 401, 403, 404)},
                 }
             },
             "/api/shares": {

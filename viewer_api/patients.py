@@ -125,12 +125,13 @@ async def patient_studies(request: web.Request) -> web.Response:
     if reason and len(reason) < 10:
         raise BadRequest(f"{BREAK_GLASS} must say why (at least 10 characters)")
     out, withheld = [], 0
+    names = {} if svc.registry is None else await blocking(svc.registry.hospital_names)
     for study in studies:
         access = await _access(request, who, study, link.person_key if link else "", reason)
         if access is None:
             withheld += 1
             continue
-        out.append(await _study_entry(request, study, access))
+        out.append(await _study_entry(request, study, access, names))
     body = {
         "patient": {"hospital": patient.hospital, "patient_id": patient.patient_id},
         "linked": link is not None,
@@ -157,7 +158,9 @@ async def _access(
     return "break-glass" if reason else None
 
 
-async def _study_entry(request: web.Request, study: StudyRecord, access: str) -> dict[str, Any]:
+async def _study_entry(
+    request: web.Request, study: StudyRecord, access: str, names: dict[str, str]
+) -> dict[str, Any]:
     svc = services(request)
     series = await blocking(
         svc.index.find_series, SeriesQuery(study_uid=study.study_uid), limit=1000
@@ -168,6 +171,7 @@ async def _study_entry(request: web.Request, study: StudyRecord, access: str) ->
     return {
         "study_uid": study.study_uid,
         "hospital": study.hospital,
+        "hospital_name": names.get(study.hospital, study.hospital),
         "study_date": study.study_date,
         "study_time": study.study_time,
         "description": study.study_description,

@@ -116,3 +116,21 @@ def test_keys_commands_rotate_retire_and_revoke(
     assert main(["keys", "revoke-token", "--data", str(tmp_path), "--token", "cf1.x.y"]) == 2
     assert main(["keys", "retire", "--data", str(tmp_path), "--older-than-days", "0"]) == 0
     assert "1 retired key(s) deleted" in capsys.readouterr().out
+
+
+def test_users_and_hospitals_commands_and_tokens_for_registered_users(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(tmp_path)
+    assert main(["hospitals", "add", "H1", "--name", "City Hospital", "--data", data]) == 0
+    assert main(["users", "add", "dr.wang", "--hospital", "H1", "--role", "clinician",
+                 "--data", data]) == 0  # fmt: skip
+    assert main(["users", "add", "dr.wang", "--hospital", "H1", "--role", "clinician",
+                 "--data", data]) == 2  # fmt: skip
+    token = ["token", "--data", data, "--hospital", "H1", "--subject", "dr.wang"]
+    assert main([*token, "--role", "clinician"]) == 0
+    assert main([*token, "--role", "admin"]) == 2  # not what dr.wang is registered as
+    assert main(["users", "disable", "dr.wang", "--data", data]) == 0
+    assert main([*token, "--role", "clinician"]) == 2
+    assert main(["users", "list", "--data", data]) == 0
+    assert "dr.wang\tH1\tclinician\toff" in capsys.readouterr().out

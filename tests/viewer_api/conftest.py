@@ -21,6 +21,7 @@ from image_store.persons import PersonKeyer
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Role, TokenSigner
+from viewer_api.registry import SqliteRegistry
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
@@ -113,6 +114,7 @@ async def make_api(
         consents=SqliteConsents(tmp_path / "consents.sqlite"),
         persons=PersonKeyer(b"p" * 32),
         reports=SqliteReports(tmp_path / "reports.sqlite"),
+        registry=SqliteRegistry(tmp_path / "registry.sqlite"),
     )
     client = await aiohttp_client(app)
     return Api(client, signer, spy_store, spy_index, shares, audit, files)
