@@ -331,7 +331,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     settings = load_settings({"data_dir": args.data})
     if not settings.audit_path.is_file():
         raise ConfigError(f"no audit log at {settings.audit_path}")
-    log = SqliteAuditLog(settings.audit_path)
+    from viewer_api.auth import load_or_create_secret
+
+    head_key = (
+        load_or_create_secret(settings.audit_key_path) if settings.audit_key_path.exists() else None
+    )
+    log = SqliteAuditLog(settings.audit_path, head_key=head_key)
     try:
         if args.audit_command == "export":
             for event in log.iter_events():

@@ -123,6 +123,11 @@ class StackSettings:
         return self.data_dir / "audit.sqlite"
 
     @property
+    def audit_key_path(self) -> Path:
+        """Signs the audit log's head (so a log cut short is detected)."""
+        return self.data_dir / "secrets" / "audit.key"
+
+    @property
     def revoked_tokens_path(self) -> Path:
         return self.data_dir / "secrets" / "revoked-tokens"
 

@@ -108,7 +108,9 @@ class Stack:
             spool=spool,
             uploader=uploader,
             shares=SqliteShareLinks(settings.shares_path),
-            audit=SqliteAuditLog(settings.audit_path),
+            audit=SqliteAuditLog(
+                settings.audit_path, head_key=load_or_create_secret(settings.audit_key_path)
+            ),
             signer=TokenSigner(
                 secret,
                 retired_keys(settings.secret_path),

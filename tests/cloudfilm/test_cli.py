@@ -134,3 +134,27 @@ def test_users_and_hospitals_commands_and_tokens_for_registered_users(
     assert main([*token, "--role", "clinician"]) == 2
     assert main(["users", "list", "--data", data]) == 0
     assert "dr.wang\tH1\tclinician\toff" in capsys.readouterr().out
+
+
+def test_audit_verify_detects_records_cut_from_the_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+    import time
+
+    from viewer_api.audit import AuditEvent, SqliteAuditLog
+    from viewer_api.auth import load_or_create_secret
+
+    key = load_or_create_secret(tmp_path / "secrets" / "audit.key")  # as the stack makes it
+    log = SqliteAuditLog(tmp_path / "audit.sqlite", head_key=key)
+    for i in range(4):
+        log.append(AuditEvent(time.time(), "a", "H1", "admin", "GET", f"/x/{i}", 200, "127.0.0.1"))
+    log.close()
+    assert main(["audit", "verify", "--data", str(tmp_path)]) == 0
+    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+        db.execute("DELETE FROM audit WHERE seq >= 3")  # the chain left is intact, but short
+    assert main(["audit", "verify", "--data", str(tmp_path)]) == 1
+    assert "broken at record 4" in capsys.readouterr().err
+    head = tmp_path / "audit.sqlite.head"
+    head.write_text(head.read_text().replace('"seq": 4', '"seq": 2'))  # a forged head
+    assert main(["audit", "verify", "--data", str(tmp_path)]) == 1
