@@ -63,6 +63,12 @@ class StackSettings:
     """Empty for AWS; e.g. http://127.0.0.1:8333 for SeaweedFS, http://host:9000 for MinIO.
     Credentials come from the usual boto3 sources (AWS_ACCESS_KEY_ID, ~/.aws, roles)."""
     s3_region: str = ""
+    encryption: str = "none"
+    """Encryption at rest of every object (envelope: a data key per object, wrapped by the
+    hospital's key): 'none', 'aes-256-gcm' or 'sm4-gcm' (GB/T 32907 SM4 in GCM mode)."""
+    encryption_key_file: str = ""
+    """JSON or TOML key file of hospital -> key ids and base64 keys (mode 0600); empty: keys
+    from CLOUDFILM_KEK_<HOSPITAL> / CLOUDFILM_KEK environment variables."""
     index: str = "sqlite"
     """'sqlite' (data_dir/index.sqlite) or 'postgres' (postgres_dsn)."""
     postgres_dsn: str = ""
@@ -231,6 +237,12 @@ def load_settings(
         )
     if settings.object_store not in ("filesystem", "s3"):
         raise ConfigError(f"object_store must be filesystem or s3, got {settings.object_store!r}")
+    if settings.encryption not in ("none", "aes-256-gcm", "sm4-gcm"):
+        raise ConfigError(
+            f"encryption must be none, aes-256-gcm or sm4-gcm, got {settings.encryption!r}"
+        )
+    if settings.encryption_key_file and not Path(settings.encryption_key_file).is_file():
+        raise ConfigError(f"encryption_key_file: no such file {settings.encryption_key_file}")
     if settings.object_store == "s3" and not settings.s3_bucket:
         raise ConfigError("object_store = s3 needs s3_bucket")
     if not 1 <= len(settings.ae_title) <= 16:

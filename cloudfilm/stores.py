@@ -3,12 +3,34 @@ can be handed ``functools.partial(open_index, settings)``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cloudfilm.config import ConfigError, StackSettings
+from image_store.errors import KeyConfigError
 from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.ports import Index, ObjectStore
 
 
 def open_object_store(settings: StackSettings) -> ObjectStore:
+    store = _open_plain_store(settings)
+    if settings.encryption == "none":
+        return store
+    from image_store.crypto import Algorithm
+    from image_store.key_providers import env_key_provider, file_key_provider
+    from image_store.objects.encrypted import EncryptedObjectStore
+
+    try:
+        keys = (
+            file_key_provider(Path(settings.encryption_key_file))
+            if settings.encryption_key_file
+            else env_key_provider()
+        )
+        return EncryptedObjectStore(store, keys, Algorithm.from_name(settings.encryption))
+    except KeyConfigError as exc:
+        raise ConfigError(f"encryption: {exc}") from exc
+
+
+def _open_plain_store(settings: StackSettings) -> ObjectStore:
     if settings.object_store == "s3":
         from botocore.exceptions import BotoCoreError, ClientError
 

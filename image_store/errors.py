@@ -32,3 +32,11 @@ class StoreUnavailable(ImageStoreError, OSError):
 
     An OSError, so callers that retry transient failures (the gateway's uploader) do so.
     """
+
+
+class KeyUnavailable(ImageStoreError, LookupError):
+    """No key-encryption key for a hospital (or for the key id an object was sealed with)."""
+
+
+class KeyConfigError(ImageStoreError, ValueError):
+    """A key file or key variable that cannot be used (unsafe mode, bad format, wrong length)."""

@@ -1,4 +1,8 @@
-"""Scrub: re-read every object the index names and check it against its recorded sha256."""
+"""Scrub: re-read every object the index names and check it against its recorded sha256.
+
+Through an EncryptedObjectStore the plaintext is checked (the index keeps its sha256); a sealed
+object that does not authenticate is reported as corrupt, like a plaintext one whose hash differs.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from image_store.errors import ImageStoreError, ObjectNotFound
+from image_store.errors import ImageStoreError, IntegrityError, ObjectNotFound
 from image_store.ports import Index, ObjectStore
 from image_store.records import InstanceQuery
 
@@ -47,6 +51,8 @@ def scrub(
                 data = store.get(inst.object_key)
             except ObjectNotFound:
                 report.missing.append(inst.object_key)
+            except IntegrityError:  # an encrypted object that does not authenticate
+                report.corrupt.append(inst.object_key)
             except (ImageStoreError, OSError) as exc:
                 report.unreadable.append((inst.object_key, str(exc)))
             else:

@@ -128,6 +128,8 @@ class S3ObjectStore:
         except ClientError as exc:
             if _code(exc) in _NOT_FOUND:
                 raise ObjectNotFound(f"no object {key!r}") from exc
+            if _code(exc) == "InvalidRange":  # starts past the end: empty, as on a filesystem
+                return b""
             raise StoreUnavailable(f"S3 get of {key!r} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreUnavailable(f"S3 get of {key!r} failed: {exc}") from exc

@@ -36,6 +36,12 @@ class ObjectStoreContract:
         store.put(KEY, b"0123456789")
         assert store.get(KEY, ByteRange(2, 5)) == b"234"
         assert store.get(KEY, ByteRange(7)) == b"789"
+        assert store.get(KEY, ByteRange(8, 50)) == b"89"
+
+    def test_a_range_past_the_end_is_empty(self, store: ObjectStore) -> None:
+        store.put(KEY, b"0123456789")
+        assert store.get(KEY, ByteRange(10)) == b""
+        assert store.get(KEY, ByteRange(1000, 2000)) == b""
 
     def test_missing_object_raises_object_not_found_and_lookup_error(
         self, store: ObjectStore

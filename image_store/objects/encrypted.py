@@ -1,0 +1,232 @@
+"""EncryptedObjectStore: envelope encryption at rest in front of any ObjectStore.
+
+Wraps the filesystem or S3 store; what it stores is the sealed form of ``image_store.crypto``
+(header + 4 MiB AEAD segments), what it returns is the plaintext, checked. Sizes and sha256 in
+ObjectInfo are the plaintext's, so the index, scrub and the read paths (which hash what ``get``
+returns) are unchanged. A byte that was changed, a segment that was dropped, moved or cut off,
+a key that does not match: IntegrityError, never bad bytes.
+
+Memory: a stream given to ``put`` is sealed one segment at a time as the inner store reads it
+(the filesystem store then writes in constant memory); a byte range reads and opens only the
+segments it covers; ``stat`` opens the object in 64 MiB ranges. ``get`` of a whole object
+returns it whole, as the ObjectStore interface does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from image_store.crypto import (
+    DEFAULT_SEGMENT_LOG2,
+    MAX_HEADER,
+    TAG,
+    Algorithm,
+    Header,
+    new_header,
+    open_segment,
+    parse_header,
+    seal_segment,
+    split_segments,
+    unwrap,
+)
+from image_store.errors import IntegrityError, ObjectNotFound
+from image_store.key_providers import KeyProvider
+from image_store.keys import check_key
+from image_store.ports import ObjectStore
+from image_store.records import ByteRange, ObjectInfo
+
+_STAT_SEGMENTS = 16
+
+
+def _hospital(key: str) -> str:
+    """Whose KEK seals an object: keys start with the hospital id."""
+    return check_key(key).split("/", 1)[0]
+
+
+class _SealingReader(io.RawIOBase):
+    """A read-only stream of the sealed form of ``source``, produced segment by segment.
+
+    Hashes the plaintext as it goes; at its end it checks ``expected_sha256`` and raises
+    IntegrityError before the final segment, so the inner store never completes the put."""
+
+    def __init__(
+        self,
+        source: BinaryIO,
+        header_bytes: bytes,
+        header: Header,
+        data_key: bytes,
+        key: str,
+        expected_sha256: str | None,
+    ) -> None:
+        super().__init__()
+        self._src = source
+        self._header = header
+        self._dk = data_key
+        self._key = key
+        self._expected = expected_sha256
+        self._out = bytearray(header_bytes)
+        self._next = self._read_segment()
+        self._index = 0
+        self._done = False
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def _read_segment(self) -> bytes:
+        want = self._header.segment_size
+        parts: list[bytes] = []
+        while want > 0:
+            chunk = self._src.read(want)
+            if not chunk:
+                break
+            parts.append(chunk)
+            want -= len(chunk)
+        return b"".join(parts)
+
+    def _advance(self) -> None:
+        current = self._next
+        self._next = self._read_segment() if len(current) == self._header.segment_size else b""
+        final = not self._next
+        self.digest.update(current)
+        self.size += len(current)
+        if final and self._expected is not None and self.digest.hexdigest() != self._expected:
+            raise IntegrityError(
+                f"object {self._key!r}: sha256 {self.digest.hexdigest()} != expected "
+                f"{self._expected}"
+            )
+        self._out += seal_segment(self._header, self._dk, self._index, final, current)
+        self._index += 1
+        self._done = final
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = None if size is None or size < 0 else size
+        while not self._done and (want is None or len(self._out) < want):
+            self._advance()
+        n = len(self._out) if want is None else min(want, len(self._out))
+        out = bytes(self._out[:n])
+        del self._out[:n]
+        return out
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class EncryptedObjectStore:
+    """An ObjectStore that seals every object with a fresh data key under its hospital's KEK."""
+
+    def __init__(
+        self,
+        inner: ObjectStore,
+        keys: KeyProvider,
+        algorithm: Algorithm = Algorithm.AES_256_GCM,
+        *,
+        segment_log2: int = DEFAULT_SEGMENT_LOG2,
+    ) -> None:
+        self.inner = inner
+        self.keys = keys
+        self.algorithm = algorithm
+        self.segment_log2 = segment_log2
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes | BinaryIO, *, sha256: str | None = None) -> ObjectInfo:
+        kek = self.keys.current(_hospital(key))
+        raw, header, dk = new_header(self.algorithm, kek.key_id, kek.key, key, self.segment_log2)
+        if isinstance(data, bytes | bytearray | memoryview):
+            data = io.BytesIO(data)
+        reader = _SealingReader(data, raw, header, dk, key, sha256)
+        self.inner.put(key, reader)  # type: ignore[arg-type]
+        return ObjectInfo(key=key, size=reader.size, sha256=reader.digest.hexdigest())
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def iter_keys(self, prefix: str) -> Iterator[str]:
+        return self.inner.iter_keys(prefix)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _open_header(self, key: str, data: bytes | memoryview) -> tuple[Header, bytes]:
+        header = parse_header(key, data)
+        kek = self.keys.get(_hospital(key), header.key_id)
+        return header, unwrap(header, kek.key, key)
+
+    def _open_body(
+        self, key: str, header: Header, dk: bytes, body: memoryview, first: int, to_end: bool
+    ) -> bytearray:
+        """Open the segments in ``body`` (starting at segment ``first``). With ``to_end`` the
+        body reaches the end of the object, so its last segment must be the final one."""
+        out = bytearray()
+        pieces = list(split_segments(header, body, first))
+        for n, (index, sealed) in enumerate(pieces):
+            final = to_end and n == len(pieces) - 1
+            out += open_segment(header, dk, index, final, sealed, key)
+        return out
+
+    def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        if byte_range is None:
+            data = memoryview(self.inner.get(key))
+            header, dk = self._open_header(key, data)
+            return bytes(self._open_body(key, header, dk, data[header.length :], 0, True))
+        return self._get_range(key, byte_range)
+
+    def _get_range(self, key: str, r: ByteRange) -> bytes:
+        if r.end is not None and r.end <= r.start:
+            check_key(key)
+            return b""
+        header, dk = self._open_header(key, self.inner.get(key, ByteRange(0, MAX_HEADER)))
+        seg, step = header.segment_size, header.segment_size + TAG
+        first = r.start // seg
+        start = header.length + first * step
+        if r.end is None:
+            body = self.inner.get(key, ByteRange(start))
+            to_end = True
+        else:
+            last = (r.end - 1) // seg
+            want = (last - first + 1) * step
+            body = self.inner.get(key, ByteRange(start, start + want + 1))  # +1: is there more?
+            to_end = len(body) <= want
+            body = body[:want]
+        if not body:  # past the end (or cut short): only the whole object can tell which
+            return self.get(key)[r.start : r.end]
+        plain = self._open_body(key, header, dk, memoryview(body), first, to_end)
+        lo = r.start - first * seg
+        hi = None if r.end is None else r.end - first * seg
+        return bytes(plain[lo:hi])
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Plaintext size and sha256: the object is read and opened (64 MiB at a time)."""
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            for chunk in self.iter_plaintext(key):
+                digest.update(chunk)
+                size += len(chunk)
+        except ObjectNotFound:
+            return None
+        return ObjectInfo(key=key, size=size, sha256=digest.hexdigest())
+
+    def iter_plaintext(self, key: str) -> Iterator[bytes]:
+        """The object's plaintext in pieces of up to 16 segments, each checked before it is
+        yielded (a damaged later piece raises IntegrityError after the earlier ones)."""
+        header, dk = self._open_header(key, self.inner.get(key, ByteRange(0, MAX_HEADER)))
+        step = header.segment_size + TAG
+        first = 0
+        while True:
+            start = header.length + first * step
+            want = _STAT_SEGMENTS * step
+            body = self.inner.get(key, ByteRange(start, start + want + 1))
+            to_end = len(body) <= want
+            if not body:
+                raise IntegrityError(f"object {key!r}: segment {first} is missing")
+            yield bytes(self._open_body(key, header, dk, memoryview(body[:want]), first, to_end))
+            if to_end:
+                return
+            first += _STAT_SEGMENTS
