@@ -81,7 +81,7 @@ def check_key(alg: Algorithm, key: bytes, what: str) -> bytes:
 def seal(alg: Algorithm, key: bytes, nonce: bytes, data: bytes | memoryview, aad: bytes) -> bytes:
     """``data`` encrypted and authenticated: ciphertext followed by the 16-byte tag."""
     if alg is Algorithm.AES_256_GCM:
-        return AESGCM(key).encrypt(nonce, bytes(data), aad)
+        return AESGCM(key).encrypt(nonce, data, aad)
     enc = Cipher(algorithms.SM4(key), modes.GCM(nonce)).encryptor()
     enc.authenticate_additional_data(aad)
     out = enc.update(data) + enc.finalize()
@@ -95,7 +95,7 @@ def open_sealed(
     if len(sealed) < TAG:
         raise InvalidTag
     if alg is Algorithm.AES_256_GCM:
-        return AESGCM(key).decrypt(nonce, bytes(sealed), aad)
+        return AESGCM(key).decrypt(nonce, sealed, aad)
     view = memoryview(sealed)
     dec = Cipher(algorithms.SM4(key), modes.GCM(nonce, bytes(view[-TAG:]))).decryptor()
     dec.authenticate_additional_data(aad)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import deque
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -67,7 +68,8 @@ class _SealingReader(io.RawIOBase):
         self._dk = data_key
         self._key = key
         self._expected = expected_sha256
-        self._out = bytearray(header_bytes)
+        self._out: deque[bytes] = deque([header_bytes])  # sealed bytes not read yet
+        self._pos = 0  # read from self._out[0] so far
         self._next = self._read_segment()
         self._index = 0
         self._done = False
@@ -96,7 +98,7 @@ class _SealingReader(io.RawIOBase):
                 f"object {self._key!r}: sha256 {self.digest.hexdigest()} != expected "
                 f"{self._expected}"
             )
-        self._out += seal_segment(self._header, self._dk, self._index, final, current)
+        self._out.append(seal_segment(self._header, self._dk, self._index, final, current))
         self._index += 1
         self._done = final
 
@@ -104,13 +106,29 @@ class _SealingReader(io.RawIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        want = None if size is None or size < 0 else size
-        while not self._done and (want is None or len(self._out) < want):
+        if size is None or size < 0:
+            while not self._done:
+                self._advance()
+            out = b"".join(self._out)[self._pos :]
+            self._out.clear()
+            self._pos = 0
+            return out
+        while not self._done and self._buffered() < size:
             self._advance()
-        n = len(self._out) if want is None else min(want, len(self._out))
-        out = bytes(self._out[:n])
-        del self._out[:n]
-        return out
+        parts: list[bytes] = []
+        while size > 0 and self._out:
+            head = self._out[0]
+            piece = head[self._pos : self._pos + size]
+            parts.append(piece)
+            size -= len(piece)
+            self._pos += len(piece)
+            if self._pos == len(head):
+                self._out.popleft()
+                self._pos = 0
+        return b"".join(parts)
+
+    def _buffered(self) -> int:
+        return sum(len(b) for b in self._out) - self._pos
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         data = self.read(len(buffer))
@@ -160,21 +178,20 @@ class EncryptedObjectStore:
 
     def _open_body(
         self, key: str, header: Header, dk: bytes, body: memoryview, first: int, to_end: bool
-    ) -> bytearray:
+    ) -> bytes:
         """Open the segments in ``body`` (starting at segment ``first``). With ``to_end`` the
         body reaches the end of the object, so its last segment must be the final one."""
-        out = bytearray()
         pieces = list(split_segments(header, body, first))
-        for n, (index, sealed) in enumerate(pieces):
-            final = to_end and n == len(pieces) - 1
-            out += open_segment(header, dk, index, final, sealed, key)
-        return out
+        return b"".join(
+            open_segment(header, dk, index, to_end and n == len(pieces) - 1, sealed, key)
+            for n, (index, sealed) in enumerate(pieces)
+        )
 
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         if byte_range is None:
             data = memoryview(self.inner.get(key))
             header, dk = self._open_header(key, data)
-            return bytes(self._open_body(key, header, dk, data[header.length :], 0, True))
+            return self._open_body(key, header, dk, data[header.length :], 0, True)
         return self._get_range(key, byte_range)
 
     def _get_range(self, key: str, r: ByteRange) -> bytes:
@@ -199,7 +216,7 @@ class EncryptedObjectStore:
         plain = self._open_body(key, header, dk, memoryview(body), first, to_end)
         lo = r.start - first * seg
         hi = None if r.end is None else r.end - first * seg
-        return bytes(plain[lo:hi])
+        return plain[lo:hi]
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Plaintext size and sha256: the object is read and opened (64 MiB at a time)."""
@@ -226,7 +243,7 @@ class EncryptedObjectStore:
             to_end = len(body) <= want
             if not body:
                 raise IntegrityError(f"object {key!r}: segment {first} is missing")
-            yield bytes(self._open_body(key, header, dk, memoryview(body[:want]), first, to_end))
+            yield self._open_body(key, header, dk, memoryview(body[:want]), first, to_end)
             if to_end:
                 return
             first += _STAT_SEGMENTS
