@@ -21,7 +21,7 @@ SCHEMA = schema(
     serial_pk="BIGSERIAL PRIMARY KEY",
     bigint="BIGINT",
     real="DOUBLE PRECISION",
-    name_key="lower(name_alpha) text_pattern_ops",
+    pattern_ops=" text_pattern_ops",
 )
 
 

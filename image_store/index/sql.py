@@ -18,10 +18,13 @@ LIKE_ESCAPE = "\\"
 class Dialect:
     placeholder: str  # "?" or "%s"
     ilike: str  # "LIKE" (SQLite, ASCII case-insensitive) or "ILIKE"
+    ge: str = ">="
+    """Byte-order comparisons the lower(name) indexes answer (text_pattern_ops on PostgreSQL)."""
+    lt: str = "<"
 
 
 SQLITE = Dialect(placeholder="?", ilike="LIKE")
-POSTGRES = Dialect(placeholder="%s", ilike="ILIKE")
+POSTGRES = Dialect(placeholder="%s", ilike="ILIKE", ge="~>=~", lt="~<~")
 
 
 def wildcard_to_like(pattern: str) -> str:
@@ -42,6 +45,33 @@ def wildcard_to_like(pattern: str) -> str:
 
 def has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
+
+
+def literal_prefix(like: str) -> str:
+    """The characters a LIKE pattern starts with before its first wildcard (escapes undone)."""
+    out: list[str] = []
+    i = 0
+    while i < len(like):
+        ch = like[i]
+        if ch == LIKE_ESCAPE and i + 1 < len(like):
+            out.append(like[i + 1])
+            i += 2
+            continue
+        if ch in "%_":
+            break
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def lower_prefix_range(prefix: str) -> tuple[str, str] | None:
+    """[low, high) that lower(value) falls in when value starts with ``prefix`` ignoring case,
+    so an index on lower(column) can find the candidates. None when there is no prefix, or it
+    holds non-ASCII letters with case (SQLite's lower() folds ASCII only, Python's all)."""
+    if not prefix or any(ord(c) > 127 and c.lower() != c.upper() for c in prefix):
+        return None
+    low = prefix.lower()
+    return low, low[:-1] + chr(ord(low[-1]) + 1)
 
 
 class _Where:
@@ -106,19 +136,23 @@ def study_where(q: StudyQuery, d: Dialect) -> tuple[str, list[object]]:
     elif q.patient_name:
         ph = d.placeholder
         like = wildcard_to_like(q.patient_name)
-        w.raw(
-            f"(p.name_alpha {d.ilike} {ph} ESCAPE '{LIKE_ESCAPE}' OR "
-            f"p.name_ideo {d.ilike} {ph} ESCAPE '{LIKE_ESCAPE}' OR "
-            f"p.name {d.ilike} {ph} ESCAPE '{LIKE_ESCAPE}')",
-            like,
-            like,
-            like,
-        )
+        bounds = lower_prefix_range(literal_prefix(like))
+        tests = []
+        params = []
+        for column in ("p.name_alpha", "p.name_ideo", "p.name"):
+            test = f"{column} {d.ilike} {ph} ESCAPE '{LIKE_ESCAPE}'"
+            if bounds is not None:  # a prefix: the lower(name) indexes find the candidates
+                test = f"(lower({column}) {d.ge} {ph} AND lower({column}) {d.lt} {ph} AND {test})"
+                params.extend(bounds)
+            tests.append(test)
+            params.append(like)
+        w.raw("(" + " OR ".join(tests) + ")", *params)
     if q.person_key:
+        # the person's few linked patients first, then their studies (an index walk, not a
+        # correlated test of every study)
         w.raw(
-            "EXISTS (SELECT 1 FROM person_links l WHERE l.person_key = "
-            f"{d.placeholder} AND l.hospital = p.hospital AND l.issuer = p.issuer "
-            "AND l.patient_id = p.patient_id)",
+            "(p.hospital, p.issuer, p.patient_id) IN (SELECT l.hospital, l.issuer, "
+            f"l.patient_id FROM person_links l WHERE l.person_key = {d.placeholder})",
             q.person_key,
         )
     if q.study_date_from:

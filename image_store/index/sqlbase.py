@@ -42,7 +42,10 @@ CREATE TABLE IF NOT EXISTS patients (
     UNIQUE (hospital, issuer, patient_id)
 );
 CREATE INDEX IF NOT EXISTS patients_pid ON patients (patient_id);
-CREATE INDEX IF NOT EXISTS patients_name ON patients ({name_key});
+DROP INDEX IF EXISTS patients_name;
+CREATE INDEX IF NOT EXISTS patients_lower_alpha ON patients (lower(name_alpha){pattern_ops});
+CREATE INDEX IF NOT EXISTS patients_lower_ideo ON patients (lower(name_ideo){pattern_ops});
+CREATE INDEX IF NOT EXISTS patients_lower_name ON patients (lower(name){pattern_ops});
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
     hospital TEXT NOT NULL,
@@ -117,9 +120,13 @@ ADDED_COLUMNS = (("instances", "original_transfer_syntax_uid", "TEXT NOT NULL DE
 index when it is opened."""
 
 
-def schema(*, serial_pk: str, bigint: str, real: str, name_key: str) -> str:
-    """The index tables in one backend's column types (the layout is the same everywhere)."""
-    return _SCHEMA.format(serial_pk=serial_pk, bigint=bigint, real=real, name_key=name_key)
+def schema(*, serial_pk: str, bigint: str, real: str, pattern_ops: str) -> str:
+    """The index tables in one backend's column types (the layout is the same everywhere).
+
+    Name matching goes through indexes on lower(name columns) (``pattern_ops``: the operator
+    class for byte-order prefix ranges, PostgreSQL's text_pattern_ops); the first version's
+    ``patients_name`` index is dropped when an older index is opened."""
+    return _SCHEMA.format(serial_pk=serial_pk, bigint=bigint, real=real, pattern_ops=pattern_ops)
 
 
 _STUDY_COLS = (

@@ -19,7 +19,7 @@ SCHEMA = schema(
     serial_pk="INTEGER PRIMARY KEY",  # SQLite's rowid alias
     bigint="INTEGER",
     real="REAL",
-    name_key="name_alpha COLLATE NOCASE",
+    pattern_ops="",
 )
 
 

@@ -151,6 +151,28 @@ class IndexContract:
         assert fuzzy("ang") == []
         assert fuzzy("张") == ["1.2.1"]
 
+    def test_name_prefixes_and_exact_names_ignore_case_in_every_group(self, index: Index) -> None:
+        load_two_hospitals(index)
+        index.add_instances(
+            [
+                make_record(
+                    study="1.4", series="1.4.1", sop="1.4.1.1", patient_id="P9", name="Zz^Top"
+                )
+            ]
+        )
+
+        def uids(name: str) -> list[str]:
+            return sorted(
+                s.study_uid for s in index.find_studies(StudyQuery(patient_name=name), limit=9)
+            )
+
+        assert uids("ZHANG^SAN") == ["1.2.1", "2.1"]  # the alphabetic group, whole
+        assert uids("zhang^san=张^三") == ["1.2.1"]  # both groups, as stored
+        assert uids("zHaNg^S*") == ["1.2.1", "2.1"]
+        assert uids("张^三") == ["1.2.1"]
+        assert uids("zz*") == ["1.4"] and uids("Zz^Top*") == ["1.4"] and uids("Zz^Tp*") == []
+        assert uids("*san") == ["1.2.1", "2.1"] and uids("*三") == ["1.2.1"]
+
     def test_wildcards_match_literally_percent_and_underscore(self, index: Index) -> None:
         index.add_instances([make_record(name="A_B%C")])
         assert index.find_studies(StudyQuery(patient_name="A_B%*"), limit=5)

@@ -48,3 +48,47 @@ def test_concurrent_writers_and_readers_see_consistent_counts(tmp_path: Path) ->
     (study,) = idx.find_studies(StudyQuery(), limit=5)
     assert study.number_of_instances == 80 == idx.count_instances()
     idx.close()
+
+
+def test_series_metadata_is_one_statement_however_many_instances(tmp_path: Path) -> None:
+    """WADO-RS series metadata reads every instance's DICOM JSON in one SELECT (the bundle is
+    the series' rows, in instance order), never one read per instance."""
+    from image_store.records import InstanceQuery
+
+    idx = SqliteIndex(tmp_path / "i.sqlite")
+    idx.add_instances([make_record(sop=f"1.2.1.1.{i}", number=i) for i in range(1, 301)])
+    statements: list[str] = []
+    idx._conn().set_trace_callback(statements.append)
+    docs = idx.instance_metadata(InstanceQuery(study_uid="1.2.1", series_uid="1.2.1.1"))
+    idx._conn().set_trace_callback(None)
+    assert len(docs) == 300
+    assert len(statements) == 1 and statements[0].startswith("SELECT i.metadata FROM instances")
+    idx.close()
+
+
+def test_an_index_made_by_an_older_version_gets_the_name_indexes_on_open(tmp_path: Path) -> None:
+    idx = SqliteIndex(tmp_path / "i.sqlite")
+    idx.add_instances([make_record()])
+    conn = idx._conn()
+    for name in ("patients_lower_alpha", "patients_lower_ideo", "patients_lower_name"):
+        conn.execute(f"DROP INDEX {name}")
+    conn.execute("CREATE INDEX patients_name ON patients (name_alpha COLLATE NOCASE)")
+    idx.close()
+    again = SqliteIndex(tmp_path / "i.sqlite")
+    names = {
+        r[0] for r in again._conn().execute("SELECT name FROM sqlite_master WHERE type='index'")
+    }
+    assert {"patients_lower_alpha", "patients_lower_ideo", "patients_lower_name"} <= names
+    assert "patients_name" not in names
+    plan = " ".join(
+        str(r[-1])
+        for r in again._conn().execute(
+            "EXPLAIN QUERY PLAN SELECT pk FROM patients WHERE lower(name_alpha) >= 'zh' "
+            "AND lower(name_alpha) < 'zi'"
+        )
+    )
+    assert "patients_lower_alpha" in plan
+    assert [
+        s.study_uid for s in again.find_studies(StudyQuery(patient_name="ZHANG*"), limit=5)
+    ] == ["1.2.1"]
+    again.close()
