@@ -44,13 +44,14 @@ class S3Settings:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     max_attempts: int = 5
+    """Attempts per request in all (the first one and its retries, with backoff and jitter)."""
 
 
 def make_client(settings: S3Settings, session: Any | None = None) -> Any:
     """A boto3 S3 client from an explicit session (credentials from the usual boto3 sources)."""
     session = session or boto3.session.Session()
     config = Config(
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
         max_pool_connections=settings.max_pool_connections,
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,

@@ -92,3 +92,35 @@ def test_an_index_made_by_an_older_version_gets_the_name_indexes_on_open(tmp_pat
         s.study_uid for s in again.find_studies(StudyQuery(patient_name="ZHANG*"), limit=5)
     ] == ["1.2.1"]
     again.close()
+
+
+def test_a_process_dying_mid_batch_leaves_no_half_indexed_study(tmp_path: Path) -> None:
+    """The SQLite index's writer dies (os._exit, no cleanup) in the middle of a batch: the next
+    open rolls the journal back and the study is absent, not half there."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "i.sqlite"
+    child = textwrap.dedent(
+        f"""
+        import os
+        from image_store.index.sqlite import SqliteIndex
+        from tests.contracts.index import make_record
+        idx = SqliteIndex({str(path)!r})
+        original, calls = idx._add_one, []
+        def die_on_the_third(conn, rec, now, result):
+            calls.append(rec)
+            if len(calls) == 3:
+                os._exit(9)
+            return original(conn, rec, now, result)
+        idx._add_one = die_on_the_third
+        idx.add_instances([make_record(sop=f"1.2.1.1.{{i}}", number=i) for i in range(1, 6)])
+        """
+    )
+    died = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).parents[2], check=False)
+    assert died.returncode == 9
+    idx = SqliteIndex(path)
+    assert idx.count_instances() == 0 and idx.find_studies(StudyQuery(), limit=5) == []
+    assert idx.add_instances([make_record()]).added == 1
+    idx.close()
