@@ -16,7 +16,8 @@ opening the index again recreates the indexes (their build time is counted in th
     .venv/bin/python bench/index_scale.py --dsn "host=... dbname=..."    # an existing server
 
 Without ``--dsn`` a throw-away PostgreSQL cluster is started (tests/servers.py: 127.0.0.1,
-fsync off, default shared_buffers) in a temp dir under ``--work``.
+fsync off, default shared_buffers) in the system temp dir and removed afterwards; the SQLite
+file goes under ``--work``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import random
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -440,13 +441,14 @@ def main() -> int:
                     p.unlink()
                 work.rmdir()
         elif backend == "postgres":
+            pg_root: Path | None = None
             with contextlib.ExitStack() as stack:
                 dsn = args.dsn
                 if dsn is None:
                     from tests.servers import postgresql
 
-                    os.environ.setdefault("TMPDIR", str(args.work))
-                    dsn = stack.enter_context(postgresql()).dsn
+                    server = stack.enter_context(postgresql())
+                    pg_root, dsn = server.data_dir.parent, server.dsn
                 index, load_s = load_postgres(dsn, shape, template)
                 (size,) = (
                     index._conn().execute("SELECT pg_database_size(current_database())").fetchone()
@@ -455,6 +457,8 @@ def main() -> int:
                     "PostgreSQL", shape, n, load_s, int(size), measure(index, shape, args.repeat)
                 )
                 index.close()
+            if pg_root is not None:  # the throw-away cluster, once stopped
+                shutil.rmtree(pg_root, ignore_errors=True)
         else:
             ap.error(f"unknown backend {backend!r}")
     return 0
