@@ -132,15 +132,13 @@ def _wrap_aad(alg: Algorithm, key_id: str, object_key: str) -> bytes:
     return b"CFE1 data key\0" + bytes((alg,)) + key_id.encode() + b"\0" + object_key.encode()
 
 
-def new_header(
-    alg: Algorithm, kek_id: str, kek: bytes, object_key: str, segment_log2: int
-) -> tuple[bytes, Header, bytes]:
-    """(header bytes, parsed header, data key) for a new object sealed under ``kek``."""
+def _encode_header(
+    alg: Algorithm, segment_log2: int, kek_id: str, kek: bytes, data_key: bytes, prefix: bytes,
+    object_key: str,
+) -> tuple[bytes, Header]:  # fmt: skip
     check_key(alg, kek, f"key-encryption key {kek_id!r}")
-    data_key = os.urandom(alg.key_size)
     nonce = os.urandom(NONCE)
     wrapped = nonce + seal(alg, kek, nonce, data_key, _wrap_aad(alg, kek_id, object_key))
-    prefix = os.urandom(PREFIX)
     kid = check_key_id(kek_id).encode()
     raw = (
         MAGIC
@@ -150,7 +148,28 @@ def new_header(
         + bytes((len(wrapped),))
         + wrapped
     )
-    return raw, Header(alg, segment_log2, kek_id, prefix, wrapped, len(raw)), data_key
+    return raw, Header(alg, segment_log2, kek_id, prefix, wrapped, len(raw))
+
+
+def new_header(
+    alg: Algorithm, kek_id: str, kek: bytes, object_key: str, segment_log2: int
+) -> tuple[bytes, Header, bytes]:
+    """(header bytes, parsed header, data key) for a new object sealed under ``kek``."""
+    data_key = os.urandom(alg.key_size)
+    raw, header = _encode_header(
+        alg, segment_log2, kek_id, kek, data_key, os.urandom(PREFIX), object_key
+    )
+    return raw, header, data_key
+
+
+def rewrapped_header(
+    header: Header, data_key: bytes, kek_id: str, kek: bytes, object_key: str
+) -> bytes:
+    """The header of the same sealed payload with its data key wrapped under another KEK."""
+    raw, _ = _encode_header(
+        header.alg, header.segment_log2, kek_id, kek, data_key, header.nonce_prefix, object_key
+    )
+    return raw
 
 
 def parse_header(object_key: str, data: bytes | memoryview) -> Header:

@@ -29,6 +29,7 @@ from image_store.crypto import (
     new_header,
     open_segment,
     parse_header,
+    rewrapped_header,
     seal_segment,
     split_segments,
     unwrap,
@@ -162,6 +163,19 @@ class EncryptedObjectStore:
         reader = _SealingReader(data, raw, header, dk, key, sha256)
         self.inner.put(key, reader)  # type: ignore[arg-type]
         return ObjectInfo(key=key, size=reader.size, sha256=reader.digest.hexdigest())
+
+    def rewrap(self, key: str) -> bool:
+        """Wrap the object's data key under its hospital's current KEK (after a rotation), the
+        sealed payload unchanged; False when it already is. Run it over every key before a
+        retired KEK is removed. A put of the same key at the same moment may be lost to it."""
+        current = self.keys.current(_hospital(key))
+        data = self.inner.get(key)
+        header, dk = self._open_header(key, data)
+        if header.key_id == current.key_id:
+            return False
+        raw = rewrapped_header(header, dk, current.key_id, current.key, key)
+        self.inner.put(key, raw + data[header.length :])
+        return True
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

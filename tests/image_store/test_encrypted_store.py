@@ -219,6 +219,21 @@ def test_keys_rotate_old_objects_still_open_new_ones_use_the_new_key(tmp_path: P
         retired.get(KEY)
 
 
+def test_rewrap_moves_objects_to_the_current_key_without_touching_the_payload(
+    tmp_path: Path,
+) -> None:
+    k1, k2 = os.urandom(32), os.urandom(32)
+    encrypted(tmp_path, keys=keyring(H1={"k1": k1})).put(KEY, PLAIN)
+    rotated = encrypted(tmp_path, keys=keyring(H1={"k1": k1, "k2": k2}))
+    before = _raw(rotated)
+    assert rotated.rewrap(KEY) is True and rotated.rewrap(KEY) is False
+    after = _raw(rotated)
+    old_len, new_len = parse_header(KEY, before).length, parse_header(KEY, after).length
+    assert after[new_len:] == before[old_len:]  # the sealed segments, byte for byte
+    assert parse_header(KEY, after).key_id == "k2"
+    assert encrypted(tmp_path, keys=keyring(H1={"k2": k2})).get(KEY) == PLAIN  # k1 retired
+
+
 def test_a_hospital_without_a_key_cannot_store(tmp_path: Path) -> None:
     store = encrypted(tmp_path, keys=keyring(H1={"k1": os.urandom(32)}))
     with pytest.raises(KeyUnavailable, match="'H2'"):
