@@ -7,13 +7,12 @@ POST /api/admin/users/{subject}/disable   POST /api/admin/users/{subject}/enable
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from viewer_api.auth import ROLES
-from viewer_api.context import blocking, principal, services
+from viewer_api.context import blocking, json_object, principal, services
 from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.registry import RegistryError, SqliteRegistry, check_subject
 
@@ -28,13 +27,8 @@ def _registry(request: web.Request) -> SqliteRegistry:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > 4096:
-        raise BadRequest("the request body is too large")
-    try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("the request body must be a JSON object") from exc
-    if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+    body = await json_object(request, 4096)
+    if not all(isinstance(v, str) for v in body.values()):
         raise BadRequest("the request body must be a JSON object of strings")
     return body
 

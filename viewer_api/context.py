@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
 
@@ -83,3 +84,20 @@ def uid_param(request: web.Request, name: str) -> str:
 async def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run index, store and rendering calls off the event loop."""
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object; BadRequest when it is larger than ``max_bytes``
+    (declared or read) or not a JSON object."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise BadRequest("the request body is too large")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise BadRequest("the request body is too large")
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("the request body must be a JSON object") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body

@@ -28,7 +28,7 @@ from image_store.keys import check_hospital
 from image_store.persons import InvalidPersonId
 from image_store.records import PatientRef, PersonLink, SeriesQuery, StudyQuery, StudyRecord
 from viewer_api.auth import Principal
-from viewer_api.context import blocking, principal, services
+from viewer_api.context import blocking, json_object, principal, services
 from viewer_api.dicomweb.access import BREAK_GLASS
 from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.report_store import report_status
@@ -57,15 +57,7 @@ def _hospital(value: object, name: str = "hospital") -> str:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > 16_384:
-        raise BadRequest("the request body is too large")
-    try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("the request body must be a JSON object") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
+    return await json_object(request, 16_384)
 
 
 def _patient_from(obj: object, who: Principal) -> PatientRef:
