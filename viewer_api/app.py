@@ -8,7 +8,7 @@ from image_store.consents import SqliteConsents
 from image_store.ingest import LocalIngest
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
-from viewer_api import admin, film, middlewares, openapi, patients
+from viewer_api import admin, film, film_patient, film_viewer, middlewares, openapi, patients
 from viewer_api import reports as reports_api
 from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
@@ -109,7 +109,26 @@ def create_app(
     r.add_post("/api/admin/users/{subject}/{action:enable|disable}", admin.set_user_enabled)
     r.add_post("/api/shares", film.create_share)
     r.add_delete("/api/shares/{id}", film.revoke_share)
+    r.add_get("/api/shares/{id}", film.get_share)
+    r.add_post("/api/shares/{id}/unlock", film.unlock_share)
     r.add_get("/api/shares/{id}/qr.{kind:png|svg}", film.share_qr)
-    r.add_get("/film/{token}", film.film)
-    r.add_get("/film/{token}/series/{series}/thumbnail", film.film_thumbnail)
+    r.add_get("/static/{name}", film_viewer.static)
+    f = "/film/{token}"
+    r.add_get(f, film_viewer.film)
+    r.add_post(f + "/code", film_viewer.enter_code)
+    r.add_get(f + "/series/{series}/thumbnail", film_viewer.thumbnail)
+    r.add_get(f + "/studies/{study}/manifest.json", film_viewer.manifest)
+    r.add_get(
+        f + "/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered",
+        film_viewer.rendered,
+    )
+    r.add_get(f + "/studies/{study}/download.zip", film_viewer.download_zip)
+    r.add_get(f + "/reports/{id}", film_viewer.report)
+    r.add_get(f + "/api/links", film_patient.list_links)
+    r.add_post(f + "/api/links", film_patient.create_link)
+    r.add_delete(f + "/api/links/{id}", film_patient.revoke_link)
+    r.add_get(f + "/api/links/{id}/qr.{kind:png|svg}", film_patient.link_qr)
+    r.add_get(f + "/api/history", film_patient.history)
+    r.add_get(f + "/api/consents", film_patient.consents)
+    r.add_post(f + "/api/consents/{id}/revoke", film_patient.revoke_consent)
     return app

@@ -11,9 +11,10 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from image_store.sqlite_db import SqliteDatabase
 
@@ -118,3 +119,27 @@ class SqliteAuditLog:
 
     def close(self) -> None:
         self.db.close()
+
+
+def study_reads(events: Iterable[AuditEvent], study_uids: Collection[str]) -> list[dict[str, Any]]:
+    """The events whose resource names one of ``study_uids`` (``.../studies/<uid>...``), newest
+    first: who opened a patient's studies, for their access history."""
+    out = []
+    for event in events:
+        parts = event.resource.split("?", 1)[0].split("/")
+        if "studies" not in parts:
+            continue
+        i = parts.index("studies")
+        if i + 1 < len(parts) and parts[i + 1] in study_uids:
+            out.append(
+                {
+                    "ts": event.ts,
+                    "actor": event.actor,
+                    "hospital": event.hospital,
+                    "role": event.role,
+                    "study_uid": parts[i + 1],
+                    "status": event.status,
+                    "via": event.via,
+                }
+            )
+    return out[::-1]

@@ -227,6 +227,26 @@ class TokenSigner:
                 return link_id
         return None
 
+    def unlock_pass(self, link_id: str, ttl_s: int = 12 * 3600) -> str:
+        """The cookie value a browser gets after entering a link's extraction code:
+        ``<expiry>.<HMAC>``, bound to the link, good for ``ttl_s``."""
+        exp = str(int(time.time()) + ttl_s)
+        return f"{exp}.{self._unlock_sig(link_id, exp, self._secret)}"
+
+    def unlock_pass_valid(self, link_id: str, value: str) -> bool:
+        exp, _, sig = value.partition(".")
+        if not exp.isdigit() or len(exp) > 12 or int(exp) <= time.time():
+            return False
+        return any(
+            hmac.compare_digest(self._unlock_sig(link_id, exp, k).encode(), sig.encode())
+            for k in self._share_secrets
+        )
+
+    @staticmethod
+    def _unlock_sig(link_id: str, exp: str, secret: bytes) -> str:
+        msg = f"film-unlock:{link_id}:{exp}".encode()
+        return b64e(hmac.new(secret, msg, hashlib.sha256).digest())
+
     def _share_sig(self, link_id: str, secret: bytes | None = None) -> str:
         """base64url(HMAC-SHA256(secret, b"share:" + id)[:16])."""
         mac = hmac.new(secret or self._secret, b"share:" + link_id.encode(), hashlib.sha256)

@@ -1,9 +1,14 @@
-"""Share links: the staff API that creates and revokes them, and the page a link opens."""
+"""Share links, the staff side: create a link for a study or for all of a patient's studies,
+print its QR code, look at it, clear its lockout, revoke it. (The pages a link opens are in
+``film_viewer``; what the patient does with their link is in ``film_patient``.)
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import re
+import secrets
 import time
 from typing import Any
 
@@ -11,79 +16,167 @@ import segno
 from aiohttp import web
 
 from image_store.keys import is_valid_uid
-from image_store.records import SeriesQuery, StudyRecord
-from viewer_api.context import ACTOR, blocking, principal, services, uid_param
+from image_store.records import StudyQuery
+from viewer_api.auth import Principal
+from viewer_api.context import ACTOR, blocking, json_object, principal, services
 from viewer_api.dicomweb.access import visible_study
 from viewer_api.errors import BadRequest, Forbidden, NotFound
-from viewer_api.pages import PAGE_HEADERS, film_page, message_page
-from viewer_api.share import ShareLink
-from viewer_api.thumbnails import series_jpeg
+from viewer_api.share import CODE_RE, ShareLink
 
 MAX_TTL_HOURS = 8760
+_PATIENT_TEXT = re.compile(r"[A-Za-z0-9 ._^-]{1,64}")
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > 64 * 1024:
-        raise BadRequest("request body too large")
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise BadRequest("the body must be a JSON object") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
+def ttl_hours_of(body: dict[str, Any], default: int, most: int = MAX_TTL_HOURS) -> int:
+    ttl = body.get("ttl_hours", default)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not (1 <= ttl <= most):
+        raise BadRequest(f"ttl_hours must be an integer from 1 to {most}")
+    return ttl
+
+
+def code_of(body: dict[str, Any]) -> tuple[str | None, bool]:
+    """(the extraction code, generated here) from ``"code": "1234"`` (4-6 digits) or
+    ``"code": "auto"`` (6 random digits, returned once in the response)."""
+    code = body.get("code")
+    if code is None:
+        return None, False
+    if code == "auto":
+        return f"{secrets.randbelow(10**6):06d}", True
+    if not isinstance(code, str) or not CODE_RE.fullmatch(code):
+        raise BadRequest('code must be 4 to 6 digits, or "auto"')
+    return code, False
+
+
+def flag_of(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
+def link_json(request: web.Request, link: ShareLink, code: str | None = None) -> dict[str, Any]:
+    svc = services(request)
+    base = svc.settings.public_base_url
+    out = link.as_json()
+    out.update(
+        token=svc.signer.share_token(link.id),
+        url=f"{base}/film/{svc.signer.share_token(link.id)}",
+        qr_png=f"{base}/api/shares/{link.id}/qr.png",
+        qr_svg=f"{base}/api/shares/{link.id}/qr.svg",
+        expires_at=dt.datetime.fromtimestamp(link.expires_at, dt.UTC).isoformat(),
+        created_at=dt.datetime.fromtimestamp(link.created_at, dt.UTC).isoformat(),
+    )
+    if code is not None:
+        out["code"] = code
+    return out
 
 
 async def create_share(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    """POST /api/shares: ``{"study_uid"}`` or ``{"scope": "patient", "patient_id", "issuer"}``,
+    with optional ``ttl_hours``, ``allow_download``, ``code`` and ``audience``."""
+    body = await json_object(request, 16_384)
     svc = services(request)
-    study_uid = body.get("study_uid")
-    if not isinstance(study_uid, str) or not is_valid_uid(study_uid):
-        raise BadRequest("study_uid must be a UID (1-64 digits and dots)")
-    ttl_hours = body.get("ttl_hours", svc.settings.share_ttl_s // 3600)
-    if (
-        not isinstance(ttl_hours, int)
-        or isinstance(ttl_hours, bool)
-        or not (1 <= ttl_hours <= MAX_TTL_HOURS)
-    ):
-        raise BadRequest(f"ttl_hours must be an integer from 1 to {MAX_TTL_HOURS}")
-    study = await visible_study(request, study_uid)
     who = principal(request)
-    expires = time.time() + ttl_hours * 3600
-    link = await blocking(svc.shares.create, study_uid, study.hospital, who.actor, expires)
-    token = svc.signer.share_token(link.id)
-    request[ACTOR] = f"{who.actor} share:{link.id}"
-    return web.json_response(
-        {
-            "id": link.id,
-            "token": token,
-            "url": f"{svc.settings.public_base_url}/film/{token}",
-            "qr_png": f"{svc.settings.public_base_url}/api/shares/{link.id}/qr.png",
-            "qr_svg": f"{svc.settings.public_base_url}/api/shares/{link.id}/qr.svg",
-            "expires_at": dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(),
-        },
-        status=201,
+    scope = body.get("scope", "study")
+    if scope not in ("study", "patient"):
+        raise BadRequest('scope must be "study" or "patient"')
+    audience = body.get("audience", "patient")
+    if audience not in ("patient", "doctor"):
+        raise BadRequest('audience must be "patient" or "doctor"')
+    ttl_hours = ttl_hours_of(body, svc.settings.share_ttl_s // 3600)
+    allow_download = flag_of(body, "allow_download")
+    code, generated = code_of(body)
+    if who.role == "auditor":
+        raise Forbidden("auditors do not share patient records")
+    if scope == "study":
+        study_uid = body.get("study_uid")
+        if not isinstance(study_uid, str) or not is_valid_uid(study_uid):
+            raise BadRequest("study_uid must be a UID (1-64 digits and dots)")
+        study = await visible_study(request, study_uid)
+        if not who.may_see(study.hospital):
+            raise Forbidden("a link is made by the study's own hospital")
+        hospital, patient_id, issuer = study.hospital, "", ""
+    else:
+        study_uid = ""
+        hospital, patient_id, issuer = await _patient_of(request, who, body)
+    link = await blocking(
+        svc.shares.create,
+        study_uid,
+        hospital,
+        who.actor,
+        time.time() + ttl_hours * 3600,
+        scope=scope,
+        patient_id=patient_id,
+        issuer=issuer,
+        allow_download=allow_download,
+        code=code,
+        audience=audience,
     )
+    request[ACTOR] = f"{who.actor} share:{link.id}"
+    return web.json_response(link_json(request, link, code if generated else None), status=201)
+
+
+async def _patient_of(
+    request: web.Request, who: Principal, body: dict[str, Any]
+) -> tuple[str, str, str]:
+    """(hospital, patient_id, issuer) of a patient link: a patient of the caller's hospital
+    (an admin names the hospital) who has at least one study there."""
+    hospital = body.get("hospital") or who.hospital
+    values = (hospital, body.get("patient_id"), body.get("issuer", ""))
+    for name, value in zip(("hospital", "patient_id"), values, strict=False):
+        if not isinstance(value, str) or not _PATIENT_TEXT.fullmatch(value):
+            raise BadRequest(f"{name} must be 1-64 letters, digits, spaces or - . ^ _")
+    issuer = values[2]
+    if not isinstance(issuer, str) or (issuer and not _PATIENT_TEXT.fullmatch(issuer)):
+        raise BadRequest("issuer must be up to 64 letters, digits, spaces or - . ^ _")
+    if not who.may_see(hospital):
+        raise Forbidden("a patient link is made by the patient's own hospital")
+    patient_id = str(values[1])
+    studies = await blocking(
+        services(request).index.find_studies,
+        StudyQuery(hospitals=frozenset({hospital}), patient_id=patient_id),
+        limit=1,
+    )
+    if not [s for s in studies if s.patient.issuer == issuer]:
+        raise NotFound(f"hospital {hospital} holds no study of patient {patient_id}")
+    return hospital, patient_id, issuer
 
 
 def _link_id(request: web.Request) -> str:
     link_id = request.match_info["id"]
-    if not 1 <= len(link_id) <= 64 or not link_id.replace("-", "").replace("_", "").isalnum():
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", link_id):
         raise BadRequest("share id has an invalid form")
     return link_id
 
 
-async def share_qr(request: web.Request) -> web.Response:
-    """The link as a QR code to print on the report: /api/shares/{id}/qr.png or qr.svg."""
-    svc = services(request)
-    link_id = _link_id(request)
-    kind = request.match_info["kind"]
-    link = await blocking(svc.shares.get, link_id)
+async def _own_link(request: web.Request, *, manage: bool) -> ShareLink:
+    """The link of /api/shares/{id}, for the staff of its hospital (revoking and unlocking:
+    not auditors)."""
+    link = await blocking(services(request).shares.get, _link_id(request))
     if link is None:
-        raise NotFound(f"no share link {link_id}")
+        raise NotFound(f"no share link {request.match_info['id']}")
     who = principal(request)
     if not who.may_see(link.hospital):
         raise Forbidden("this link belongs to another hospital")
+    if manage and who.role == "auditor":
+        raise Forbidden("auditors do not manage links")
+    return link
+
+
+async def get_share(request: web.Request) -> web.Response:
+    link = await _own_link(request, manage=False)
+    return web.json_response(link_json(request, link))
+
+
+async def share_qr(request: web.Request) -> web.Response:
+    """The link as a QR code to print on the report: /api/shares/{id}/qr.png or qr.svg."""
+    link = await _own_link(request, manage=False)
+    return await qr_response(request, link)
+
+
+async def qr_response(request: web.Request, link: ShareLink) -> web.Response:
+    svc = services(request)
+    kind = request.match_info["kind"]
     url = f"{svc.settings.public_base_url}/film/{svc.signer.share_token(link.id)}"
     body = await blocking(render_qr, url, kind)
     ctype = "image/png" if kind == "png" else "image/svg+xml"
@@ -101,77 +194,13 @@ def render_qr(url: str, kind: str) -> bytes:
 
 
 async def revoke_share(request: web.Request) -> web.Response:
-    svc = services(request)
-    link_id = _link_id(request)
-    link = await blocking(svc.shares.get, link_id)
-    if link is None:
-        raise NotFound(f"no share link {link_id}")
-    who = principal(request)
-    if who.role != "admin" and who.hospital != link.hospital:
-        raise Forbidden("only the hospital that created a link may revoke it")
-    await blocking(svc.shares.revoke, link_id)
+    link = await _own_link(request, manage=True)
+    await blocking(services(request).shares.revoke, link.id)
     return web.Response(status=204)
 
 
-class _PageError(Exception):
-    def __init__(self, kind: str, status: int) -> None:
-        super().__init__(kind)
-        self.kind, self.status = kind, status
-
-
-async def _open_link(request: web.Request) -> tuple[ShareLink, StudyRecord]:
-    svc = services(request)
-    token = request.match_info["token"]
-    link_id = svc.signer.share_id(token)
-    if link_id is None:
-        raise _PageError("invalid", 403)
-    request[ACTOR] = f"share:{link_id}"
-    link = await blocking(svc.shares.get, link_id)
-    if link is None:
-        raise _PageError("invalid", 403)
-    state = link.state()
-    if state != "active":
-        raise _PageError(state, 403)
-    study = await blocking(svc.index.get_study, link.study_uid)
-    if study is None:
-        raise _PageError("missing", 404)
-    return link, study
-
-
-def _page(text: str, status: int = 200) -> web.Response:
-    return web.Response(
-        text=text, status=status, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS
-    )
-
-
-async def film(request: web.Request) -> web.Response:
-    try:
-        link, study = await _open_link(request)
-    except _PageError as err:
-        return _page(message_page(err.kind), err.status)
-    svc = services(request)
-    series = await blocking(
-        svc.index.find_series, SeriesQuery(study_uid=study.study_uid), limit=1000
-    )
-    await blocking(svc.shares.count_view, link.id)
-    return _page(film_page(request.match_info["token"], study, series))
-
-
-async def film_thumbnail(request: web.Request) -> web.Response:
-    series_uid = uid_param(request, "series")
-    try:
-        _, study = await _open_link(request)
-    except _PageError as err:
-        if err.status == 403:
-            raise Forbidden(f"this link is {err.kind}") from None
-        raise NotFound("the study of this link is gone") from None
-    svc = services(request)
-    found = await blocking(
-        svc.index.find_series,
-        SeriesQuery(study_uid=study.study_uid, series_uids=(series_uid,)),
-        limit=1,
-    )
-    if not found:
-        raise NotFound(f"no series {series_uid} in the shared study")
-    jpeg = await series_jpeg(svc.store, svc.index, series_uid)
-    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+async def unlock_share(request: web.Request) -> web.Response:
+    """POST /api/shares/{id}/unlock: clear a lockout after wrong extraction codes."""
+    link = await _own_link(request, manage=True)
+    await blocking(services(request).shares.unlock, link.id)
+    return web.Response(status=204)

@@ -2,20 +2,54 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import html
-from collections.abc import Sequence
+import json
+import time
+from pathlib import Path
 
-from image_store.records import SeriesRecord, StudyRecord
+from image_store.records import StudyRecord
 
 CSP = (
     "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; base-uri 'none'; "
-    "form-action 'none'"
+    "form-action 'self'; frame-ancestors 'none'"
 )
 PAGE_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+FILM_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+"""The viewer page: its script and style come from /static only, no inline code at all."""
+FILM_HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": FILM_CSP}
+
+STATIC = Path(__file__).parent / "static"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+
+
+@functools.cache
+def static_file(name: str) -> tuple[bytes, str, str] | None:
+    """(bytes, media type, short sha256) of a file of viewer_api/static, None when there is no
+    such file; read once."""
+    path = STATIC / name
+    if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data, STATIC_TYPES[path.suffix], hashlib.sha256(data).hexdigest()[:12]
+
+
+def static_url(name: str) -> str:
+    """/static/<name>?v=<content hash>: cached for a year, a new release changes the URL."""
+    found = static_file(name)
+    return f"/static/{name}?v={found[2] if found else 0}"
+
 
 _STYLE = """
 body{margin:0;font-family:system-ui,-apple-system,"PingFang SC","Noto Sans CJK SC",sans-serif;
@@ -62,28 +96,143 @@ def _doc(title: str, body: str) -> str:
     )
 
 
-def film_page(token: str, study: StudyRecord, series: Sequence[SeriesRecord]) -> str:
-    e = html.escape
+def age_of(birth_date: str, on: str) -> str:
+    """Age at the study as the page shows it ('45岁 45 y', '7月 7 mo'), '' when unknown."""
+    if not (len(birth_date) == 8 and len(on) == 8 and birth_date.isdigit() and on.isdigit()):
+        return ""
+    by, bm, bd = int(birth_date[:4]), int(birth_date[4:6]), int(birth_date[6:])
+    oy, om, od = int(on[:4]), int(on[4:6]), int(on[6:])
+    months = (oy - by) * 12 + (om - bm) - (1 if od < bd else 0)
+    if months < 0:
+        return ""
+    return f"{months // 12}岁 {months // 12} y" if months >= 12 else f"{months}月 {months} mo"
+
+
+def study_header(study: StudyRecord, names: dict[str, str] | None = None) -> dict[str, object]:
+    """What the page shows of a study and its patient: the name masked, nothing else personal."""
     p = study.patient
-    sex = {"M": "男 M", "F": "女 F"}.get(p.sex, e(p.sex) or "-")
-    figures = "".join(
-        f'<figure><img class="thumb" loading="lazy" alt="{e(s.modality)} {e(s.series_description)}"'
-        f' src="/film/{e(token)}/series/{e(s.series_uid)}/thumbnail">'
-        f"<figcaption>{e(s.modality)} · {e(s.series_description) or '-'} · "
-        f"{s.number_of_instances} 幅 images</figcaption></figure>"
-        for s in series
-    )
+    return {
+        "uid": study.study_uid,
+        "date": _date(study.study_date),
+        "description": study.study_description,
+        "modalities": list(study.modalities),
+        "hospital": (names or {}).get(study.hospital, study.hospital),
+        "patient": mask_name(p.name),
+        "sex": {"M": "男 M", "F": "女 F"}.get(p.sex, p.sex or "-"),
+        "age": age_of(p.birth_date, study.study_date),
+        "images": study.number_of_instances,
+    }
+
+
+def _json_script(obj: object) -> str:
+    """JSON safe inside a <script type="application/json"> element (no '<' at all)."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+PRESETS = (
+    ("", "默认 Default"),
+    ("-600,1500", "肺窗 Lung"),
+    ("50,350", "纵隔 Mediastinum"),
+    ("400,1800", "骨窗 Bone"),
+    ("40,80", "脑窗 Brain"),
+    ("40,400", "腹部 Abdomen"),
+)
+
+
+def film_page(study: StudyRecord, names: dict[str, str], manifest: dict[str, object]) -> str:
+    """The viewer: header, the first slice as a plain <img> (painted before any script runs),
+    the canvas the script draws on, tools, the series strip and the report. The manifest
+    travels in the page, so the first image needs no other request than its own."""
+    e = html.escape
+    head = study_header(study, names)
+    first = ""
+    series = manifest["study"]["series"]  # type: ignore[index]
+    if series:
+        s0 = series[0]
+        sop, frame = s0["images"][0]
+        first = (
+            f"{manifest['base']}/studies/{study.study_uid}/series/{s0['uid']}/instances/{sop}"
+            f"/frames/{frame}/rendered"
+        )
+    presets = "".join(f'<option value="{v}">{e(label)}</option>' for v, label in PRESETS)
     body = (
-        "<header><h1>云胶片 Cloud film</h1><dl>"
-        f"<dt>患者 Patient</dt><dd>{e(mask_name(p.name))}</dd>"
-        f"<dt>性别 Sex</dt><dd>{sex}</dd>"
-        f"<dt>检查日期 Date</dt><dd>{e(_date(study.study_date))}</dd>"
-        f"<dt>医院 Hospital</dt><dd>{e(study.hospital)}</dd>"
-        f"<dt>检查 Study</dt><dd>{e(study.study_description) or '-'} "
-        f"({e(', '.join(study.modalities))})</dd>"
-        f"</dl></header><main>{figures}</main>"
+        '<header id="hdr"><div class="who">'
+        f'<b id="pname">{e(str(head["patient"]))}</b> <span id="pinfo">{e(str(head["age"]))} '
+        f"{e(str(head['sex']))}</span></div>"
+        f'<div class="where" id="sinfo">{e(str(head["hospital"]))} · {e(str(head["date"]))} · '
+        f"{e(study.study_description) or '-'}</div>"
+        '<select id="study" hidden aria-label="检查 Study"></select></header>'
+        '<section id="viewer" tabindex="0" aria-label="图像 Image">'
+        + (f'<img id="first" elementtiming="first-image" alt="" src="{e(first)}">' if first else "")
+        + '<canvas id="view"></canvas>'
+        '<div id="overlay"><span id="slice"></span><span id="wl"></span></div></section>'
+        '<nav id="tools">'
+        '<button type="button" data-mode="stack" aria-pressed="true">翻页 Stack</button>'
+        '<button type="button" data-mode="pan" aria-pressed="false">平移 Pan</button>'
+        '<button type="button" data-mode="wl" aria-pressed="false">窗宽窗位 W/L</button>'
+        f'<select id="preset" aria-label="窗 Window">{presets}</select>'
+        '<button type="button" id="reset">复位 Reset</button>'
+        '<a id="dl-image" hidden download>下载图像 JPEG</a>'
+        '<a id="dl-zip" hidden download>下载 DICOM ZIP</a></nav>'
+        '<div id="strip"></div>'
+        '<section id="report"></section>'
+        '<section id="mine" hidden></section>'
+        f'<script type="application/json" id="manifest">{_json_script(manifest)}</script>'
     )
-    return _doc("云胶片 Cloud film", body)
+    return _film_doc("云胶片 Cloud film", body)
+
+
+def _film_doc(title: str, body: str) -> str:
+    return (
+        '<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1,viewport-fit=cover">'
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>{html.escape(title)}</title>"
+        f'<link rel="stylesheet" href="{static_url("film.css")}">'
+        f'<script src="{static_url("film.js")}" defer></script>'
+        f"</head><body>{body}</body></html>"
+    )
+
+
+def code_page(
+    base: str,
+    locked: bool,
+    *,
+    tries_left: int | None = None,
+    until: float | None = None,
+    error: str = "",
+) -> str:
+    """The page asking for the extraction code; with the tries left after a wrong one, or the
+    time the lockout ends."""
+    e = html.escape
+    if locked:
+        when = "" if until is None else time.strftime("%H:%M", time.localtime(until))
+        zh = f"（{when} 后）" if when else ""
+        en = f" (after {when})" if when else ""
+        msg = (
+            f'<p class="err" id="locked">尝试次数过多，请稍后再试{zh}。'
+            f"Too many wrong codes: try again later{en}.</p>"
+        )
+        form = ""
+    else:
+        msg = ""
+        if tries_left is not None:
+            msg = (
+                f'<p class="err" id="wrong">提取码错误，还可尝试 {tries_left} 次。'
+                f"Wrong code: {tries_left} tries left.</p>"
+            )
+        elif error:
+            msg = '<p class="err">请输入 4-6 位数字。Enter 4 to 6 digits.</p>'
+        form = (
+            f'<form method="post" action="{e(base)}/code">'
+            '<label for="code">提取码 Extraction code</label>'
+            '<input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" '
+            'pattern="[0-9]{4,6}" maxlength="6" required autofocus>'
+            '<button type="submit">查看 Open</button></form>'
+        )
+    body = f'<div class="msg"><h1>云胶片 Cloud film</h1>{msg}{form}</div>'
+    return _doc("提取码 Extraction code", body)
 
 
 MESSAGES = {
@@ -91,6 +240,11 @@ MESSAGES = {
     "expired": ("链接已过期", "This link has expired. Ask the hospital for a new one."),
     "revoked": ("链接已被撤销", "This link was revoked."),
     "missing": ("检查不存在", "The study of this link is no longer available."),
+    "blocked": (
+        "链接已锁定",
+        "Too many wrong extraction codes were entered: this link is blocked. Ask the hospital "
+        "for a new one.",
+    ),
 }
 
 

@@ -27,6 +27,7 @@ from image_store.consents import Consent
 from image_store.keys import check_hospital
 from image_store.persons import InvalidPersonId
 from image_store.records import PatientRef, PersonLink, SeriesQuery, StudyQuery, StudyRecord
+from viewer_api.audit import study_reads
 from viewer_api.auth import Principal
 from viewer_api.context import blocking, json_object, principal, services
 from viewer_api.dicomweb.access import BREAK_GLASS
@@ -321,24 +322,6 @@ async def access_history(request: web.Request) -> web.Response:
     studies = {s.study_uid for s in await blocking(svc.index.find_studies, query, limit=1000)}
 
     def scan() -> list[dict[str, Any]]:
-        out = []
-        for event in svc.audit.iter_events():
-            path = event.resource.split("?", 1)[0]
-            parts = path.split("/")
-            if "studies" in parts:
-                i = parts.index("studies")
-                if i + 1 < len(parts) and parts[i + 1] in studies:
-                    out.append(
-                        {
-                            "ts": event.ts,
-                            "actor": event.actor,
-                            "hospital": event.hospital,
-                            "role": event.role,
-                            "study_uid": parts[i + 1],
-                            "status": event.status,
-                            "via": event.via,
-                        }
-                    )
-        return out[::-1]
+        return study_reads(svc.audit.iter_events(), studies)
 
     return web.json_response(await blocking(scan))

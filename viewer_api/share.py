@@ -1,14 +1,41 @@
-"""Cloud-film share links: which study a link opens, until when, and whether it was revoked."""
+"""Cloud-film share links: what a link opens (one study, or all of a patient's studies), for
+whom, until when, whether it allows downloads, its extraction code and lockout, and whether it
+was revoked.
+
+A link is created by hospital staff for the patient (``audience='patient'``: the QR code on the
+printed report) or by the patient, from such a link, for a doctor (``audience='doctor'``, with
+``parent_id`` naming the patient's link). A doctor's link never reaches further than its parent:
+it dies with it and cannot create links of its own.
+
+Extraction codes (提取码, 4-6 digits) are kept as scrypt hashes. Guessing is bounded by the
+lockout, not by the hash: after ``LOCK_AFTER`` wrong codes in a row the link is locked for
+``LOCK_S`` seconds, and after ``BLOCK_AFTER`` wrong codes in all it is blocked for good (the
+hospital issues a new one), so a 4-digit code is guessed with probability at most 1/1000.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from image_store.sqlite_db import SqliteDatabase
 from viewer_api.auth import new_link_id
+
+LOCK_AFTER = 5
+LOCK_S = 15 * 60
+BLOCK_AFTER = 10
+CODE_RE = re.compile(r"\d{4,6}")
+
+Scope = Literal["study", "patient"]
+Audience = Literal["patient", "doctor"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS share_links (
@@ -24,6 +51,25 @@ CREATE TABLE IF NOT EXISTS share_links (
 CREATE INDEX IF NOT EXISTS share_links_study ON share_links (study_uid);
 """
 
+# columns added after the first release; added to an existing database on open
+ADDED_COLUMNS = (
+    ("scope", "TEXT NOT NULL DEFAULT 'study'"),
+    ("patient_id", "TEXT NOT NULL DEFAULT ''"),
+    ("issuer", "TEXT NOT NULL DEFAULT ''"),
+    ("allow_download", "INTEGER NOT NULL DEFAULT 0"),
+    ("code_hash", "TEXT"),
+    ("failed_codes", "INTEGER NOT NULL DEFAULT 0"),
+    ("failed_total", "INTEGER NOT NULL DEFAULT 0"),
+    ("locked_until", "REAL"),
+    ("audience", "TEXT NOT NULL DEFAULT 'patient'"),
+    ("parent_id", "TEXT"),
+)
+_COLS = (
+    "id, study_uid, hospital, created_by, created_at, expires_at, revoked_at, views, scope, "
+    "patient_id, issuer, allow_download, code_hash, failed_codes, failed_total, locked_until, "
+    "audience, parent_id"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ShareLink:
@@ -35,14 +81,72 @@ class ShareLink:
     expires_at: float
     revoked_at: float | None
     views: int
+    scope: Scope = "study"
+    patient_id: str = ""
+    issuer: str = ""
+    allow_download: bool = False
+    code_hash: str | None = None
+    failed_codes: int = 0
+    failed_total: int = 0
+    locked_until: float | None = None
+    audience: Audience = "patient"
+    parent_id: str | None = None
 
     def state(self, now: float | None = None) -> str:
-        """'active', 'expired' or 'revoked'."""
+        """'active', 'expired', 'revoked' or 'blocked' (too many wrong codes)."""
         if self.revoked_at is not None:
             return "revoked"
         if self.expires_at <= (time.time() if now is None else now):
             return "expired"
+        if self.failed_total >= BLOCK_AFTER:
+            return "blocked"
         return "active"
+
+    @property
+    def has_code(self) -> bool:
+        return self.code_hash is not None
+
+    def locked(self, now: float | None = None) -> bool:
+        return self.locked_until is not None and self.locked_until > (now or time.time())
+
+    def as_json(self) -> dict[str, Any]:
+        """What its creator sees of a link (never the code or its hash)."""
+        return {
+            "id": self.id,
+            "scope": self.scope,
+            "study_uid": self.study_uid or None,
+            "hospital": self.hospital,
+            "audience": self.audience,
+            "allow_download": self.allow_download,
+            "has_code": self.has_code,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "state": self.state(),
+            "views": self.views,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CodeCheck:
+    """The outcome of entering an extraction code."""
+
+    outcome: Literal["ok", "wrong", "locked", "blocked"]
+    tries_left: int = 0
+    locked_until: float | None = None
+
+
+def hash_code(code: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(code.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
+
+
+def code_matches(code: str, stored: str) -> bool:
+    kind, salt, digest = stored.split("$")
+    if kind != "scrypt":
+        return False
+    got = hashlib.scrypt(code.encode(), salt=base64.b64decode(salt), n=2**14, r=8, p=1, dklen=32)
+    return hmac.compare_digest(got, base64.b64decode(digest))
 
 
 def _link(row: Any) -> ShareLink:
@@ -55,16 +159,50 @@ def _link(row: Any) -> ShareLink:
         expires_at=float(row[5]),
         revoked_at=None if row[6] is None else float(row[6]),
         views=int(row[7]),
+        scope="patient" if row[8] == "patient" else "study",
+        patient_id=str(row[9]),
+        issuer=str(row[10]),
+        allow_download=bool(row[11]),
+        code_hash=None if row[12] is None else str(row[12]),
+        failed_codes=int(row[13]),
+        failed_total=int(row[14]),
+        locked_until=None if row[15] is None else float(row[15]),
+        audience="doctor" if row[16] == "doctor" else "patient",
+        parent_id=None if row[17] is None else str(row[17]),
     )
 
 
 class SqliteShareLinks:
     def __init__(self, path: Path) -> None:
         self.db = SqliteDatabase(path, SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.db.tx() as conn:
+            have = {str(r[1]) for r in conn.execute("PRAGMA table_info(share_links)")}
+            for name, decl in ADDED_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE share_links ADD COLUMN {name} {decl}")
+            conn.execute("CREATE INDEX IF NOT EXISTS share_links_parent ON share_links (parent_id)")
 
     def create(
-        self, study_uid: str, hospital: str, created_by: str, expires_at: float
+        self,
+        study_uid: str,
+        hospital: str,
+        created_by: str,
+        expires_at: float,
+        *,
+        scope: Scope = "study",
+        patient_id: str = "",
+        issuer: str = "",
+        allow_download: bool = False,
+        code: str | None = None,
+        audience: Audience = "patient",
+        parent_id: str | None = None,
     ) -> ShareLink:
+        """A new link; ``code`` (4-6 digits) is hashed here and never stored in clear."""
+        if code is not None and not CODE_RE.fullmatch(code):
+            raise ValueError("an extraction code is 4 to 6 digits")
         link = ShareLink(
             id=new_link_id(),
             study_uid=study_uid,
@@ -74,26 +212,52 @@ class SqliteShareLinks:
             expires_at=expires_at,
             revoked_at=None,
             views=0,
+            scope=scope,
+            patient_id=patient_id,
+            issuer=issuer,
+            allow_download=allow_download,
+            code_hash=None if code is None else hash_code(code),
+            audience=audience,
+            parent_id=parent_id,
         )
         with self.db.tx() as conn:
             conn.execute(
                 "INSERT INTO share_links (id, study_uid, hospital, created_by, created_at, "
-                "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (link.id, study_uid, hospital, created_by, link.created_at, expires_at),
+                "expires_at, scope, patient_id, issuer, allow_download, code_hash, audience, "
+                "parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    link.id,
+                    study_uid,
+                    hospital,
+                    created_by,
+                    link.created_at,
+                    expires_at,
+                    scope,
+                    patient_id,
+                    issuer,
+                    int(allow_download),
+                    link.code_hash,
+                    audience,
+                    parent_id,
+                ),
             )
         return link
 
     def get(self, link_id: str) -> ShareLink | None:
-        row = (
-            self.db.conn()
-            .execute(
-                "SELECT id, study_uid, hospital, created_by, created_at, expires_at, revoked_at, "
-                "views FROM share_links WHERE id = ?",
-                (link_id,),
-            )
-            .fetchone()
-        )
+        return self._get(self.db.conn(), link_id)
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, link_id: str) -> ShareLink | None:
+        row = conn.execute(f"SELECT {_COLS} FROM share_links WHERE id = ?", (link_id,)).fetchone()
         return None if row is None else _link(row)
+
+    def children(self, parent_id: str) -> list[ShareLink]:
+        """The links the patient made from ``parent_id`` for doctors, newest first."""
+        rows = self.db.conn().execute(
+            f"SELECT {_COLS} FROM share_links WHERE parent_id = ? ORDER BY created_at DESC",
+            (parent_id,),
+        )
+        return [_link(r) for r in rows]
 
     def revoke(self, link_id: str) -> bool:
         """Revoke a link; False when there is no such link."""
@@ -107,6 +271,47 @@ class SqliteShareLinks:
     def count_view(self, link_id: str) -> None:
         with self.db.tx() as conn:
             conn.execute("UPDATE share_links SET views = views + 1 WHERE id = ?", (link_id,))
+
+    def try_code(self, link_id: str, code: str, now: float | None = None) -> CodeCheck:
+        """Check an extraction code and count a wrong one. The check runs inside the write
+        transaction, so concurrent guesses are counted one by one, never past the lockout."""
+        now = time.time() if now is None else now
+        with self.db.tx() as conn:
+            link = self._get(conn, link_id)
+            if link is None or link.code_hash is None:
+                return CodeCheck("ok")
+            if link.failed_total >= BLOCK_AFTER:
+                return CodeCheck("blocked")
+            if link.locked(now):
+                return CodeCheck("locked", locked_until=link.locked_until)
+            if CODE_RE.fullmatch(code) and code_matches(code, link.code_hash):
+                conn.execute(
+                    "UPDATE share_links SET failed_codes = 0, locked_until = NULL WHERE id = ?",
+                    (link_id,),
+                )
+                return CodeCheck("ok")
+            failed, total = link.failed_codes + 1, link.failed_total + 1
+            until = now + LOCK_S if failed >= LOCK_AFTER else None
+            conn.execute(
+                "UPDATE share_links SET failed_codes = ?, failed_total = ?, locked_until = ? "
+                "WHERE id = ?",
+                (0 if until else failed, total, until, link_id),
+            )
+        if total >= BLOCK_AFTER:
+            return CodeCheck("blocked")
+        if until is not None:
+            return CodeCheck("locked", locked_until=until)
+        return CodeCheck("wrong", tries_left=LOCK_AFTER - failed)
+
+    def unlock(self, link_id: str) -> bool:
+        """Clear a link's lockout (its hospital's staff, after checking who asks)."""
+        with self.db.tx() as conn:
+            cur = conn.execute(
+                "UPDATE share_links SET failed_codes = 0, failed_total = 0, locked_until = NULL "
+                "WHERE id = ?",
+                (link_id,),
+            )
+            return cur.rowcount == 1
 
     def close(self) -> None:
         self.db.close()

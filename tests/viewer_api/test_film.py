@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import re
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -13,7 +15,7 @@ from PIL import Image
 from tests.viewer_api.conftest import BASE, Api, Regional, uids
 from viewer_api.audit import AuditEvent, SqliteAuditLog, chain_hash
 from viewer_api.film import render_qr
-from viewer_api.pages import mask_name
+from viewer_api.pages import age_of, mask_name
 
 CT = uids("CT_small.dcm")
 SC = uids("SC_rgb_rle.dcm")
@@ -40,23 +42,44 @@ def _path(url: str) -> str:
     return url[len(BASE) :]
 
 
-async def test_a_share_link_opens_a_page_with_one_thumbnail_per_series(api: Api) -> None:
+def manifest_of(page: str) -> dict[str, Any]:
+    """The viewer's data block of a film page."""
+    m = re.search(r'<script type="application/json" id="manifest">(.*?)</script>', page, re.S)
+    assert m is not None, page[:500]
+    out: dict[str, Any] = json.loads(m[1])
+    return out
+
+
+async def test_a_share_link_opens_the_viewer_with_the_first_slice_in_the_page(api: Api) -> None:
     share = await _share(api, CT.StudyInstanceUID)
     assert share["url"] == f"{BASE}/film/{share['token']}"
     r = await api.client.get(_path(share["url"]))
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
     html = await r.text()
-    srcs = re.findall(r'<img class="thumb"[^>]* src="([^"]+)"', html)
-    assert len(srcs) == 1
-    img = await api.client.get(srcs[0])
+    manifest = manifest_of(html)
+    assert manifest["base"] == f"/film/{share['token']}"
+    (series,) = manifest["study"]["series"]
+    assert series["images"] == [[CT.SOPInstanceUID, 1]]
+    first = re.search(r'<img id="first" elementtiming="first-image" alt="" src="([^"]+)"', html)
+    assert first is not None
+    img = await api.client.get(first[1])
     assert img.status == 200 and img.headers["Content-Type"] == "image/jpeg"
-    assert str(CT.PatientName) not in html
-    assert r.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert Image.open(io.BytesIO(await img.read())).size == (CT.Columns, CT.Rows)
+    thumb = await api.client.get(f"{manifest['base']}/series/{series['uid']}/thumbnail")
+    assert thumb.status == 200 and thumb.headers["Content-Type"] == "image/jpeg"
+    assert str(CT.PatientName) not in html and CT.PatientID not in html
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp and "unsafe" not in csp and "<script>" not in html
     assert r.headers["X-Frame-Options"] == "DENY"
     assert r.headers["Referrer-Policy"] == "no-referrer"
     assert r.headers["Cache-Control"] == "no-store"
     link = api.shares.get(share["id"])
     assert link is not None and link.views == 1
+    for src in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
+        asset = await api.client.get(src)
+        assert asset.status == 200 and "immutable" in asset.headers["Cache-Control"]
+    assert (await api.client.get("/static/..%2Fshare.py")).status == 404
+    assert (await api.client.get("/static/nothing.js")).status == 404
 
 
 async def test_share_token_has_128_random_bits_and_is_signed(api: Api) -> None:
@@ -188,26 +211,41 @@ async def test_the_page_shows_every_series_of_a_synthetic_study(regional: Region
     assert r.status == 200
     assert r.headers["Content-Type"] == "text/html; charset=utf-8"
     page = await r.text()
-    srcs = re.findall(r'<img class="thumb"[^>]* src="([^"]+)"', page)
-    token = share["token"]
-    assert sorted(srcs) == sorted(
-        f"/film/{token}/series/{uid}/thumbnail"
-        for uid in {ct[0].SeriesInstanceUID, ct[1].SeriesInstanceUID}
-    )
-    for src in srcs:
-        img = await api.client.get(src)
+    manifest = manifest_of(page)
+    series = manifest["study"]["series"]
+    assert [s["uid"] for s in series] == [ct[0].SeriesInstanceUID, ct[1].SeriesInstanceUID]
+    axial = [d for d in ct if d.SeriesInstanceUID == ct[1].SeriesInstanceUID]
+    axial.sort(key=lambda d: int(d.InstanceNumber))
+    assert series[1]["images"] == [[d.SOPInstanceUID, 1] for d in axial]
+    assert series[1]["window"] == [float(axial[0].WindowCenter[0]), float(axial[0].WindowWidth[0])]
+    for s in series:
+        img = await api.client.get(f"{manifest['base']}/series/{s['uid']}/thumbnail")
         assert img.status == 200 and img.headers["Content-Type"] == "image/jpeg"
         assert (await img.read())[:3] == b"\xff\xd8\xff"
     alpha, ideo = str(ct[0].PatientName).split("=")
     assert mask_name(str(ct[0].PatientName)) in page
     assert ideo.replace("^", "") not in page and alpha.split("^")[0] not in page
-    assert ct[0].PatientID not in page
-    assert "3 幅 images" in page and "AXIAL" in page
-    assert "检查日期" in page and "Date" in page and 'name="viewport"' in page
-    assert "<script" not in page and "<link" not in page and "http" not in page
+    assert ct[0].PatientID not in page and ct[0].PatientBirthDate not in page
+    assert manifest["study"]["age"] == age_of(ct[0].PatientBirthDate, ct[0].StudyDate)
+    assert 'name="viewport"' in page and "窗宽窗位" in page and "肺窗 Lung" in page
+    assert "http" not in page.replace('xmlns="http', "")  # nothing from another origin
     assert api.shares.get(share["id"]).views == 1  # type: ignore[union-attr]
     await api.client.get(_path(share["url"]))
     assert api.shares.get(share["id"]).views == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("birth", "on", "shown"),
+    [
+        ("19800615", "20240614", "43岁 43 y"),
+        ("19800615", "20240615", "44岁 44 y"),
+        ("20240101", "20240720", "6月 6 mo"),
+        ("", "20240101", ""),
+        ("20250101", "20240101", ""),
+    ],
+)
+def test_the_age_at_the_study_is_in_years_or_months(birth: str, on: str, shown: str) -> None:
+    assert age_of(birth, on) == shown
 
 
 async def test_a_link_can_be_shared_only_for_its_lifetime(regional: Regional) -> None:

@@ -57,11 +57,12 @@ def _media(accept: str | None, query_accept: str) -> str:
     raise NotAcceptable("rendered images come as image/jpeg or image/png")
 
 
-def parse_render_request(query: web.Request) -> RenderRequest:
-    """Query parameters of a rendered request (400 with the reason for any bad one)."""
+def parse_render_request(query: web.Request, extra: frozenset[str] = frozenset()) -> RenderRequest:
+    """Query parameters of a rendered request (400 with the reason for any bad one); ``extra``
+    names parameters the caller checks itself."""
     params = query.query
     for key in params:
-        if key not in _ALLOWED:
+        if key not in _ALLOWED and key not in extra:
             raise BadRequest(f"unsupported query parameter {key[:64]!r} for rendered resources")
         if len(params.getall(key)) > 1:
             raise BadRequest(f"parameter {key} may be given once")
