@@ -16,6 +16,8 @@ if [ "$dev" = 1 ]; then
   command -v openssl >/dev/null || apt_pkgs+=(openssl)         # DICOM TLS test certificates
   command -v ip >/dev/null || apt_pkgs+=(iproute2)             # loopback in private netns
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_pkgs+=(postgresql)  # index tests
+  [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)              # cloud-film page tests
+  [ -d /usr/share/fonts/opentype/noto ] || apt_pkgs+=(fonts-noto-cjk)  # Chinese on the page
 fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_pkgs[*]}"

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import html
 import json
+import math
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ FILM_CSP = (
 FILM_HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": FILM_CSP}
 
 STATIC = Path(__file__).parent / "static"
-STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 
 @functools.cache
@@ -63,6 +64,11 @@ figure{margin:0;background:#000;border-radius:6px;overflow:hidden}
 img.thumb{width:100%;height:auto;display:block;aspect-ratio:1/1;object-fit:contain}
 figcaption{font-size:12px;padding:6px;color:#ccd}
 .msg{padding:40px 20px;text-align:center}
+.msg form{display:flex;flex-direction:column;gap:10px;max-width:280px;margin:20px auto}
+.msg input{font-size:24px;letter-spacing:6px;text-align:center;padding:8px;border-radius:6px;
+border:1px solid #3d4d5c}
+.msg button{font-size:16px;padding:10px;border-radius:6px;border:0;background:#1f6feb;color:#fff}
+.err{color:#ff7b72}
 """
 
 
@@ -91,7 +97,9 @@ def _doc(title: str, body: str) -> str:
         '<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         '<meta name="referrer" content="no-referrer">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<title>{html.escape(title)}</title>"
+        f'<link rel="icon" href="{static_url("favicon.svg")}" type="image/svg+xml">'
+        f"<style>{_STYLE}</style></head>"
         f"<body>{body}</body></html>"
     )
 
@@ -189,6 +197,7 @@ def _film_doc(title: str, body: str) -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1,viewport-fit=cover">'
         '<meta name="referrer" content="no-referrer">'
         f"<title>{html.escape(title)}</title>"
+        f'<link rel="icon" href="{static_url("favicon.svg")}" type="image/svg+xml">'
         f'<link rel="stylesheet" href="{static_url("film.css")}">'
         f'<script src="{static_url("film.js")}" defer></script>'
         f"</head><body>{body}</body></html>"
@@ -207,9 +216,9 @@ def code_page(
     time the lockout ends."""
     e = html.escape
     if locked:
-        when = "" if until is None else time.strftime("%H:%M", time.localtime(until))
-        zh = f"（{when} 后）" if when else ""
-        en = f" (after {when})" if when else ""
+        mins = "" if until is None else str(max(1, math.ceil((until - time.time()) / 60)))
+        zh = f"（{mins} 分钟后）" if mins else ""
+        en = f" (in {mins} min)" if mins else ""
         msg = (
             f'<p class="err" id="locked">尝试次数过多，请稍后再试{zh}。'
             f"Too many wrong codes: try again later{en}.</p>"

@@ -510,7 +510,7 @@
   async function fillHistory(box) {
     const rows = (await api("history")).map((h) => [
       `${h.day} ${fmtTime(h.last).slice(11)}`,
-      h.who === "staff" ? `${h.hospital} ${h.role}` : h.who,
+      { staff: `${h.hospital} ${h.role}`, you: "本人 you", "doctor link": "医生链接 doctor link", link: "其他链接 other link" }[h.who] || h.who,
       h.requests,
       h.break_glass ? el("span", { class: "flag", text: "紧急 break-glass" }) : "",
     ]);
