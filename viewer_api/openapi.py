@@ -285,27 +285,50 @@ def spec(server_url: str = "/") -> dict[str, Any]:
             },
             "/api/shares": {
                 "post": {
-                    "summary": "create a cloud-film link for a study",
+                    "summary": "create a cloud-film link for a study or all of a patient's studies",
                     "security": secured,
                     "requestBody": _json_body(
                         {
                             "type": "object",
                             "properties": {
+                                "scope": {"enum": ["study", "patient"]},
                                 "study_uid": _UID,
+                                "patient_id": _TEXT,
+                                "issuer": {"type": "string", "maxLength": 64},
+                                "hospital": _TEXT,
                                 "ttl_hours": {"type": "integer"},
+                                "allow_download": {"type": "boolean"},
+                                "code": {"type": "string", "description": '4-6 digits or "auto"'},
+                                "audience": {"enum": ["patient", "doctor"]},
                             },
-                            "required": ["study_uid"],
                         }
                     ),
                     "responses": {"201": _json("the link"), **_errors(400, 401, 403, 404)},
                 }
             },
             "/api/shares/{id}": {
+                "get": {
+                    "summary": "a cloud-film link: scope, state, views (never its code)",
+                    "security": secured,
+                    "parameters": [_path_param("id", {"type": "string", "maxLength": 64})],
+                    "responses": {"200": _json("the link"), **_errors(400, 401, 403, 404)},
+                },
                 "delete": {
                     "summary": "revoke a cloud-film link",
                     "security": secured,
                     "parameters": [_path_param("id", {"type": "string", "maxLength": 64})],
-                    "responses": {"200": _json("revoked"), **_errors(400, 401, 403, 404)},
+                    "responses": {"204": {"description": "revoked"}, **_errors(400, 401, 403, 404)},
+                },
+            },
+            "/api/shares/{id}/unlock": {
+                "post": {
+                    "summary": "clear a link's lockout after wrong extraction codes",
+                    "security": secured,
+                    "parameters": [_path_param("id", {"type": "string", "maxLength": 64})],
+                    "responses": {
+                        "204": {"description": "unlocked"},
+                        **_errors(400, 401, 403, 404),
+                    },
                 }
             },
         },

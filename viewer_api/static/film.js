@@ -139,8 +139,7 @@
     if (img) lastImg = img;
     img = lastImg;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.fillStyle = "#000";
-    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.clearRect(0, 0, canvas.width, canvas.height); // the viewer's background is black
     if (!img) return;
     const dpr = window.devicePixelRatio || 1;
     const fit = Math.min(canvas.width / img.naturalWidth, canvas.height / img.naturalHeight);
@@ -172,7 +171,12 @@
         state.shownKey = key;
         state.drawn += 1;
         paint(entry.img);
-        viewer.classList.add("ready");
+        if (state.drawn === 1) {
+          if (performance.mark) performance.mark("cloudfilm:first-draw");
+          // the page's own <img> of the first slice goes once the canvas has been presented
+          // (hidden in the same frame, it would never have been painted at all)
+          requestAnimationFrame(() => requestAnimationFrame(() => viewer.classList.add("ready")));
+        }
         viewer.dataset.drawn = String(state.drawn);
       }
     });
