@@ -143,6 +143,57 @@ def test_a_phone_opens_the_link_scrolls_slices_and_applies_a_window(
     assert phone.errors == []  # no script error, no CSP violation
 
 
+def _touch(cdp: Any, kind: str, points: list[tuple[float, float]]) -> None:
+    cdp.send(
+        "Input.dispatchTouchEvent",
+        {
+            "type": kind,
+            "touchPoints": [{"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)],
+        },
+    )
+
+
+def test_pinch_and_wheel_zoom_and_a_drag_pans_in_pan_mode(
+    server: Server, study: str, phone: Any
+) -> None:
+    link = share(server, study)
+    phone.goto(link["url"])
+    phone.wait_for_selector("#viewer.ready")
+    box = phone.locator("#viewer").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    before = canvas_digest(phone)
+    # two fingers spread apart: zoom in
+    cdp = phone.context.new_cdp_session(phone)
+    _touch(cdp, "touchStart", [(cx - 40, cy), (cx + 40, cy)])
+    for step in range(1, 6):
+        _touch(cdp, "touchMove", [(cx - 40 - 16 * step, cy), (cx + 40 + 16 * step, cy)])
+    _touch(cdp, "touchEnd", [])
+    zoom = state(phone)["zoom"]
+    assert zoom > 1.5
+    phone.wait_for_timeout(100)
+    zoomed = canvas_digest(phone)
+    assert zoomed != before
+    # ctrl + wheel zooms out again
+    phone.mouse.move(cx, cy)
+    phone.keyboard.down("Control")
+    phone.mouse.wheel(0, 300)
+    phone.keyboard.up("Control")
+    phone.wait_for_function(f"() => window.cloudfilm.state().zoom < {zoom}")
+    # in pan mode a drag moves the image, the slice stays
+    phone.click("#tools button[data-mode=pan]")
+    index = state(phone)["index"]
+    panned_from = canvas_digest(phone)
+    phone.mouse.move(cx, cy)
+    phone.mouse.down()
+    phone.mouse.move(cx + 50, cy + 30, steps=5)
+    phone.mouse.up()
+    phone.wait_for_timeout(100)
+    assert state(phone)["index"] == index
+    assert canvas_digest(phone) != panned_from
+    shot(phone, "08-zoomed-panned")
+    assert phone.errors == []
+
+
 def test_wrong_codes_lock_the_link_in_the_browser(server: Server, study: str, phone: Any) -> None:
     link = share(server, study, code="482910")
     phone.goto(link["url"])
