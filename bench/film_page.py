@@ -23,11 +23,9 @@ Chromium, caps it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,15 +35,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloudfilm.config import load_settings
-from cloudfilm.stores import open_index, open_object_store
-from cloudfilm.synth import synthesize_study
-from image_store.ingest import LocalIngest
+from bench.embedded import load_study, serve
+from bench.embedded import token as bench_token
 from tests.browser import PHONE, launch
-
-CLI = (sys.executable, "-m", "cloudfilm.cli")
-READY = re.compile(r"ready: http (\S+) ")
-LOOPBACK = ("--http", "127.0.0.1:0", "--dicom", "127.0.0.1:0")
 
 INIT = """
 performance.setResourceTimingBufferSize(5000);
@@ -100,39 +92,17 @@ SCROLL_RAF = """async () => {
 }"""
 
 
-def _prepare(root: Path, slices: int) -> Path:
-    data = root / "data"
-    paths = synthesize_study(root / "ct", modality="CT", images=slices, seed=5)
-    settings = load_settings({"data_dir": str(data), "hospital": "HOSP1"})
-    data.mkdir()
-    store, index = open_object_store(settings), open_index(settings)
-    ingest = LocalIngest(store, index)
-    for i in range(0, len(paths), 50):
-        outcomes = ingest.ingest("HOSP1", [p.read_bytes() for p in paths[i : i + 50]])
-        assert all(o.ok for o in outcomes), outcomes
-    index.close()
-    return data
-
-
 def _share(base: str, data: Path) -> str:
-    token = subprocess.run(
-        [*CLI, "token", "--data", str(data), "--hospital", "HOSP1", "--role", "clinician"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {bench_token(data, 'clinician')}"}
     req = urllib.request.Request(f"{base}/dicom-web/studies", headers=headers)
     with urllib.request.urlopen(req) as r:
-        import json
-
         study = json.loads(r.read())[0]["0020000D"]["Value"][0]
-        req = urllib.request.Request(
-            f"{base}/api/shares",
-            data=json.dumps({"study_uid": study}).encode(),
-            headers={**headers, "Content-Type": "application/json"},
-            method="POST",
-        )
+    req = urllib.request.Request(
+        f"{base}/api/shares",
+        data=json.dumps({"study_uid": study}).encode(),
+        headers={**headers, "Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(req) as r:
         url: str = json.loads(r.read())["url"]
     return url
@@ -207,24 +177,9 @@ def main() -> int:
     )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        data = _prepare(Path(d), args.slices)
-        proc = subprocess.Popen(
-            [*CLI, "serve", "--data", str(data), "--hospital", "HOSP1", *LOOPBACK],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            base = ""
-            for line in proc.stdout:
-                if m := READY.match(line):
-                    base = m[1]
-                    break
+        data, _ = load_study(Path(d), modality="CT", images=args.slices, seed=5)
+        with serve(data) as (base, _ready_ms):
             _measure(_share(base, data), args.opens, args.slices, args.network)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
     return 0
 
 

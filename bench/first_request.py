@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,14 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pydicom
 
-from cloudfilm.config import load_settings
-from cloudfilm.stores import open_index, open_object_store
-from cloudfilm.synth import synthesize_study
-from image_store.ingest import LocalIngest
-
-CLI = (sys.executable, "-m", "cloudfilm.cli")
-LOOPBACK = ("--http", "127.0.0.1:0", "--dicom", "127.0.0.1:0")
-READY = re.compile(r"ready: http (\S+) ")
+from bench.embedded import load_study, serve
+from bench.embedded import token as bench_token
 
 
 def _get(url: str, token: str, accept: str = "") -> float:
@@ -51,35 +42,9 @@ def main() -> int:
     ap.add_argument("--slices", type=int, default=50)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        data = Path(d) / "data"
-        paths = synthesize_study(Path(d) / "ct", modality="CT", images=args.slices, seed=4)
-        settings = load_settings({"data_dir": str(data), "hospital": "HOSP1"})
-        data.mkdir()
-        store, index = open_object_store(settings), open_index(settings)
-        outcomes = LocalIngest(store, index).ingest("HOSP1", [p.read_bytes() for p in paths])
-        assert all(o.ok for o in outcomes)
-        index.close()
-        token = subprocess.run(
-            [*CLI, "token", "--data", str(data), "--hospital", "HOSP1", "--role", "admin"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [*CLI, "serve", "--data", str(data), "--hospital", "HOSP1", *LOOPBACK],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            base = ""
-            for line in proc.stdout:
-                if m := READY.match(line):
-                    base = m[1]
-                    break
-            ready_ms = (time.perf_counter() - t0) * 1000
+        data, paths = load_study(Path(d), modality="CT", images=args.slices, seed=4)
+        token = bench_token(data, "admin")
+        with serve(data) as (base, ready_ms):
             ds = pydicom.dcmread(paths[len(paths) // 2], stop_before_pixels=True)
             series = f"{base}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
             inst = f"{series}/instances/{ds.SOPInstanceUID}"
@@ -95,9 +60,6 @@ def main() -> int:
             ):
                 a, b = _get(first, token, accept), _get(second, token, accept)
                 print(f"{name:34} {a:9.1f} {b:10.1f}")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
     return 0
 
 

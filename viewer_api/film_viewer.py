@@ -81,6 +81,13 @@ async def _link_or_error(request: web.Request) -> ShareLink:
         raise _as_error(err) from None
 
 
+async def _study_in_link(request: web.Request, link: ShareLink, study_uid: str) -> StudyRecord:
+    try:
+        return await study_of_link(request, link, study_uid)
+    except LinkClosed as err:
+        raise _as_error(err) from None
+
+
 def _as_error(err: LinkClosed) -> Exception:
     if err.status == 404:
         return NotFound("not in this link")
@@ -259,10 +266,7 @@ async def _reports(request: web.Request, study: StudyRecord) -> list[dict[str, A
 async def manifest(request: web.Request) -> web.Response:
     link = await _link_or_error(request)
     study_uid = uid_param(request, "study")
-    try:
-        study = await study_of_link(request, link, study_uid)
-    except LinkClosed as err:
-        raise _as_error(err) from None
+    study = await _study_in_link(request, link, study_uid)
     svc = services(request)
     names = {} if svc.registry is None else await blocking(svc.registry.hospital_names)
     body = await study_manifest(request, link, study, names)
@@ -274,10 +278,7 @@ async def _instance_of_link(request: web.Request) -> tuple[ShareLink, InstanceSu
     study_uid = uid_param(request, "study")
     series_uid = uid_param(request, "series")
     sop_uid = uid_param(request, "instance")
-    try:
-        await study_of_link(request, link, study_uid)
-    except LinkClosed as err:
-        raise _as_error(err) from None
+    await _study_in_link(request, link, study_uid)
     found = await blocking(
         services(request).index.find_instances,
         InstanceQuery(study_uid=study_uid, series_uid=series_uid, sop_uids=(sop_uid,)),
@@ -394,10 +395,7 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
     if not link.allow_download:
         raise Forbidden("this link does not allow downloads")
     study_uid = uid_param(request, "study")
-    try:
-        study = await study_of_link(request, link, study_uid)
-    except LinkClosed as err:
-        raise _as_error(err) from None
+    study = await _study_in_link(request, link, study_uid)
     svc = services(request)
     series = await blocking(svc.index.find_series, SeriesQuery(study_uid=study_uid), limit=1000)
     numbers = {s.series_uid: s.series_number for s in series}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -218,7 +219,9 @@ def test_multiframe_instance_round_trips(server: Server, us_cine: Path) -> None:
     assert dataset_bytes(part[1]) == dataset_bytes(us_cine.read_bytes())
 
 
-def test_share_page_shows_one_thumbnail_per_series(server: Server, ct_study: list[Path]) -> None:
+def test_share_page_carries_every_series_and_its_thumbnails_load(
+    server: Server, ct_study: list[Path]
+) -> None:
     ds = pydicom.dcmread(ct_study[0], stop_before_pixels=True)
     r = http(
         f"{server.base}/api/shares",
@@ -231,12 +234,13 @@ def test_share_page_shows_one_thumbnail_per_series(server: Server, ct_study: lis
     page = http(link)
     assert page.status == 200 and page.headers["content-type"].startswith("text/html")
     html = page.body.decode()
-    srcs = re.findall(r'<img[^>]*class="thumb"[^>]*src="([^"]+)"', html) or re.findall(
-        r'<img[^>]*src="([^"]+)"[^>]*class="thumb"', html
-    )
-    assert len(srcs) == 2
-    for src in srcs:
-        img = http(server.base + src.replace("&amp;", "&"))
+    m = re.search(r'<script type="application/json" id="manifest">(.*?)</script>', html, re.S)
+    assert m is not None
+    manifest = json.loads(m[1])
+    series = manifest["study"]["series"]
+    assert len(series) == 2 and sum(len(s["images"]) for s in series) == len(ct_study)
+    for s in series:
+        img = http(f"{server.base}{manifest['base']}/series/{s['uid']}/thumbnail")
         assert img.status == 200 and img.headers["content-type"] == "image/jpeg"
         Image.open(io.BytesIO(img.body)).verify()
     assert str(ds.PatientName) not in html  # the name is masked
