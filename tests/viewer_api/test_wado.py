@@ -53,6 +53,10 @@ async def test_a_series_and_an_instance_come_back_as_stored(regional: Regional) 
     series_url = f"{_study_url(regional)}/series/{axial.SeriesInstanceUID}"
     r = await api.client.get(series_url, headers=api.token())
     assert sorted(await _parts(r)) == sorted(regional.ct_bytes[1:])
+    # stored bytes: the length is known before the first byte, no chunked framing
+    again = await api.client.get(series_url, headers=api.token())
+    assert "Transfer-Encoding" not in again.headers
+    assert int(again.headers["Content-Length"]) == len(await again.read())
     r = await api.client.get(
         f"{series_url}/instances/{regional.ct[2].SOPInstanceUID}", headers=api.token()
     )
@@ -243,6 +247,7 @@ async def test_wado_transcodes_to_explicit_vr_little_endian_on_request(api: Api)
         headers={**api.token("H2"), "Accept": accept},
     )
     assert r.status == 200
+    assert r.headers.get("Transfer-Encoding") == "chunked"  # transcoded: length unknown
     ctype = r.headers["Content-Type"]
     boundary = ctype.rsplit("boundary=", 1)[1]
     body = await r.read()

@@ -57,6 +57,10 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     # gets a JSON error; a failure later drops the connection (the middleware re-raises).
     data = await blocking(_read, store, instances[0], wanted)
     resp = web.StreamResponse(headers={"Content-Type": content_type(boundary)})
+    if all(_as_stored(i, wanted) for i in instances):
+        # the stored bytes (sizes in the index, checked by sha256): the length is known, so the
+        # body goes without chunked framing and clients can show progress
+        resp.content_length = _multipart_length(boundary, [i.size for i in instances])
     await resp.prepare(request)
     # The next objects are read (and their hashes checked) in worker threads while this one is
     # written to the socket, a few at once (an S3 GET waits on the network): at most
@@ -77,6 +81,8 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
                 ahead.append((task, size))
                 in_flight += size
                 queued += 1
+            if resp.content_length is not None and len(data) != instances[n].size:
+                raise IntegrityError(f"object of {instances[n].sop_uid} is not its indexed size")
             await resp.write(part_header(boundary, first=n == 0))
             await resp.write(data)
             del data
@@ -91,15 +97,28 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _as_stored(inst: InstanceSummary, wanted: DicomAccept) -> bool:
+    syntax = choose_syntax(inst.transfer_syntax_uid, wanted.transfer_syntaxes)
+    return syntax is None or syntax == inst.transfer_syntax_uid
+
+
+def _multipart_length(boundary: str, sizes: list[int]) -> int:
+    heads = len(part_header(boundary, first=True)) + (len(sizes) - 1) * len(
+        part_header(boundary, first=False)
+    )
+    return heads + sum(sizes) + len(closing(boundary))
+
+
 def _read(store: ObjectStore, inst: InstanceSummary, wanted: DicomAccept) -> bytes:
     """The stored bytes, or the instance transcoded into the first syntax the client accepts
     that we can produce (checked by ``_check_syntax`` before the response started)."""
     data = store.get(inst.object_key)
     if hashlib.sha256(data).hexdigest() != inst.sha256:  # never serve damaged bytes
         raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
-    syntax = choose_syntax(inst.transfer_syntax_uid, wanted.transfer_syntaxes)
-    if syntax is None or syntax == inst.transfer_syntax_uid:
+    if _as_stored(inst, wanted):
         return data
+    syntax = choose_syntax(inst.transfer_syntax_uid, wanted.transfer_syntaxes)
+    assert syntax is not None
     return transcode(data, syntax)
 
 
