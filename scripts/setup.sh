@@ -18,6 +18,7 @@ if [ "$dev" = 1 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_pkgs+=(postgresql)  # index tests
   [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)              # cloud-film page tests
   [ -d /usr/share/fonts/opentype/noto ] || apt_pkgs+=(fonts-noto-cjk)  # Chinese on the page
+  command -v npm >/dev/null || apt_pkgs+=(npm)                   # fetches the OHIF Viewer
 fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_pkgs[*]}"
@@ -40,5 +41,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   if [ "$dev" = 1 ]; then .venv/bin/python -m pip install -q -e '.[dev]'; else .venv/bin/python -m pip install -q -e .; fi
   touch "$stamp"
 fi
+if [ "$dev" = 1 ]; then bash scripts/fetch-ohif.sh; fi   # the OHIF Viewer, for its e2e test
 # compile the Numba kernels once into their on-disk cache (later starts only load them)
 .venv/bin/python -c 'from cloudfilm.stack import warm_codecs; warm_codecs()'
