@@ -12,7 +12,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.browser import PHONE, artifacts_dir, launch
+from tests.browser import PHONE, artifacts_dir
 from tests.e2e.conftest import Server, http
 from tests.e2e.test_end_to_end import storescu, wait_indexed
 
@@ -39,15 +39,6 @@ def share(server: Server, study_uid: str, **body: Any) -> dict[str, Any]:
     assert r.status == 201, r.body
     out: dict[str, Any] = r.json()  # type: ignore[assignment]
     return out
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tests.browser import artifacts_dir, launch
+from tests.browser import artifacts_dir
 from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_end_to_end import storescu, wait_indexed
 from tests.servers import free_ports
@@ -143,15 +143,6 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, s
         stop_server(proc)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
 def _watch(page: Any, server: Server) -> tuple[list[str], list[str]]:
     """(every DICOMweb request OHIF made, the ones that failed)."""
     seen: list[str] = []
@@ -167,9 +158,11 @@ def _watch(page: Any, server: Server) -> tuple[list[str], list[str]]:
     # a request OHIF cancels itself (it re-prioritises frames) is not a failure of the server
     page.on(
         "requestfailed",
-        lambda r: None
-        if "ERR_ABORTED" in (r.failure or "")
-        else failed.append(f"failed {r.url} {r.failure}"),
+        lambda r: (
+            None
+            if "ERR_ABORTED" in (r.failure or "")
+            else failed.append(f"failed {r.url} {r.failure}")
+        ),
     )
     return seen, failed
 
