@@ -9,9 +9,11 @@ import re
 import sqlite3
 import time
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 import segno
 from PIL import Image
@@ -377,3 +379,38 @@ async def test_the_patient_sees_who_opened_their_studies_and_revokes_a_consent(
     r = await api.client.get(f"/dicom-web/studies/{mr_study}/metadata", headers=api.token())
     assert r.status == 403
     assert (await api.client.post(f"{base}/api/consents/nope/revoke")).status == 404
+
+
+async def test_a_cine_is_one_slice_per_frame_and_big_images_come_scaled_to_a_phone(
+    regional: Regional, tmp_path: Path
+) -> None:
+    from cloudfilm.synth import synthesize_study
+    from image_store.ingest import LocalIngest
+
+    api = regional.api
+    (us,) = synthesize_study(tmp_path / "us", modality="US", images=1, frames=3, seed=5)
+    (dx,) = synthesize_study(tmp_path / "dx", modality="DX", images=1, seed=6)
+    ingest = LocalIngest(api.store._inner, api.index._inner)
+    assert all(o.ok for o in ingest.ingest("H1", [us.read_bytes(), dx.read_bytes()]))
+    cine = pydicom.dcmread(us, stop_before_pixels=True)
+    share = await _share(api, study_uid=str(cine.StudyInstanceUID))
+    manifest = manifest_of((await _page(api, share["url"]))[1])
+    (series,) = manifest["study"]["series"]
+    assert series["images"] == [[cine.SOPInstanceUID, n] for n in (1, 2, 3)]
+    frames = []
+    for i in range(3):
+        r = await api.client.get(_slice_url(manifest, image=i))
+        assert r.status == 200
+        frames.append(np.asarray(Image.open(io.BytesIO(await r.read()))))
+    assert not np.array_equal(frames[0], frames[2])  # the cine moves
+    past = _slice_url(manifest, image=2).replace("/frames/3/", "/frames/4/")
+    assert (await api.client.get(past)).status == 404
+
+    radiograph = pydicom.dcmread(dx, stop_before_pixels=True)
+    share = await _share(api, study_uid=str(radiograph.StudyInstanceUID), allow_download=True)
+    manifest = manifest_of((await _page(api, share["url"]))[1])
+    url = _slice_url(manifest)
+    shown = Image.open(io.BytesIO(await (await api.client.get(url)).read()))
+    assert max(shown.size) == 1024  # 2500 x 2048 stored: scaled for a phone
+    full = Image.open(io.BytesIO(await (await api.client.get(url + "?download=1")).read()))
+    assert full.size == (radiograph.Columns, radiograph.Rows)
