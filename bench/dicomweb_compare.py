@@ -158,8 +158,9 @@ def one_click_ms(data: Path, repeat: int) -> float:
         return median_ms(lambda: fetch(url, headers), repeat)
 
 
-def s3_share(files: list[Path], repeat: int) -> tuple[float, float] | None:
-    """(CloudFilm WADO-RS series MB/s from SeaweedFS, raw boto3 GET MB/s of the same objects)."""
+def s3_share(files: list[Path], repeat: int) -> tuple[float, float, float] | None:
+    """(CloudFilm WADO-RS series MB/s from SeaweedFS, raw boto3 GET MB/s of the same objects,
+    raw GET MB/s through CloudFilm's S3 reader)."""
     from tests.servers import seaweedfs, weed_binary
 
     if weed_binary() is None:
@@ -198,7 +199,19 @@ def s3_share(files: list[Path], repeat: int) -> tuple[float, float] | None:
 
         total = get_all() / 1e6
         raw = total / (median_ms(get_all, repeat) / 1000)
-        return wado, raw
+        # the same GETs through CloudFilm's own S3 reader (presigned URL + urllib3), so the
+        # ratio is also stated against the fastest client this machine has
+        from image_store.objects.s3 import S3ObjectStore, S3Settings
+
+        own = S3ObjectStore(client, S3Settings(bucket="bench", endpoint_url=weed.endpoint))
+
+        def get_all_own() -> int:
+            with ThreadPoolExecutor(8) as pool:
+                return sum(pool.map(lambda k: len(own.get(k)), keys))
+
+        get_all_own()
+        raw_own = total / (median_ms(get_all_own, repeat) / 1000)
+        return wado, raw, raw_own
 
 
 def _count(data: Path) -> int:
@@ -288,14 +301,15 @@ def main() -> int:
     return 0
 
 
-def _print_s3(got: tuple[float, float] | None) -> int:
+def _print_s3(got: tuple[float, float, float] | None) -> int:
     if got is None:
         print("SeaweedFS (weed) not installed: no S3 figures")
         return 0
-    wado, raw = got
+    wado, raw, raw_own = got
     print(
         f"S3 (SeaweedFS): WADO-RS series {wado:.0f} MB/s, raw boto3 GET (8 threads) "
-        f"{raw:.0f} MB/s: {100 * wado / raw:.0f} % of raw"
+        f"{raw:.0f} MB/s: {100 * wado / raw:.0f} % of raw; raw GETs through CloudFilm's "
+        f"presigned reader {raw_own:.0f} MB/s: {100 * wado / raw_own:.0f} %"
     )
     return 0
 

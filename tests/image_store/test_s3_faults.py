@@ -108,6 +108,10 @@ def _proxy(upstream: str, faults: Faults) -> ThreadingHTTPServer:
                     self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
+            if fault == "cut":  # the connection drops half way through the body
+                self.wfile.write(data[: len(data) // 2])
+                self.close_connection = True
+                return
             if self.command != "HEAD":
                 self.wfile.write(data)
 
@@ -179,6 +183,21 @@ def test_s3_failures_past_the_retry_budget_are_store_unavailable_naming_the_key(
     faults.set(mode, -1, stall_s=2.0)
     with pytest.raises(OSError, match=says):  # what the uploader's retry loop catches
         store.get(KEY)
+
+
+def test_a_read_cut_short_is_never_returned_and_is_read_again(
+    faulty: tuple[S3ObjectStore, Faults],
+) -> None:
+    store, faults = faulty
+    payload = os.urandom(300_000)
+    store.put(KEY, payload)
+    faults.set("", 0)
+    faults.seen.clear()
+    assert store.get(KEY) == payload
+    assert faults.seen == ["GET"]  # a whole object in one request (the presigned fast path)
+    faults.set("cut", 1)
+    assert store.get(KEY) == payload
+    assert faults.seen == ["GET", "GET"]
 
 
 def _encrypted(store: S3ObjectStore) -> EncryptedObjectStore:
