@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import io
 import logging
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from pynetdicom.presentation import build_context
 from dicom_codecs.errors import CodecError
 from dicom_codecs.transcode import TARGETS, choose_syntax, transcode
 from image_store.consents import SqliteConsents
-from image_store.errors import ImageStoreError, IntegrityError
+from image_store.errors import ImageStoreError
 from image_store.keys import is_valid_uid
 from image_store.metadata import text_value
 from image_store.ports import Index, ObjectStore
@@ -39,6 +38,7 @@ from image_store.records import (
     StudyQuery,
     StudyRecord,
 )
+from image_store.verified import read_verified
 
 logger = logging.getLogger(__name__)
 
@@ -334,9 +334,7 @@ def send_syntax(inst: InstanceSummary, accepted: Accepted | None) -> str:
 
 
 def _load(store: ObjectStore, inst: InstanceSummary, accepted: Accepted | None) -> Dataset:
-    data = store.get(inst.object_key)
-    if hashlib.sha256(data).hexdigest() != inst.sha256:  # never send damaged bytes
-        raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
+    data = read_verified(store, inst.object_key, inst.sha256)  # never send damaged bytes
     syntax = send_syntax(inst, accepted)
     if syntax != inst.transfer_syntax_uid:
         data = transcode(data, syntax)

@@ -28,8 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from dicom_codecs.errors import RenderError
-from image_store.errors import IntegrityError
 from image_store.records import InstanceQuery, InstanceSummary, SeriesQuery, StudyRecord
+from image_store.verified import read_verified
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb.rendered import RenderRequest, _render, parse_render_request
 from viewer_api.errors import BadRequest, Forbidden, NotFound
@@ -347,9 +347,7 @@ async def report(request: web.Request) -> web.Response:
         await study_of_link(request, link, found.study_uid)
     except LinkClosed:
         raise NotFound("no such report") from None
-    data = await blocking(svc.store.get, found.object_key)
-    if hashlib.sha256(data).hexdigest() != found.sha256:
-        raise IntegrityError(f"report {found.id} does not match its recorded sha256")
+    data = await blocking(read_verified, svc.store, found.object_key, found.sha256)
     charset = "utf-8" if found.media_type == "text/plain" else None
     return web.Response(body=data, content_type=found.media_type, charset=charset)
 
@@ -417,9 +415,7 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
     stamp = dt.datetime.now().timetuple()[:6]
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:
         for inst in instances:
-            data = await blocking(svc.store.get, inst.object_key)
-            if hashlib.sha256(data).hexdigest() != inst.sha256:
-                raise IntegrityError(f"object {inst.object_key} does not match its sha256")
+            data = await blocking(read_verified, svc.store, inst.object_key, inst.sha256)
             info = zipfile.ZipInfo(_zip_name(inst, numbers.get(inst.series_uid)), stamp)
             zf.writestr(info, data)
             await resp.write(sink.take())

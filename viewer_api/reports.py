@@ -18,8 +18,8 @@ import time
 
 from aiohttp import web
 
-from image_store.errors import IntegrityError
 from image_store.keys import report_key
+from image_store.verified import read_verified
 from viewer_api.auth import new_link_id
 from viewer_api.context import blocking, principal, services, uid_param
 from viewer_api.dicomweb.access import visible_study
@@ -114,8 +114,6 @@ async def get_report(request: web.Request) -> web.Response:
     if report is None:
         raise NotFound("no such report")
     await visible_study(request, report.study_uid)
-    data = await blocking(services(request).store.get, report.object_key)
-    if hashlib.sha256(data).hexdigest() != report.sha256:
-        raise IntegrityError(f"report {report.id} does not match its recorded sha256")
+    data = await blocking(read_verified, services(request).store, report.object_key, report.sha256)
     charset = "utf-8" if report.media_type == "text/plain" else None
     return web.Response(body=data, content_type=report.media_type, charset=charset)

@@ -8,16 +8,15 @@ downsampling in one pass); the picture is rendered in a worker thread.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from dicom_codecs.errors import RenderError
-from image_store.errors import IntegrityError
 from image_store.ports import ObjectStore
 from image_store.records import InstanceSummary, SeriesQuery
+from image_store.verified import read_verified
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb.access import instances_of, series_of, visible_study
 from viewer_api.dicomweb.multipart import closing, content_type, new_boundary, part_header
@@ -96,9 +95,7 @@ def _render(
 ) -> bytes:
     from dicom_codecs.render import RenderOptions, Window, render_thumbnail
 
-    data = store.get(inst.object_key)
-    if hashlib.sha256(data).hexdigest() != inst.sha256:  # never render damaged bytes
-        raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
+    data = read_verified(store, inst.object_key, inst.sha256)  # never render damaged bytes
     options = RenderOptions(
         size=max(inst.rows or 1, inst.columns or 1, 1),
         quality=want.quality,
@@ -196,9 +193,7 @@ async def instance_thumbnail(request: web.Request) -> web.Response:
 def _thumbnail(store: ObjectStore, inst: InstanceSummary, want: RenderRequest) -> bytes:
     from dicom_codecs.render import RenderOptions, render_thumbnail
 
-    data = store.get(inst.object_key)
-    if hashlib.sha256(data).hexdigest() != inst.sha256:
-        raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
+    data = read_verified(store, inst.object_key, inst.sha256)
     options = RenderOptions(quality=want.quality, image_format=want.image_format)
     try:
         return render_thumbnail(data, options)

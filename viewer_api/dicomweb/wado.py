@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import re
 
 from aiohttp import web
@@ -15,6 +14,7 @@ from image_store.errors import IntegrityError
 from image_store.metadata import bulk_value
 from image_store.ports import ObjectStore
 from image_store.records import InstanceQuery, InstanceSummary
+from image_store.verified import read_verified
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb.access import instances_of, series_of, visible_study
 from viewer_api.dicomweb.multipart import (
@@ -112,9 +112,7 @@ def _multipart_length(boundary: str, sizes: list[int]) -> int:
 def _read(store: ObjectStore, inst: InstanceSummary, wanted: DicomAccept) -> bytes:
     """The stored bytes, or the instance transcoded into the first syntax the client accepts
     that we can produce (checked by ``_check_syntax`` before the response started)."""
-    data = store.get(inst.object_key)
-    if hashlib.sha256(data).hexdigest() != inst.sha256:  # never serve damaged bytes
-        raise IntegrityError(f"object {inst.object_key} does not match its recorded sha256")
+    data = read_verified(store, inst.object_key, inst.sha256)  # never serve damaged bytes
     if _as_stored(inst, wanted):
         return data
     syntax = choose_syntax(inst.transfer_syntax_uid, wanted.transfer_syntaxes)
