@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import pytest
 
+from tests.servers import Seaweed
+
 READY = re.compile(r"^ready: http (\S+) dicom (\S+)@([\d.]+):(\d+)")
 
 
@@ -158,3 +160,13 @@ def browser() -> Iterator[Any]:
         b = launch(p)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """A SeaweedFS S3 server (tests.servers) with a bucket named "region"."""
+    from tests.servers import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweed")) as server:
+        server.client().create_bucket(Bucket="region")
+        yield server

@@ -13,7 +13,6 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -24,16 +23,9 @@ from image_store.objects.s3 import S3ObjectStore, S3Settings
 from tests.e2e.conftest import http, start_server, stop_server
 from tests.e2e.fault_harness import arrival_bytes, dataset_bytes
 from tests.e2e.test_end_to_end import parse_multipart, storescu, wait_indexed
-from tests.servers import Seaweed, seaweedfs
+from tests.servers import Seaweed
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with seaweedfs(tmp_path_factory.mktemp("seaweed")) as server:
-        server.client().create_bucket(Bucket="region")
-        yield server
 
 
 def _found_in_data_dir(root: Path, needles: dict[str, bytes]) -> set[str]:

@@ -4,7 +4,6 @@ same studies (the scale-out shape: stateless API processes, shared index and obj
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -14,16 +13,9 @@ from cloudfilm.synth import synthesize_study
 from tests.e2e.conftest import http, start_server, stop_server
 from tests.e2e.fault_harness import arrival_bytes, dataset_bytes
 from tests.e2e.test_end_to_end import parse_multipart, storescu, wait_indexed
-from tests.servers import Seaweed, seaweedfs
+from tests.servers import Seaweed
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with seaweedfs(tmp_path_factory.mktemp("seaweed")) as server:
-        server.client().create_bucket(Bucket="region")
-        yield server
 
 
 def test_two_api_processes_serve_the_same_s3_backed_studies(weed: Seaweed, tmp_path: Path) -> None:

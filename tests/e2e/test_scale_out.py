@@ -17,16 +17,9 @@ from dicomweb_client.api import DICOMwebClient
 
 from cloudfilm.synth import synthesize_study
 from tests.e2e.conftest import Server, start_server, stop_server
-from tests.servers import Postgres, Seaweed, postgresql, seaweedfs
+from tests.servers import Postgres, Seaweed, postgresql
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with seaweedfs(tmp_path_factory.mktemp("seaweed")) as server:
-        server.client().create_bucket(Bucket="region")
-        yield server
 
 
 @pytest.fixture(scope="module")
