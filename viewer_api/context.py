@@ -86,6 +86,12 @@ async def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+async def hospital_names(request: web.Request) -> dict[str, str]:
+    """Hospital code -> name from the registry ({} without one)."""
+    registry = request.app[SERVICES].registry
+    return {} if registry is None else await blocking(registry.hospital_names)
+
+
 async def json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
     """The request body as a JSON object; BadRequest when it is larger than ``max_bytes``
     (declared or read) or not a JSON object."""

@@ -54,13 +54,19 @@ def flag_of(body: dict[str, Any], name: str) -> bool:
     return value
 
 
+def link_url(request: web.Request, link: ShareLink) -> str:
+    """What the patient opens (and the QR code holds): /film/<signed token>, absolute."""
+    svc = services(request)
+    return f"{svc.settings.public_base_url}/film/{svc.signer.share_token(link.id)}"
+
+
 def link_json(request: web.Request, link: ShareLink, code: str | None = None) -> dict[str, Any]:
     svc = services(request)
     base = svc.settings.public_base_url
     out = link.as_json()
     out.update(
         token=svc.signer.share_token(link.id),
-        url=f"{base}/film/{svc.signer.share_token(link.id)}",
+        url=link_url(request, link),
         qr_png=f"{base}/api/shares/{link.id}/qr.png",
         qr_svg=f"{base}/api/shares/{link.id}/qr.svg",
         expires_at=dt.datetime.fromtimestamp(link.expires_at, dt.UTC).isoformat(),
@@ -175,10 +181,8 @@ async def share_qr(request: web.Request) -> web.Response:
 
 
 async def qr_response(request: web.Request, link: ShareLink) -> web.Response:
-    svc = services(request)
     kind = request.match_info["kind"]
-    url = f"{svc.settings.public_base_url}/film/{svc.signer.share_token(link.id)}"
-    body = await blocking(render_qr, url, kind)
+    body = await blocking(render_qr, link_url(request, link), kind)
     ctype = "image/png" if kind == "png" else "image/svg+xml"
     return web.Response(body=body, content_type=ctype, headers={"Cache-Control": "no-store"})
 

@@ -18,7 +18,6 @@ download paths name the study, so the patient's access history shows them.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 import time
@@ -27,11 +26,17 @@ from typing import Any
 
 from aiohttp import web
 
-from dicom_codecs.errors import RenderError
+from image_store.errors import IntegrityError
 from image_store.records import InstanceQuery, InstanceSummary, SeriesQuery, StudyRecord
 from image_store.verified import read_verified
-from viewer_api.context import blocking, services, uid_param
-from viewer_api.dicomweb.rendered import RenderRequest, _render, parse_render_request
+from viewer_api.context import blocking, hospital_names, services, uid_param
+from viewer_api.dicomweb.rendered import (
+    RenderRequest,
+    frame_number,
+    parse_render_request,
+    picture_type,
+    render_picture,
+)
 from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.film_link import (
     UNLOCK_COOKIE,
@@ -125,8 +130,8 @@ async def film(request: web.Request) -> web.Response:
     studies = await link_studies(request, link)
     if not studies:
         return _page(message_page("missing"), 404)
-    names = {} if svc.registry is None else await blocking(svc.registry.hospital_names)
-    first = await study_manifest(request, link, studies[0], names)
+    names = await hospital_names(request)
+    first = await study_manifest(request, studies[0], names)
     await blocking(svc.shares.count_view, link.id)
     manifest = {
         "base": film_base(token),
@@ -179,7 +184,7 @@ async def enter_code(request: web.Request) -> web.Response:
 
 
 async def study_manifest(
-    request: web.Request, link: ShareLink, study: StudyRecord, names: dict[str, str]
+    request: web.Request, study: StudyRecord, names: dict[str, str]
 ) -> dict[str, Any]:
     """A study's series (in series-number order) with their images (instance order, one entry
     per frame), default windows and reports: everything the viewer needs in one object."""
@@ -247,9 +252,11 @@ async def _reports(request: web.Request, study: StudyRecord) -> list[dict[str, A
     for report in await blocking(svc.reports.of_study, study.study_uid):
         text = None
         if report.media_type == "text/plain" and report.size <= 256 * 1024:
-            data = await blocking(svc.store.get, report.object_key)
-            if hashlib.sha256(data).hexdigest() == report.sha256:
+            try:
+                data = await blocking(read_verified, svc.store, report.object_key, report.sha256)
                 text = data.decode("utf-8", "replace")
+            except IntegrityError:
+                pass  # a damaged report is not shown beside the images
         out.append(
             {
                 "title": report.title,
@@ -267,9 +274,7 @@ async def manifest(request: web.Request) -> web.Response:
     link = await _link_or_error(request)
     study_uid = uid_param(request, "study")
     study = await _study_in_link(request, link, study_uid)
-    svc = services(request)
-    names = {} if svc.registry is None else await blocking(svc.registry.hospital_names)
-    body = await study_manifest(request, link, study, names)
+    body = await study_manifest(request, study, await hospital_names(request))
     return web.json_response(body, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
@@ -294,9 +299,7 @@ async def rendered(request: web.Request) -> web.Response:
     download = request.query.get("download", "") == "1"
     if "download" in request.query and not download:
         raise BadRequest("download must be 1")
-    text = request.match_info["frame"]
-    if not re.fullmatch(r"\d{1,6}", text) or int(text) < 1:
-        raise BadRequest(f"frame number must be a whole number from 1, got {text[:20]!r}")
+    frame = frame_number(request)
     link, inst = await _instance_of_link(request)
     if download and not link.allow_download:
         raise Forbidden("this link does not allow downloads")
@@ -304,19 +307,13 @@ async def rendered(request: web.Request) -> web.Response:
         side = max(inst.rows or 1, inst.columns or 1)
         if side > MAX_SIDE:
             want = RenderRequest(want.image_format, want.quality, (MAX_SIDE, MAX_SIDE), want.window)
-    try:
-        body = await blocking(_render, services(request).store, inst, want, int(text) - 1)
-    except RenderError as exc:
-        if "frame must be" in str(exc):
-            raise NotFound(str(exc)) from exc
-        raise BadRequest(f"cannot render this image: {exc}") from exc
-    media = "image/png" if want.image_format == "PNG" else "image/jpeg"
+    body = await render_picture(request, inst, want, frame - 1)
     headers = {"Cache-Control": "private, no-store"}
     if download:
         ext = "png" if want.image_format == "PNG" else "jpg"
-        name = f"image-{inst.instance_number or 0}-{text}.{ext}"
+        name = f"image-{inst.instance_number or 0}-{frame}.{ext}"
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    return web.Response(body=body, content_type=media, headers=headers)
+    return web.Response(body=body, content_type=picture_type(want), headers=headers)
 
 
 async def thumbnail(request: web.Request) -> web.Response:

@@ -92,14 +92,15 @@ def _date(d: str) -> str:
     return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else d
 
 
-def _doc(title: str, body: str) -> str:
+def _doc(title: str, body: str, head: str = "") -> str:
+    """A page: its own ``head`` elements, or the small inline style of the message pages."""
     return (
         '<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1,viewport-fit=cover">'
         '<meta name="referrer" content="no-referrer">'
         f"<title>{html.escape(title)}</title>"
         f'<link rel="icon" href="{static_url("favicon.svg")}" type="image/svg+xml">'
-        f"<style>{_STYLE}</style></head>"
+        f"{head or f'<style>{_STYLE}</style>'}</head>"
         f"<body>{body}</body></html>"
     )
 
@@ -188,20 +189,11 @@ def film_page(study: StudyRecord, names: dict[str, str], manifest: dict[str, obj
         '<section id="mine" hidden></section>'
         f'<script type="application/json" id="manifest">{_json_script(manifest)}</script>'
     )
-    return _film_doc("云胶片 Cloud film", body)
-
-
-def _film_doc(title: str, body: str) -> str:
-    return (
-        '<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1,viewport-fit=cover">'
-        '<meta name="referrer" content="no-referrer">'
-        f"<title>{html.escape(title)}</title>"
-        f'<link rel="icon" href="{static_url("favicon.svg")}" type="image/svg+xml">'
+    assets = (
         f'<link rel="stylesheet" href="{static_url("film.css")}">'
         f'<script src="{static_url("film.js")}" defer></script>'
-        f"</head><body>{body}</body></html>"
     )
+    return _doc("云胶片 Cloud film", body, assets)
 
 
 def code_page(

@@ -29,7 +29,7 @@ from image_store.persons import InvalidPersonId
 from image_store.records import PatientRef, PersonLink, SeriesQuery, StudyQuery, StudyRecord
 from viewer_api.audit import study_reads
 from viewer_api.auth import Principal
-from viewer_api.context import blocking, json_object, principal, services
+from viewer_api.context import blocking, hospital_names, json_object, principal, services
 from viewer_api.dicomweb.access import BREAK_GLASS
 from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.report_store import report_status
@@ -118,7 +118,7 @@ async def patient_studies(request: web.Request) -> web.Response:
     if reason and len(reason) < 10:
         raise BadRequest(f"{BREAK_GLASS} must say why (at least 10 characters)")
     out, withheld = [], 0
-    names = {} if svc.registry is None else await blocking(svc.registry.hospital_names)
+    names = await hospital_names(request)
     for study in studies:
         access = await _access(request, who, study, link.person_key if link else "", reason)
         if access is None:

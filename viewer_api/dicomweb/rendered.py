@@ -117,18 +117,38 @@ async def _instance(request: web.Request) -> InstanceSummary:
     return inst
 
 
-async def _respond(
+def frame_number(request: web.Request) -> int:
+    """The 1-based ``{frame}`` of the path, validated."""
+    text = request.match_info["frame"]
+    if not re.fullmatch(r"\d{1,6}", text) or int(text) < 1:
+        raise BadRequest(f"frame number must be a whole number from 1, got {text[:20]!r}")
+    return int(text)
+
+
+async def render_picture(
     request: web.Request, inst: InstanceSummary, want: RenderRequest, frame: int | None
-) -> web.Response:
+) -> bytes:
+    """The rendering, made in a worker thread: 404 for a frame past the end (the client's
+    mistake), 400 for an image that cannot be rendered."""
     try:
-        body = await blocking(_render, services(request).store, inst, want, frame)
+        return await blocking(_render, services(request).store, inst, want, frame)
     except RenderError as exc:
-        # a frame number past the end is the client's mistake; anything else, the image's
         if "frame must be" in str(exc):
             raise NotFound(str(exc)) from exc
         raise BadRequest(f"cannot render instance {inst.sop_uid}: {exc}") from exc
-    media = "image/png" if want.image_format == "PNG" else "image/jpeg"
-    return web.Response(body=body, content_type=media, headers={"Cache-Control": "private"})
+
+
+def picture_type(want: RenderRequest) -> str:
+    return "image/png" if want.image_format == "PNG" else "image/jpeg"
+
+
+async def _respond(
+    request: web.Request, inst: InstanceSummary, want: RenderRequest, frame: int | None
+) -> web.Response:
+    body = await render_picture(request, inst, want, frame)
+    return web.Response(
+        body=body, content_type=picture_type(want), headers={"Cache-Control": "private"}
+    )
 
 
 async def instance_rendered(request: web.Request) -> web.Response:
@@ -139,11 +159,9 @@ async def instance_rendered(request: web.Request) -> web.Response:
 
 async def frame_rendered(request: web.Request) -> web.Response:
     want = parse_render_request(request)
-    text = request.match_info["frame"]
-    if not re.fullmatch(r"\d{1,6}", text) or int(text) < 1:
-        raise BadRequest(f"frame number must be a whole number from 1, got {text[:20]!r}")
+    frame = frame_number(request)
     inst = await _instance(request)
-    return await _respond(request, inst, want, int(text) - 1)
+    return await _respond(request, inst, want, frame - 1)
 
 
 async def many_rendered(request: web.Request) -> web.StreamResponse:

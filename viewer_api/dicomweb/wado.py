@@ -113,10 +113,9 @@ def _read(store: ObjectStore, inst: InstanceSummary, wanted: DicomAccept) -> byt
     """The stored bytes, or the instance transcoded into the first syntax the client accepts
     that we can produce (checked by ``_check_syntax`` before the response started)."""
     data = read_verified(store, inst.object_key, inst.sha256)  # never serve damaged bytes
-    if _as_stored(inst, wanted):
-        return data
     syntax = choose_syntax(inst.transfer_syntax_uid, wanted.transfer_syntaxes)
-    assert syntax is not None
+    if syntax is None or syntax == inst.transfer_syntax_uid:
+        return data
     return transcode(data, syntax)
 
 
