@@ -56,30 +56,33 @@
     return url;
   }
 
-  function load(url, onReady) {
+  // the slice at url, loaded and decoded once; ``existing`` adopts an <img> already in the page
+  function load(url, onReady, existing) {
     let entry = cache.get(url);
     if (entry) {
-      if (entry.ready) onReady && onReady(entry);
+      if (entry.ready || entry.failed) onReady && onReady(entry);
       else if (onReady) entry.waiters.push(onReady);
       return entry;
     }
-    const img = new Image();
+    const img = existing || new Image();
     entry = { img, ready: false, failed: false, waiters: onReady ? [onReady] : [] };
     cache.set(url, entry);
-    img.decoding = "async";
-    img.onload = () => {
-      const done = () => {
-        entry.ready = true;
-        for (const w of entry.waiters.splice(0)) w(entry);
-      };
-      if (img.decode) img.decode().then(done, done);
-      else done();
-    };
-    img.onerror = () => {
-      entry.failed = true;
+    const settle = (ok) => {
+      if (ok) entry.ready = true;
+      else entry.failed = true;
       for (const w of entry.waiters.splice(0)) w(entry);
     };
-    img.src = url;
+    const decoded = () => (img.decode ? img.decode().then(() => settle(true), () => settle(true)) : settle(true));
+    if (existing && img.complete && img.naturalWidth) {
+      settle(true);
+      return entry;
+    }
+    img.onload = decoded;
+    img.onerror = () => settle(false);
+    if (!existing) {
+      img.decoding = "async";
+      img.src = url;
+    }
     return entry;
   }
 
@@ -152,6 +155,20 @@
     ctx.drawImage(img, x, y, w, h);
   }
 
+  // paint a loaded slice and count it (tests and the bench read the count)
+  function present(entry, key) {
+    state.shownKey = key;
+    state.drawn += 1;
+    paint(entry.img);
+    viewer.dataset.drawn = String(state.drawn);
+    if (state.drawn === 1) {
+      if (performance.mark) performance.mark("cloudfilm:first-draw");
+      // the page's own <img> of the first slice goes once the canvas has been presented
+      // (hidden in the same frame, it would never have been painted at all)
+      requestAnimationFrame(() => requestAnimationFrame(() => viewer.classList.add("ready")));
+    }
+  }
+
   function show() {
     const s = series();
     const url = sliceUrl(state.index, state.win);
@@ -168,16 +185,7 @@
     }
     load(url, (entry) => {
       if (entry.ready && sliceUrl(state.index, state.win) === key && state.shownKey !== key) {
-        state.shownKey = key;
-        state.drawn += 1;
-        paint(entry.img);
-        if (state.drawn === 1) {
-          if (performance.mark) performance.mark("cloudfilm:first-draw");
-          // the page's own <img> of the first slice goes once the canvas has been presented
-          // (hidden in the same frame, it would never have been painted at all)
-          requestAnimationFrame(() => requestAnimationFrame(() => viewer.classList.add("ready")));
-        }
-        viewer.dataset.drawn = String(state.drawn);
+        present(entry, key);
       }
     });
   }
@@ -367,12 +375,7 @@
     const url = sliceUrl(state.index, win);
     load(url, (entry) => {
       wlBusy = false;
-      if (entry.ready) {
-        state.drawn += 1;
-        state.shownKey = url;
-        paint(entry.img);
-        viewer.dataset.drawn = String(state.drawn);
-      }
+      if (entry.ready) present(entry, url);
       if (wlNext) {
         const w = wlNext;
         wlNext = null;
@@ -468,16 +471,20 @@
   }
 
   async function fillLinks(box) {
-    const links = await api("links");
-    const rows = links.map((l) => {
-      const revoke = el("button", { type: "button", text: "撤销 Revoke" });
-      revoke.disabled = l.state !== "active";
-      revoke.addEventListener("click", async () => {
-        await api(`links/${l.id}`, { method: "DELETE" });
-        fillLinks(box);
+    // the patient's links (each revocable), then the form that makes a new one
+    const list = el("div");
+    const refresh = async () => {
+      const rows = (await api("links")).map((l) => {
+        const revoke = el("button", { type: "button", text: "撤销 Revoke" });
+        revoke.disabled = l.state !== "active";
+        revoke.addEventListener("click", async () => {
+          await api(`links/${l.id}`, { method: "DELETE" });
+          await refresh();
+        });
+        return [fmtTime(Date.parse(l.created_at) / 1000), l.state, l.views, revoke];
       });
-      return [fmtTime(Date.parse(l.created_at) / 1000), l.state, l.views, revoke];
-    });
+      list.replaceChildren(table(["创建 Created", "状态 State", "查看 Views", ""], rows));
+    };
     const form = el("form", { id: "new-link" });
     const days = el("select", { name: "days" });
     for (const d of [1, 3, 7, 30]) days.append(el("option", { value: String(d), text: `${d} 天 days` }));
@@ -501,14 +508,13 @@
           el("p", { class: "url", text: l.url }),
           l.code ? el("p", { text: `提取码 Code: ${l.code}` }) : "",
         );
-        const list = await api("links");
-        box.querySelector("table")?.remove();
-        box.insertBefore(table(["创建 Created", "状态 State", "查看 Views", ""], list.map((x) => [fmtTime(Date.parse(x.created_at) / 1000), x.state, x.views, ""])), form);
+        await refresh();
       } catch (e) {
         out.replaceChildren(el("p", { class: "flag", text: String(e.message || e) }));
       }
     });
-    box.replaceChildren(table(["创建 Created", "状态 State", "查看 Views", ""], rows), form, out);
+    box.replaceChildren(list, form, out);
+    await refresh();
   }
 
   async function fillHistory(box) {
@@ -558,23 +564,7 @@
     buildReport();
     if (!state.study.series.length) return;
     // the first slice is already in the page (<img id="first">): reuse it rather than fetch again
-    if (firstImg) {
-      const url = sliceUrl(0, null);
-      const entry = { img: firstImg, ready: false, failed: false, waiters: [] };
-      cache.set(url, entry);
-      const done = () => {
-        entry.ready = true;
-        for (const w of entry.waiters.splice(0)) w(entry);
-      };
-      if (firstImg.complete && firstImg.naturalWidth) done();
-      else {
-        firstImg.addEventListener("load", done, { once: true });
-        firstImg.addEventListener("error", () => {
-          entry.failed = true;
-          for (const w of entry.waiters.splice(0)) w(entry);
-        }, { once: true });
-      }
-    }
+    if (firstImg) load(sliceUrl(0, null), null, firstImg);
     new ResizeObserver(resize).observe(viewer);
     resize();
     show();
