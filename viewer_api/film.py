@@ -148,7 +148,8 @@ async def _patient_of(
     return hospital, patient_id, issuer
 
 
-def _link_id(request: web.Request) -> str:
+def link_id_param(request: web.Request) -> str:
+    """The ``{id}`` of a link in the path, validated before any lookup."""
     link_id = request.match_info["id"]
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", link_id):
         raise BadRequest("share id has an invalid form")
@@ -158,7 +159,7 @@ def _link_id(request: web.Request) -> str:
 async def _own_link(request: web.Request, *, manage: bool) -> ShareLink:
     """The link of /api/shares/{id}, for the staff of its hospital (revoking and unlocking:
     not auditors)."""
-    link = await blocking(services(request).shares.get, _link_id(request))
+    link = await blocking(services(request).shares.get, link_id_param(request))
     if link is None:
         raise NotFound(f"no share link {request.match_info['id']}")
     who = principal(request)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from image_store.records import PatientRef, StudyQuery, StudyRecord
 from viewer_api.context import ACTOR, blocking, services
+from viewer_api.errors import Forbidden, NotFound
 from viewer_api.share import ShareLink
 
 UNLOCK_COOKIE = "cf_film"
@@ -58,6 +59,23 @@ async def open_link(request: web.Request, *, need_code: bool = True) -> ShareLin
     if need_code and not unlocked(request, link):
         raise LinkClosed("code", 401)
     return link
+
+
+def as_http_error(err: LinkClosed) -> Exception:
+    """For JSON, images and downloads: 404 for what is not in the link, 403 otherwise."""
+    if err.status == 404:
+        return NotFound("not in this link")
+    if err.kind == "code":
+        return Forbidden("enter the link's extraction code first")
+    return Forbidden(f"this link is {err.kind}")
+
+
+async def open_link_or_error(request: web.Request) -> ShareLink:
+    """:func:`open_link` for everything but the page: a JSON 403/404 instead of LinkClosed."""
+    try:
+        return await open_link(request)
+    except LinkClosed as err:
+        raise as_http_error(err) from None
 
 
 async def link_studies(request: web.Request, link: ShareLink) -> list[StudyRecord]:

@@ -29,28 +29,27 @@ from image_store.records import PatientRef
 from viewer_api.audit import study_reads
 from viewer_api.context import ACTOR, blocking, json_object, services
 from viewer_api.errors import BadRequest, Forbidden, NotFound
-from viewer_api.film import code_of, flag_of, link_json, qr_response, ttl_hours_of
-from viewer_api.film_link import LinkClosed, link_studies, open_link
+from viewer_api.film import (
+    code_of,
+    flag_of,
+    link_id_param,
+    link_json,
+    qr_response,
+    ttl_hours_of,
+)
+from viewer_api.film_link import link_studies, open_link_or_error
 from viewer_api.share import ShareLink
 
 
 async def _patient_link(request: web.Request) -> ShareLink:
-    try:
-        link = await open_link(request)
-    except LinkClosed as err:
-        if err.kind == "code":
-            raise Forbidden("enter the link's extraction code first") from None
-        raise Forbidden(f"this link is {err.kind}") from None
+    link = await open_link_or_error(request)
     if link.audience != "patient":
         raise Forbidden("only the patient's own link can do this")
     return link
 
 
 async def _child(request: web.Request, link: ShareLink) -> ShareLink:
-    child_id = request.match_info["id"]
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", child_id):
-        raise BadRequest("link id has an invalid form")
-    child = await blocking(services(request).shares.get, child_id)
+    child = await blocking(services(request).shares.get, link_id_param(request))
     if child is None or child.parent_id != link.id:
         raise NotFound("no such link of yours")
     return child

@@ -41,9 +41,11 @@ from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.film_link import (
     UNLOCK_COOKIE,
     LinkClosed,
+    as_http_error,
     film_base,
     link_studies,
     open_link,
+    open_link_or_error,
     study_of_link,
     unlocked,
 )
@@ -78,27 +80,11 @@ def _closed_page(err: LinkClosed) -> web.Response:
     return _page(message_page(err.kind), err.status)
 
 
-async def _link_or_error(request: web.Request) -> ShareLink:
-    """For images, downloads and JSON: the open link, or a JSON 401/403/404."""
-    try:
-        return await open_link(request)
-    except LinkClosed as err:
-        raise _as_error(err) from None
-
-
 async def _study_in_link(request: web.Request, link: ShareLink, study_uid: str) -> StudyRecord:
     try:
         return await study_of_link(request, link, study_uid)
     except LinkClosed as err:
-        raise _as_error(err) from None
-
-
-def _as_error(err: LinkClosed) -> Exception:
-    if err.status == 404:
-        return NotFound("not in this link")
-    if err.kind == "code":
-        return Forbidden("enter the link's extraction code first")
-    return Forbidden(f"this link is {err.kind}")
+        raise as_http_error(err) from None
 
 
 async def static(request: web.Request) -> web.Response:
@@ -271,7 +257,7 @@ async def _reports(request: web.Request, study: StudyRecord) -> list[dict[str, A
 
 
 async def manifest(request: web.Request) -> web.Response:
-    link = await _link_or_error(request)
+    link = await open_link_or_error(request)
     study_uid = uid_param(request, "study")
     study = await _study_in_link(request, link, study_uid)
     body = await study_manifest(request, study, await hospital_names(request))
@@ -279,7 +265,7 @@ async def manifest(request: web.Request) -> web.Response:
 
 
 async def _instance_of_link(request: web.Request) -> tuple[ShareLink, InstanceSummary]:
-    link = await _link_or_error(request)
+    link = await open_link_or_error(request)
     study_uid = uid_param(request, "study")
     series_uid = uid_param(request, "series")
     sop_uid = uid_param(request, "instance")
@@ -318,7 +304,7 @@ async def rendered(request: web.Request) -> web.Response:
 
 async def thumbnail(request: web.Request) -> web.Response:
     series_uid = uid_param(request, "series")
-    link = await _link_or_error(request)
+    link = await open_link_or_error(request)
     svc = services(request)
     found = await blocking(svc.index.find_series, SeriesQuery(series_uids=(series_uid,)), limit=1)
     if not found:
@@ -332,7 +318,7 @@ async def thumbnail(request: web.Request) -> web.Response:
 
 
 async def report(request: web.Request) -> web.Response:
-    link = await _link_or_error(request)
+    link = await open_link_or_error(request)
     report_id = request.match_info["id"]
     svc = services(request)
     if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", report_id) or svc.reports is None:
@@ -386,7 +372,7 @@ def _zip_name(inst: InstanceSummary, series_number: int | None) -> str:
 async def download_zip(request: web.Request) -> web.StreamResponse:
     """The study's DICOM files as they are stored, streamed as a ZIP (stored, not deflated:
     the pixel data is mostly compressed already), one object in memory at a time."""
-    link = await _link_or_error(request)
+    link = await open_link_or_error(request)
     if not link.allow_download:
         raise Forbidden("this link does not allow downloads")
     study_uid = uid_param(request, "study")
