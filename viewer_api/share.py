@@ -107,7 +107,9 @@ class ShareLink:
         return self.code_hash is not None
 
     def locked(self, now: float | None = None) -> bool:
-        return self.locked_until is not None and self.locked_until > (now or time.time())
+        return self.locked_until is not None and self.locked_until > (
+            time.time() if now is None else now
+        )
 
     def as_json(self) -> dict[str, Any]:
         """What its creator sees of a link (never the code or its hash)."""
@@ -135,9 +137,13 @@ class CodeCheck:
     locked_until: float | None = None
 
 
+def _scrypt(code: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(code.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+
+
 def hash_code(code: str) -> str:
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(code.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    digest = _scrypt(code, salt)
     return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
 
 
@@ -145,8 +151,7 @@ def code_matches(code: str, stored: str) -> bool:
     kind, salt, digest = stored.split("$")
     if kind != "scrypt":
         return False
-    got = hashlib.scrypt(code.encode(), salt=base64.b64decode(salt), n=2**14, r=8, p=1, dklen=32)
-    return hmac.compare_digest(got, base64.b64decode(digest))
+    return hmac.compare_digest(_scrypt(code, base64.b64decode(salt)), base64.b64decode(digest))
 
 
 def _link(row: Any) -> ShareLink:
