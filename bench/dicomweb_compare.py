@@ -35,7 +35,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest_compare import ROOT, WORK, ensure_netns, orthanc_config, send, stop, wait_echo
+from ingest_compare import (
+    ROOT,
+    WORK,
+    ensure_netns,
+    orthanc_config,
+    prepare_study,
+    send,
+    stop,
+    wait_echo,
+)
 from timing import median_s
 
 CLI = (sys.executable, "-m", "cloudfilm.cli")
@@ -238,17 +247,7 @@ def main() -> int:
     ap.add_argument("--only-s3", action="store_true", help="skip the filesystem comparison")
     args = ap.parse_args()
     ensure_netns()
-    os.environ["TCP_NODELAY"] = "1"
-    WORK.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
-    study_dir = WORK / f"ct-{args.slices}"
-    if not study_dir.is_dir():
-        subprocess.run(
-            [*CLI, "synth", str(study_dir), "--modality", "CT", "--images", str(args.slices)],
-            check=True,
-            cwd=ROOT,
-        )
-    files = sorted(study_dir.glob("*.dcm"))
+    files = prepare_study(args.slices)
     axial = [f for f in files if _ids([f])[1] == _ids(files)[1]]
     study, series = _ids(files)
     import pydicom

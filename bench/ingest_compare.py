@@ -197,6 +197,25 @@ def orthanc(max_pdu: int | None) -> Callable[[Path], object]:
     return run
 
 
+def prepare_study(slices: int) -> list[Path]:
+    """Loopback up, TCP_NODELAY for every DCMTK peer, and the synthetic CT of ``slices`` slices
+    (seed 1) in WORK, written once and shared by the benches; its files in order."""
+    # DCMTK reads TCP_NODELAY on both ends (storescu and the DCMTK-based receivers): without it
+    # Nagle's algorithm and delayed ACKs cap every DCMTK peer at about 20 instances/s.
+    os.environ["TCP_NODELAY"] = "1"
+    WORK.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
+    study = WORK / f"ct-{slices}"
+    if not study.is_dir():
+        synth = [sys.executable, "-m", "cloudfilm.cli", "synth", str(study)]
+        subprocess.run(
+            [*synth, "--modality", "CT", "--images", str(slices), "--seed", "1"],
+            check=True,
+            cwd=ROOT,
+        )
+    return sorted(study.glob("*.dcm"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--slices", type=int, default=300)
@@ -204,32 +223,7 @@ def main() -> int:
     ap.add_argument("--associations", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
     ensure_netns()
-    # DCMTK reads TCP_NODELAY on both ends (storescu and the DCMTK-based receivers): without it
-    # Nagle's algorithm and delayed ACKs cap every DCMTK peer at about 20 instances/s.
-    os.environ["TCP_NODELAY"] = "1"
-    WORK.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
-
-    study = WORK / f"ct-{args.slices}"
-    if not study.is_dir():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cloudfilm.cli",
-                "synth",
-                str(study),
-                "--modality",
-                "CT",
-                "--images",
-                str(args.slices),
-                "--seed",
-                "1",
-            ],
-            check=True,
-            cwd=ROOT,
-        )
-    files = sorted(study.glob("*.dcm"))
+    files = prepare_study(args.slices)
     mb = sum(f.stat().st_size for f in files) / 1e6
 
     receivers: dict[str, Callable[[Path], object]] = {"cloudfilm (fsync)": cloudfilm}
