@@ -103,7 +103,7 @@ def _is_deflated(ds: Dataset) -> bool:
     return meta is not None and meta.get("TransferSyntaxUID") == _DEFLATED
 
 
-def check_instance(source: bytes | Path) -> InstanceIdentity:
+def check_instance(source: bytes | memoryview | Path) -> InstanceIdentity:
     """Check that a DICOM Part 10 file (in memory, or on disk) is complete and identifies itself.
 
     Raises InvalidDicom naming the problem: unparseable, trailing bytes, a value cut short (a

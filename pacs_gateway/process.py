@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
@@ -27,6 +28,9 @@ from pacs_gateway.scp import QrContext, ScpSettings, start_scp
 from pacs_gateway.spool import Spool, SpoolUsage
 
 logger = logging.getLogger(__name__)
+
+_ABORT_WAIT_S = 3.0
+"""How long a stopping gateway waits for its aborted associations to close their sockets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,14 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
     conn.close()
     stop.wait()
     server.shutdown()
+    # associations still open end with an A-ABORT: their peers resend whatever was not
+    # answered with Success (all of that, answered or not, is durable or gone)
+    open_assocs = server.active_associations
+    for assoc in open_assocs:
+        assoc.abort(block=False)
+    deadline = time.monotonic() + _ABORT_WAIT_S
+    for assoc in open_assocs:
+        assoc.join(max(0.0, deadline - time.monotonic()))
 
 
 class GatewayProcess:

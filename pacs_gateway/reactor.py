@@ -14,6 +14,9 @@ how the two threads wait: the DUL blocks in ``select`` on the socket and a wake-
 association blocks on its DIMSE message queue. Nothing waits longer than it must, and an idle
 association costs no CPU. The server's request handler swaps them (and a socket
 that reads whole PDUs) in for each accepted association before its threads start.
+
+The DUL also gives the P-DATA-TF PDUs of C-STORE requests to a
+:class:`pacs_gateway.fast_store.StoreReceiver` when the server has one (see there why).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import logging
 import os
 import queue
 import select
+import struct
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.association import Association
@@ -30,16 +35,27 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from pacs_gateway.fast_store import ProtocolError, StoreReceiver
+
 logger = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.005
 """Longest a reactor blocks before re-checking its timers (ARTIM, network idle)."""
 
 
+ReceiverFactory = Callable[[Any, Callable[[bytes], None]], StoreReceiver]
+"""Builds an association's C-STORE receiver from the association and a function that sends
+bytes to the peer."""
+
+
 class EventDrivenDUL(DULServiceProvider):
     def __init__(self, assoc: Any) -> None:
         super().__init__(assoc)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.receiver: StoreReceiver | None = None
+        # pynetdicom's DUL threads are not daemons: a process told to stop would wait at exit
+        # for every open association to end (the peer's release, or the network timeout)
+        self.daemon = True
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # closed: the reactor has ended
@@ -85,6 +101,50 @@ class EventDrivenDUL(DULServiceProvider):
             self._reactor_loop()
         finally:
             os.close(self._wake_fd)
+            if self.receiver is not None:
+                self.receiver.close()
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's PDU read, except that the P-DATA-TF PDUs of C-STORE requests go to the
+        receiver (in the established state, Sta6) instead of becoming PDU objects and events."""
+        receiver = self.receiver
+        sock = self.socket
+        if receiver is None or sock is None or self.state_machine.current_state != "Sta6":
+            super()._read_pdu_data()
+            return
+        try:
+            header = sock.recv(6)
+            if len(header) != 6:
+                raise EOFError(f"{len(header)} of 6 PDU header bytes")
+            pdu_type, _, length = struct.unpack(">BBL", header)
+            if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+                logger.error("unknown PDU type 0x%02X received", pdu_type)
+                self.event_queue.put("Evt19")  # unrecognised PDU: A-ABORT
+                return
+            body = sock.recv(length)
+            if len(body) != length:
+                raise EOFError(f"{len(body)} of {length} PDU bytes")
+        except (OSError, EOFError) as exc:
+            logger.error("connection closed before the entire PDU was received: %s", exc)
+            self.event_queue.put("Evt17")  # transport closed
+            return
+        if pdu_type == 0x04:
+            try:
+                if receiver.take(memoryview(body)):
+                    return
+            except ProtocolError as exc:
+                logger.error("C-STORE from %s: %s; aborting", self.assoc.requestor.ae_title, exc)
+                receiver.close()
+                self.event_queue.put("Evt19")
+                return
+        try:
+            pdu, event = self._decode_pdu(header + body)
+        except Exception:
+            logger.exception("unable to decode the received PDU")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def _reactor_loop(self) -> None:
         self._idle_timer.start()
@@ -191,6 +251,7 @@ class LargeReadSocket(AssociationSocket):
     """
 
     def recv(self, nr_bytes: int) -> bytearray:
+        """Up to ``nr_bytes`` (fewer only when the peer closed)."""
         raw = self.socket
         if raw is None:
             return bytearray()
@@ -221,10 +282,15 @@ class EventDrivenRequestHandler(RequestHandler):
         new = EventDrivenDUL(assoc)
         # carry over what was already set up: the socket, its "connection open" event (Evt5)
         # and the ARTIM / network timers configured from the AE
-        old.socket.__class__ = LargeReadSocket
-        new.socket = old.socket
+        sock = old.socket
+        assert sock is not None  # pynetdicom sets it when it builds the association
+        sock.__class__ = LargeReadSocket
+        new.socket = sock
         new.event_queue = old.event_queue
         new.artim_timer = old.artim_timer
         new._idle_timer = old._idle_timer
         assoc.dul = new
+        factory: ReceiverFactory | None = getattr(self.server, "store_receiver", None)
+        if factory is not None:
+            new.receiver = factory(assoc, sock.send)
         return assoc

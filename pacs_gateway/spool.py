@@ -168,6 +168,11 @@ class Spool:
             f"{time.time_ns():020d}-{os.getpid() % 1000000:06d}{next(self._seq):06d}-{sop_uid}.dcm"
         )
 
+    def new_incoming(self) -> Path:
+        """A fresh path in incoming/ for an instance written piece by piece (then
+        :meth:`accept_file`); whatever a crash leaves there is dropped at the next open."""
+        return self.incoming / f"{os.getpid()}-{next(self._seq)}.part"
+
     def accept_file(self, path: Path, sop_uid: str) -> SpoolEntry:
         """Adopt a complete file already written on the spool's filesystem (a streamed large
         instance): fsync it, rename it into ready/, fsync the directory."""
