@@ -21,10 +21,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from image_store.errors import InvalidDicom
+from image_store.errors import InvalidDicom, InvalidUID
 from image_store.keys import check_uid
 from image_store.persons import identifiers
 from image_store.records import InstanceHeader, PatientInfo
+from image_store.structure import quick_identity
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ def check_instance(source: bytes | memoryview | Path) -> InstanceIdentity:
     if isinstance(source, Path):
         with open(source, "rb") as fh:
             return _check(fh, os.fstat(fh.fileno()).st_size, defer=True)
+    quick = quick_identity(source)  # a complete, well-formed instance needs no more
+    if quick is not None:
+        return InstanceIdentity(quick.sop_class_uid, quick.sop_instance_uid, quick.study_uid)
     return _check(io.BytesIO(source), len(source), defer=False)
 
 
@@ -122,7 +126,9 @@ def _check(fp: BinaryIO, size: int, *, defer: bool) -> InstanceIdentity:
         warnings.simplefilter("always")
         try:
             ds = pydicom.dcmread(fp, force=True, defer_size=_DEFER_SIZE if defer else None)
-        except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as exc:  # garbage makes pydicom raise all sorts (BytesLengthException...)
             raise InvalidDicom(f"cannot parse the dataset: {exc}") from exc
     for w in caught:
         if "end of file" in str(w.message).lower():
@@ -156,11 +162,16 @@ def _check(fp: BinaryIO, size: int, *, defer: bool) -> InstanceIdentity:
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         try:
             value = text_value(ds, keyword)
-        except (ValueError, TypeError, KeyError, LookupError) as exc:
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as exc:
             raise InvalidDicom(f"{keyword} cannot be read: {exc}") from exc
         if not value:
             raise InvalidDicom(f"required attribute {keyword} is missing")
-        uids[keyword] = check_uid(value, keyword)
+        try:
+            uids[keyword] = check_uid(value, keyword)
+        except InvalidUID as exc:
+            raise InvalidDicom(str(exc)) from exc
     return InstanceIdentity(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"])
 
 

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 _C_STORE_RQ = 0x0001
 _C_STORE_RSP = 0x8001
 _NO_DATASET = 0x0101
+_HANDLER_FAILED = 0xC211
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _COMMAND = 0x01
 _LAST = 0x02
@@ -345,6 +346,9 @@ class StoreReceiver:
                     os.close(fd)
                     assert receiving.path is not None
                     status = self._store(receiving.path, request)
+            except Exception:  # as pynetdicom does for a handler that fails
+                logger.exception("C-STORE %s: the store failed", request.sop_instance_uid[:80])
+                status = _HANDLER_FAILED
             finally:
                 self._discard(receiving)  # an adopted file has moved away
         self._send(

@@ -99,6 +99,7 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
     deadline = time.monotonic() + _ABORT_WAIT_S
     for assoc in open_assocs:
         assoc.join(max(0.0, deadline - time.monotonic()))
+    spool.close()  # checkpoint: the journal is not needed after a clean stop
 
 
 class GatewayProcess:

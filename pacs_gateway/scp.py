@@ -273,6 +273,7 @@ def start_scp(
     """Start the SCP in background threads; returns pynetdicom's server (call .shutdown())."""
     ae = build_ae(settings)
     counters = counters or StoreCounters()
+    spool.start_journal()
     if settings.stream_to_disk:
         # the temporary files land beside the spool, so adopting one is a rename, not a copy
         _config.STORE_RECV_CHUNKED_DATASET = True

@@ -3,13 +3,17 @@
 Layout under the spool root::
 
     incoming/   files being written (a crash leaves at most a partial file here; never acked)
-    ready/      complete, fsynced instances waiting for upload, oldest first by name
+    ready/      complete instances waiting for upload, oldest first by name
     failed/     instances the cloud refused permanently, each with a ``.reason`` text beside it
+    journal/    the write-ahead journals of the processes that accept (pacs_gateway/journal.py)
 
-A file reaches ``ready/`` only by ``rename`` after ``fsync`` of its bytes, and the directory is
-fsynced after the rename, so once :meth:`Spool.accept` returns the instance survives a crash or
-power loss. The file is a DICOM Part 10 file: its file meta carries the SOP UIDs, the transfer
-syntax and the calling AE title, so the spool needs no other record.
+A file reaches ``ready/`` only by ``rename``, after its bytes are durable: in a journal record
+(one ``fdatasync``; the file itself is fsynced at the journal's next checkpoint, or written
+back from the record after a crash), or, for instances too large for a journal segment, by
+``fsync`` of the file and then of the directory. So once :meth:`Spool.accept` returns the
+instance survives a crash or power loss. The file is a DICOM Part 10 file: its file meta
+carries the SOP UIDs, the transfer syntax and the calling AE title, so the spool needs no
+other record.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from image_store.keys import check_uid
 from image_store.objects.filesystem import fsync_dir
 from pacs_gateway.errors import SpoolFull
+from pacs_gateway.journal import Journal, JournalUnavailable, Record, replay_orphans
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +70,25 @@ class SpoolUsage:
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._values = ctx.RawArray("q", 2)  # depth, bytes
+        self._values = ctx.RawArray("q", 3)  # depth, bytes, monotonic ns of the last reserve
         self._lock = ctx.Lock()
 
     def reserve(self, size: int, high_water: int) -> None:
         with self._lock:
+            self._values[2] = time.monotonic_ns()
             if self._values[1] + size > high_water:
                 raise SpoolFull(
                     f"spool holds {self._values[1]} bytes, high-water mark {high_water}"
                 )
             self._values[0] += 1
             self._values[1] += size
+
+    def quiet_s(self) -> float:
+        """Seconds since an instance last arrived (CLOCK_MONOTONIC is one clock for every
+        process on the machine); large when none has yet."""
+        with self._lock:
+            last = int(self._values[2])
+        return (time.monotonic_ns() - last) / 1e9 if last else float("inf")
 
     def release(self, depth: int, size: int) -> None:
         with self._lock:
@@ -114,16 +127,23 @@ class Spool:
         self._fsync = fsync
         self._seq = itertools.count()
         self._work = threading.Event()
+        self.journal_root = self.root / "journal"
+        self._journal: Journal | None = None
+        self._journal_lock = threading.Lock()
         # partial files are never acknowledged: drop what a crash left behind
         for leftover in self.incoming.iterdir():
             leftover.unlink(missing_ok=True)
         self.usage = usage or SpoolUsage()
+        restored = self._replay_journals()
         if usage is None:
             entries = self.pending()
             self.usage.release(-len(entries), -sum(e.size for e in entries))
             if entries:
                 self._work.set()
                 logger.info("spool resumes with %d pending instances", len(entries))
+        elif restored:
+            self.usage.release(-restored[0], -restored[1])
+            self._work.set()
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -135,11 +155,27 @@ class Spool:
         # reserve before the write, so concurrent stores see it
         self.usage.reserve(size, self.high_water_bytes)
         name = self._new_name(sop_uid)
-        tmp = self.incoming / name
         final = self.ready / name
         try:
             if shutil.disk_usage(self.root).free - size < self.min_free_bytes:
                 raise SpoolFull(f"less than {self.min_free_bytes} bytes free on the spool disk")
+            if self._fsync and Journal.fits(name, size) and self._journal_append(name, parts):
+                # durable once in the journal; the ready/ file is checkpointed later
+                self._write_entry(name, parts, size, fsync=False)
+            else:
+                self._write_entry(name, parts, size, fsync=self._fsync)
+        except BaseException:
+            self.usage.release(1, size)
+            raise
+        self._work.set()
+        return SpoolEntry(final, size)
+
+    def _write_entry(
+        self, name: str, parts: Sequence[bytes | memoryview], size: int, *, fsync: bool
+    ) -> None:
+        """incoming/ then rename into ready/ (with fsync of file and directory when asked)."""
+        tmp = self.incoming / name
+        try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 written = os.writev(fd, list(parts))
@@ -148,19 +184,84 @@ class Spool:
                     while rest:
                         n = os.write(fd, rest)
                         rest = rest[n:]
-                if self._fsync:
+                if fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, final)
-            if self._fsync:
-                fsync_dir(self.ready)
+            os.rename(tmp, self.ready / name)
         except BaseException:
             tmp.unlink(missing_ok=True)
-            self.usage.release(1, size)
             raise
-        self._work.set()
-        return SpoolEntry(final, size)
+        if fsync:
+            fsync_dir(self.ready)
+
+    def start_journal(self) -> None:
+        """Give this process a journal now (its first segments are prepared in the
+        background; until one is ready, accepts take the plain fsync path)."""
+        with self._journal_lock:
+            if self._journal is None and self._fsync:
+                self._journal = Journal(self.journal_root, self._checkpoint)
+
+    def _journal_append(self, name: str, parts: Sequence[bytes | memoryview]) -> bool:
+        """Append to this process's journal; False when it has no segment to offer."""
+        self.start_journal()
+        journal = self._journal
+        if journal is None:  # closed meanwhile
+            return False
+        try:
+            journal.append(name, parts)
+        except JournalUnavailable:
+            return False
+        return True
+
+    def _checkpoint(self, names: list[str]) -> None:
+        """Make journalled entries durable in ready/ (those not delivered or failed yet)."""
+        for name in names:
+            try:
+                fd = os.open(self.ready / name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(self.ready)
+
+    def _replay_journals(self) -> tuple[int, int] | None:
+        """Write back into ready/ what the journals of gone writers hold (see journal.py);
+        returns (entries, bytes) written back."""
+        restored = [0, 0]
+
+        def restore(records: list[Record]) -> None:
+            latest = {r.name.split("-", 2)[2]: r.name for r in records}  # by SOP UID
+            for r in records:
+                if latest[r.name.split("-", 2)[2]] != r.name:
+                    continue  # a later instance with the same UID superseded it
+                if (self.failed / r.name).exists():
+                    continue
+                target = self.ready / r.name
+                try:
+                    if target.read_bytes() == r.data:
+                        continue
+                    existed = True
+                except FileNotFoundError:
+                    existed = False
+                self._write_entry(r.name, [r.data], len(r.data), fsync=True)
+                if not existed:
+                    restored[0] += 1
+                    restored[1] += len(r.data)
+                logger.warning("spool entry %s restored from the journal", r.name)
+
+        if replay_orphans(self.journal_root, restore) == 0:
+            return None
+        return restored[0], restored[1]
+
+    def close(self) -> None:
+        """Checkpoint and remove this process's journal (a clean stop)."""
+        with self._journal_lock:
+            journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
 
     def _new_name(self, sop_uid: str) -> str:
         """Sortable by arrival, unique across the processes sharing the spool."""
@@ -254,9 +355,13 @@ class Spool:
     def wake(self) -> None:
         self._work.set()
 
-    def stats(self) -> SpoolStats:
+    def oldest_age_s(self) -> float:
+        """How long the oldest pending entry has waited (0 when none)."""
         oldest = self.pending(limit=1)
-        age = (time.time_ns() - oldest[0].accepted_ns) / 1e9 if oldest else 0.0
+        return (time.time_ns() - oldest[0].accepted_ns) / 1e9 if oldest else 0.0
+
+    def stats(self) -> SpoolStats:
+        age = self.oldest_age_s()
         failed = sum(1 for n in os.listdir(self.failed) if n.endswith(".dcm"))
         depth, size = self.usage.get()
         return SpoolStats(depth=depth, bytes=size, oldest_age_s=age, failed=failed)

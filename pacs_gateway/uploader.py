@@ -35,6 +35,13 @@ class UploaderSettings:
     forwarding uses the CPU the SCP leaves (Linux applies it per thread)."""
     compression: UploadCompression = UploadCompression.NONE
     """Lossless re-encoding before upload (dicom_codecs.edge), verified bit-exact."""
+    yield_s: float = 0.3
+    """Acceptance first: while instances keep arriving (one within this many seconds), the
+    workers leave the disk and the CPUs to the SCP, whose every Success waits for an fsync
+    that the uploader's own writes and commits would delay. 0 uploads alongside."""
+    max_defer_s: float = 10.0
+    """...but never let the oldest spooled instance wait longer than this for its upload
+    (under a load that never pauses, forwarding then runs alongside acceptance)."""
 
 
 @dataclass(slots=True)
@@ -155,6 +162,7 @@ class Uploader:
                 logger.debug("cannot lower the uploader's priority", exc_info=True)
         delay = 0.0
         while not self._stop.is_set():
+            self._acceptance_first()
             try:
                 moved = self.upload_batch()
                 delay = 0.0
@@ -171,6 +179,16 @@ class Uploader:
             if moved == 0:
                 self._idle()
                 self.spool.wait_for_work(self.settings.idle_poll_s)
+
+    def _acceptance_first(self) -> None:
+        """Wait while modalities are sending (see UploaderSettings.yield_s)."""
+        limit = self.settings.yield_s
+        while limit > 0 and not self._stop.is_set():
+            quiet = self.spool.usage.quiet_s()
+            waited = self.spool.oldest_age_s()
+            if quiet >= limit or waited >= self.settings.max_defer_s:
+                return
+            self._stop.wait(min(limit - quiet, self.settings.max_defer_s - waited))
 
     def _idle(self) -> None:
         if self._on_idle is None or not self._touched:

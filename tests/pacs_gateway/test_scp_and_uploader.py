@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,10 +198,51 @@ def test_acceptance_continues_while_the_cloud_is_down_and_the_spool_drains_after
             assert assoc.send_c_store(base).Status == 0
         assoc.release()
         assert spool.stats().depth == 10 and index.count_instances() == 0
-        assert sink.refused_batches >= 1
+        deadline = time.monotonic() + 20
+        while sink.refused_batches < 1:  # the uploader tries once the modality has paused
+            assert time.monotonic() < deadline, "the uploader never tried"
+            time.sleep(0.02)
+        assert spool.stats().depth == 10
         sink.up = True
         assert up.wait_drained(20)
     finally:
         up.stop()
     assert index.count_instances() == 10 and spool.stats().depth == 0
+    index.close()
+
+
+def _one_ct(spool: Spool, uid: str) -> None:
+    raw = _path("CT_small.dcm").read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    ds.SOPInstanceUID = uid
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    spool.accept([out.getvalue()], uid)
+
+
+def test_the_uploader_waits_while_instances_arrive_but_never_past_max_defer(
+    spool: Spool, tmp_path: Path
+) -> None:
+    index = SqliteIndex(tmp_path / "i.sqlite")
+    ingest = LocalIngest(FilesystemObjectStore(tmp_path / "o"), index)
+    _one_ct(spool, "1.2.826.0.1.3680043.8.498.1")
+    patient = Uploader(spool, ingest, "H1", UploaderSettings(workers=1, yield_s=3.0))
+    patient.start()
+    try:
+        time.sleep(0.5)  # a modality that just sent: the disk is left to the SCP
+        assert index.count_instances() == 0
+        assert patient.wait_drained(20)  # and once it has been quiet for yield_s, it goes up
+    finally:
+        patient.stop()
+    assert index.count_instances() == 1
+    _one_ct(spool, "1.2.826.0.1.3680043.8.498.2")
+    impatient = Uploader(
+        spool, ingest, "H1", UploaderSettings(workers=1, yield_s=600.0, max_defer_s=0.2)
+    )
+    impatient.start()
+    try:
+        assert impatient.wait_drained(20)  # never quiet for 600 s, but 0.2 s is the limit
+    finally:
+        impatient.stop()
+    assert index.count_instances() == 2
     index.close()

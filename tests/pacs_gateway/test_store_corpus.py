@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import data_store  # type: ignore[import-untyped]
 import pydicom
 import pydicom.data
 import pytest
@@ -18,18 +17,8 @@ from pydicom.dataset import FileMetaDataset
 from pacs_gateway.metrics import StoreCounters
 from pacs_gateway.scp import STATUS_SUCCESS, handle_store
 from pacs_gateway.spool import Spool
+from tests.corpus import CORPUS
 from tests.e2e.fault_harness import dataset_bytes
-
-# the files bundled in the pydicom wheel and in the pydicom-data package (a dev dependency;
-# get_testdata_files would try to download what is not installed)
-CORPUS = sorted(
-    str(p)
-    for folder in (
-        Path(pydicom.data.__file__).parent / "test_files",
-        Path(data_store.__file__).parent / "data",
-    )
-    for p in folder.rglob("*.dcm")
-)
 
 
 @dataclass
