@@ -1,11 +1,16 @@
 """C-STORE ingest, side by side in one run: CloudFilm's gateway vs Orthanc vs DCMTK storescp.
 
     .venv/bin/python bench/ingest_compare.py [--slices 300] [--runs 3] [--associations 1 2]
+                                             [--warmup 30]
 
 Sends the same synthetic CT study (512x512 int16) with DCMTK storescu (TCP_NODELAY=1) to each
 receiver and prints inst/s, MB/s and the ratio to Orthanc's default configuration. CloudFilm runs
 durably (fsync on); its time is until storescu finishes (every instance acknowledged, i.e. on
-disk), and the time until the whole study is indexed is reported beside it.
+disk), and the time until the whole study is indexed is reported beside it. Every receiver
+is started fresh for each run and first gets a small warm-up study of its own (other UIDs),
+stored and followed by a short pause, so the timed study meets a running server rather than
+one still starting (CloudFilm writes out its spool journal's segments in the first idle
+second of its life; Orthanc creates its SQLite index).
 
 Orthanc and storescp cannot bind to one address, so the bench re-runs itself in a private
 network namespace with only loopback (root needed, as in CI): nothing listens outside 127.0.0.1.
@@ -31,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(tempfile.gettempdir()) / "cloudfilm-bench"
+SETTLE_S = 2.0
 
 
 def ensure_netns() -> None:
@@ -197,19 +203,19 @@ def orthanc(max_pdu: int | None) -> Callable[[Path], object]:
     return run
 
 
-def prepare_study(slices: int) -> list[Path]:
+def prepare_study(slices: int, seed: int = 1) -> list[Path]:
     """Loopback up, TCP_NODELAY for every DCMTK peer, and the synthetic CT of ``slices`` slices
-    (seed 1) in WORK, written once and shared by the benches; its files in order."""
+    (``seed``) in WORK, written once and shared by the benches; its files in order."""
     # DCMTK reads TCP_NODELAY on both ends (storescu and the DCMTK-based receivers): without it
     # Nagle's algorithm and delayed ACKs cap every DCMTK peer at about 20 instances/s.
     os.environ["TCP_NODELAY"] = "1"
     WORK.mkdir(parents=True, exist_ok=True)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
-    study = WORK / f"ct-{slices}"
+    study = WORK / (f"ct-{slices}" if seed == 1 else f"ct-{slices}-seed{seed}")
     if not study.is_dir():
         synth = [sys.executable, "-m", "cloudfilm.cli", "synth", str(study)]
         subprocess.run(
-            [*synth, "--modality", "CT", "--images", str(slices), "--seed", "1"],
+            [*synth, "--modality", "CT", "--images", str(slices), "--seed", str(seed)],
             check=True,
             cwd=ROOT,
         )
@@ -221,9 +227,16 @@ def main() -> int:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--associations", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=30,
+        help="slices of another study each receiver gets (and stores) before the timed one",
+    )
     args = ap.parse_args()
     ensure_netns()
     files = prepare_study(args.slices)
+    warm = prepare_study(args.warmup, seed=2) if args.warmup else []
     mb = sum(f.stat().st_size for f in files) / 1e6
 
     receivers: dict[str, Callable[[Path], object]] = {"cloudfilm (fsync)": cloudfilm}
@@ -234,7 +247,9 @@ def main() -> int:
         receivers["dcmtk storescp +B"] = storescp
     print(
         f"study: {len(files)} files, {mb:.1f} MB; storescu TCP_NODELAY=1; "
-        f"median of {args.runs} interleaved runs"
+        f"median of {args.runs} interleaved runs; each receiver freshly started, then given "
+        f"a {len(warm)}-slice warm-up study (stored, then {SETTLE_S:g} s idle) before the "
+        "timed one"
     )
 
     for n_assoc in args.associations:
@@ -247,8 +262,12 @@ def main() -> int:
                     tempfile.TemporaryDirectory(dir=WORK) as d,
                     factory(Path(d)) as (aec, port, after),  # type: ignore[attr-defined]
                 ):
+                    if warm:
+                        send(aec, port, [warm])
+                        after(len(warm))
+                        time.sleep(SETTLE_S)
                     dt = send(aec, port, groups)
-                    indexed[name].append(dt + after(len(files)))
+                    indexed[name].append(dt + after(len(warm) + len(files)))
                     times[name].append(dt)
         base = statistics.median(times.get("orthanc default") or [float("nan")])
         print(f"\n== {n_assoc} association(s)")

@@ -144,9 +144,10 @@ class StoreRequest:
     calling_ae: str
 
 
-StoreFunction = Callable[[memoryview | Path, StoreRequest], int]
+StoreFunction = Callable[[memoryview | Path, StoreRequest, list[Callable[[], None]]], int]
 """Given the complete Part 10 instance (in memory, or a file in the spool's incoming/ that it
-adopts or leaves to be deleted) and the request: return the DIMSE status."""
+adopts or leaves to be deleted), the request and a list for work that may wait until the
+response is sent (while the instance's memory is still untouched): the DIMSE status."""
 
 SPILL_BYTES = 16 * 1024 * 1024
 """A data set is gathered in memory (one buffer per association, reused) up to this size,
@@ -332,34 +333,44 @@ class StoreReceiver:
 
     def _finish(self, receiving: _Receiving) -> None:
         request = receiving.request
-        status = receiving.status
-        if status is None:
-            try:
-                if receiving.fd is None:
-                    view = memoryview(self._buffer)[: self._length]
-                    try:
-                        status = self._store(view, request)
-                    finally:
-                        view.release()  # the buffer is reused (resized) for the next one
-                else:
-                    fd, receiving.fd = receiving.fd, None
-                    os.close(fd)
-                    assert receiving.path is not None
-                    status = self._store(receiving.path, request)
-            except Exception:  # as pynetdicom does for a handler that fails
-                logger.exception("C-STORE %s: the store failed", request.sop_instance_uid[:80])
-                status = _HANDLER_FAILED
-            finally:
-                self._discard(receiving)  # an adopted file has moved away
-        self._send(
-            encode_store_response(
-                request.context_id,
-                request.message_id,
-                request.sop_class_uid,
-                request.sop_instance_uid,
-                status,
+        later: list[Callable[[], None]] = []
+        view = memoryview(self._buffer)[: self._length]
+        try:
+            status = receiving.status
+            if status is None:
+                status = self._stored(receiving, view, later)
+            self._send(
+                encode_store_response(
+                    request.context_id,
+                    request.message_id,
+                    request.sop_class_uid,
+                    request.sop_instance_uid,
+                    status,
+                )
             )
-        )
+            for work in later:  # while the modality reads the response and sends the next one
+                try:
+                    work()
+                except Exception:
+                    logger.exception("C-STORE %s: after the response", request.sop_instance_uid)
+        finally:
+            view.release()  # only now: ``later`` may still have written from it
+            self._discard(receiving)
+
+    def _stored(
+        self, receiving: _Receiving, view: memoryview, later: list[Callable[[], None]]
+    ) -> int:
+        request = receiving.request
+        try:
+            if receiving.fd is None:
+                return self._store(view, request, later)
+            fd, receiving.fd = receiving.fd, None
+            os.close(fd)
+            assert receiving.path is not None
+            return self._store(receiving.path, request, later)  # an adopted file moved away
+        except Exception:  # as pynetdicom does for a handler that fails
+            logger.exception("C-STORE %s: the store failed", request.sop_instance_uid[:80])
+            return _HANDLER_FAILED
 
     def _discard(self, receiving: _Receiving) -> None:
         self._length = 0

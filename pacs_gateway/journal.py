@@ -27,7 +27,6 @@ so a recycled segment's stale records are never replayed.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -53,6 +52,11 @@ _MAX_SEGMENTS = 8
 uploader has usually delivered (and deleted) its entries: their bytes then never reach the
 disk a second time. The journal stays at this many segments (128 MiB) on the spool disk."""
 _RETRY_S = 5.0
+_QUIET_S = 1.0
+"""Seconds without an arriving instance after which the journal writes segments out."""
+_POOL = ".pool"
+_FREE = ".free"
+_POOL_SEGMENTS = 2 * _MAX_SEGMENTS
 _MAGIC = b"CFJ1"
 _HEADER = struct.Struct("<4sQHQI")  # magic, generation, name length, data length, CRC-32
 _LOCK = "owner.lock"
@@ -93,9 +97,16 @@ class JournalUnavailable(OSError):
 class Journal:
     """The journal of one writing process (thread-safe: appends are serialised)."""
 
-    def __init__(self, root: Path, checkpoint: Callable[[list[str]], None]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        checkpoint: Callable[[list[str]], None],
+        quiet_s: Callable[[], float] = lambda: float("inf"),
+    ) -> None:
         """``checkpoint(names)`` must make those ready/ entries (the ones still there) and
-        the ready/ directory durable; it runs on the journal's background thread."""
+        the ready/ directory durable; it runs on the journal's background thread.
+        ``quiet_s()`` says how long no instance has arrived: new segments are written out in
+        full (zeros) only while the gateway is quiet."""
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
         building = Path(root) / f".{name}"  # not an orphan to anyone while its lock is taken
         building.mkdir(parents=True)
@@ -106,6 +117,9 @@ class Journal:
         fsync_dir(self.dir)
         fsync_dir(self.dir.parent)
         self._checkpoint = checkpoint
+        self._quiet_s = quiet_s
+        self._pool = Path(root) / _POOL
+        self._pool.mkdir(exist_ok=True)
         self._generation = 0
         self._append_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -163,7 +177,8 @@ class Journal:
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Checkpoint everything and remove the journal (a clean stop)."""
+        """Checkpoint everything and remove the journal (a clean stop); its segments go to
+        the spool's pool for the next journal."""
         with self._append_lock:
             if self._current is not None:
                 self._seal(self._current)
@@ -175,10 +190,7 @@ class Journal:
             for seg in self._prepared:
                 os.close(seg.fd)
             if self._error is None and not self._full:
-                for p in self.dir.iterdir():
-                    p.unlink(missing_ok=True)
-                self.dir.rmdir()
-                fsync_dir(self.dir.parent)
+                _give_to_pool(self.dir, self._pool)
             os.close(self._lock_fd)
 
     # -- the background thread -----------------------------------------------------------
@@ -187,7 +199,7 @@ class Journal:
         while True:
             with self._cond:
                 while not self._closed and not self._has_work():
-                    self._cond.wait()
+                    self._cond.wait(_QUIET_S)  # quiet comes with time, not with a notify
                 closing = self._closed
                 if closing:
                     retire = list(self._full)
@@ -201,6 +213,9 @@ class Journal:
                     with self._cond:
                         self._full.remove(seg)
             except OSError:
+                if closing:  # left for the replay at the next start
+                    logger.exception("spool journal checkpoint failed at close")
+                    return
                 logger.exception("spool journal checkpoint failed; retrying")
                 with self._cond:
                     self._cond.wait(_RETRY_S)
@@ -208,7 +223,13 @@ class Journal:
             if closing:
                 return
             if len(self._prepared) < _READY_SEGMENTS and (self._free or self._room()):
-                self._prepare_one()
+                self._prepare_one(zero=self._quiet_s() >= _QUIET_S)
+            elif self._room() and self._quiet_s() >= _QUIET_S:
+                self._prepare_one(zero=True)  # write a whole segment out while nobody waits
+            else:
+                with self._cond:
+                    if not self._closed and not self._full:
+                        self._cond.wait(_QUIET_S)
 
     def _room(self) -> bool:
         """Another segment may be created (instead of recycling one)."""
@@ -224,13 +245,14 @@ class Journal:
         )
 
     def _has_work(self) -> bool:
-        return len(self._prepared) < _READY_SEGMENTS and (
-            bool(self._free) or self._room() or bool(self._full)
-        )
+        return (
+            len(self._prepared) < _READY_SEGMENTS
+            and (bool(self._free) or self._room() or bool(self._full))
+        ) or (self._room() and self._quiet_s() >= _QUIET_S)
 
-    def _prepare_one(self) -> None:
+    def _prepare_one(self, *, zero: bool) -> None:
         try:
-            seg = self._prepare()
+            seg = self._prepare(zero=zero)
         except OSError as exc:  # e.g. a full disk: accept() falls back to plain fsyncs
             with self._cond:
                 if self._error is None:
@@ -247,30 +269,53 @@ class Journal:
     def _retire(self, seg: _Segment) -> None:
         self._checkpoint(seg.names)
         os.close(seg.fd)
-        self._free.append(seg.path)
+        free = seg.path.with_suffix(_FREE)  # no longer replayed: its entries are durable
+        os.rename(seg.path, free)
+        self._free.append(free)
 
-    def _prepare(self) -> _Segment:
+    def _prepare(self, *, zero: bool) -> _Segment:
         self._generation += 1
         path = self.dir / f"{self._generation:012d}.seg"
-        if self._free:  # a retired segment: its blocks exist, its stale records are ignored
-            os.rename(self._free.pop(0), path)
+        reuse = self._free.pop(0) if self._free else _take_from_pool(self._pool)
+        if reuse is not None:  # a used segment: its blocks are written, its records stale
+            os.rename(reuse, path)
             fd = os.open(path, os.O_RDWR)
         else:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                # allocated now, so a full disk shows here and not in append(); the first
-                # write to each block still converts it (a metadata change), recycled
-                # segments do not even have that
-                os.posix_fallocate(fd, 0, SEGMENT_BYTES)
+                if zero:  # written blocks: appends change no metadata at all
+                    zeros = bytes(1 << 20)
+                    for offset in range(0, SEGMENT_BYTES, len(zeros)):
+                        os.pwrite(fd, zeros, offset)
+                else:  # quick; the first write to each block converts it (a metadata change)
+                    os.posix_fallocate(fd, 0, SEGMENT_BYTES)
                 os.fsync(fd)
-                fsync_dir(self.dir)
             except BaseException:
                 os.close(fd)
                 path.unlink(missing_ok=True)
                 raise
-            return _Segment(self._generation, path, fd)
         fsync_dir(self.dir)
         return _Segment(self._generation, path, fd)
+
+
+def _take_from_pool(pool: Path) -> Path | None:
+    for p in sorted(pool.glob(f"*{_FREE}")):
+        return p
+    return None
+
+
+def _give_to_pool(journal_dir: Path, pool: Path) -> None:
+    """Move a finished journal's segments to the pool (up to a bound), delete the rest."""
+    room = _POOL_SEGMENTS - len(list(pool.glob(f"*{_FREE}")))
+    for p in sorted(journal_dir.iterdir()):
+        if p.suffix in (".seg", _FREE) and room > 0:
+            os.rename(p, pool / f"{secrets.token_hex(8)}{_FREE}")
+            room -= 1
+        else:
+            p.unlink(missing_ok=True)
+    journal_dir.rmdir()
+    fsync_dir(pool)
+    fsync_dir(journal_dir.parent)
 
 
 def read_segment(path: Path) -> list[Record]:
@@ -306,6 +351,7 @@ def replay_orphans(root: Path, restore: Callable[[list[Record]], None]) -> int:
     gets each journal's valid records, oldest first. Returns how many journals it replayed."""
     if not root.is_dir():
         return 0
+    (root / _POOL).mkdir(exist_ok=True)
     replayed = 0
     for d in sorted(root.iterdir()):
         if not d.is_dir() or d.name.startswith("."):
@@ -324,12 +370,7 @@ def replay_orphans(root: Path, restore: Callable[[list[Record]], None]) -> int:
             segments = sorted(d.glob("*.seg"), key=lambda p: p.stem)
             records = [r for seg in segments for r in read_segment(seg)]
             restore(records)
-            for p in d.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-            with contextlib.suppress(OSError):
-                d.rmdir()
-            fsync_dir(root)
+            _give_to_pool(d, root / _POOL)
             replayed += 1
         finally:
             os.close(fd)

@@ -16,6 +16,7 @@ import socketserver
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,9 +181,11 @@ def store_instance(
     sop_class: str,
     spool: Spool,
     counters: StoreCounters,
+    later: list[Callable[[], None]] | None = None,
 ) -> int:
     """Check a received Part 10 instance (in memory, or a file in the spool's incoming/ that
-    is then adopted), spool it durably and return the DIMSE status for its C-STORE."""
+    is then adopted), spool it durably and return the DIMSE status for its C-STORE.
+    ``later``: see :meth:`Spool.accept`."""
     if not is_valid_uid(sop_uid):
         return _refuse(counters, STATUS_CANNOT_UNDERSTAND, sop_uid, "invalid Affected SOP UID")
     try:
@@ -207,7 +210,7 @@ def store_instance(
         if isinstance(source, Path):
             entry = spool.accept_file(source, sop_uid)
         else:
-            entry = spool.accept([source], sop_uid)
+            entry = spool.accept([source], sop_uid, later=later)
     except SpoolFull as exc:
         logger.warning("C-STORE %s refused, out of resources: %s", sop_uid, exc)
         counters.add_refused(resources=True)
@@ -222,9 +225,15 @@ def store_instance(
 
 
 def _store_received(
-    source: memoryview | Path, request: StoreRequest, spool: Spool, counters: StoreCounters
+    source: memoryview | Path,
+    request: StoreRequest,
+    later: list[Callable[[], None]],
+    spool: Spool,
+    counters: StoreCounters,
 ) -> int:
-    return store_instance(source, request.sop_instance_uid, request.sop_class_uid, spool, counters)
+    return store_instance(
+        source, request.sop_instance_uid, request.sop_class_uid, spool, counters, later
+    )
 
 
 def _refuse(counters: StoreCounters, status: int, sop_uid: str, reason: str) -> int:

@@ -18,6 +18,7 @@ other record.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -25,7 +26,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,8 @@ class Spool:
         self.journal_root = self.root / "journal"
         self._journal: Journal | None = None
         self._journal_lock = threading.Lock()
+        self._unwritten: dict[str, bytes] = {}
+        self._unwritten_lock = threading.Lock()
         # partial files are never acknowledged: drop what a crash left behind
         for leftover in self.incoming.iterdir():
             leftover.unlink(missing_ok=True)
@@ -147,9 +150,19 @@ class Spool:
 
     # -- accepting -----------------------------------------------------------------------------
 
-    def accept(self, parts: Sequence[bytes | memoryview], sop_uid: str) -> SpoolEntry:
+    def accept(
+        self,
+        parts: Sequence[bytes | memoryview],
+        sop_uid: str,
+        *,
+        later: list[Callable[[], None]] | None = None,
+    ) -> SpoolEntry:
         """Write an instance (the concatenation of ``parts``) durably; raise SpoolFull instead of
-        accepting when over the high-water mark or short of disk."""
+        accepting when over the high-water mark or short of disk.
+
+        With ``later``, the ready/ file of a journalled instance is written by a callable
+        appended to it, for the caller to run once it has answered the modality (``parts``
+        must stay valid until then): the instance is durable when accept returns either way."""
         check_uid(sop_uid, "SOPInstanceUID")
         size = sum(len(p) for p in parts)
         # reserve before the write, so concurrent stores see it
@@ -161,14 +174,43 @@ class Spool:
                 raise SpoolFull(f"less than {self.min_free_bytes} bytes free on the spool disk")
             if self._fsync and Journal.fits(name, size) and self._journal_append(name, parts):
                 # durable once in the journal; the ready/ file is checkpointed later
-                self._write_entry(name, parts, size, fsync=False)
+                if later is None:
+                    self._materialize(name, parts)
+                else:
+                    later.append(functools.partial(self._materialize, name, parts))
             else:
                 self._write_entry(name, parts, size, fsync=self._fsync)
+                self._work.set()
         except BaseException:
             self.usage.release(1, size)
             raise
-        self._work.set()
         return SpoolEntry(final, size)
+
+    def _materialize(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
+        """The ready/ file of a journalled instance (no fsync: the journal holds its bytes).
+        A failure (a full disk) keeps a copy to retry; the journal keeps the record until the
+        file is written (or replays it after a restart)."""
+        self._retry_unwritten()
+        try:
+            self._write_entry(name, parts, sum(len(p) for p in parts), fsync=False)
+        except OSError as exc:
+            logger.error("spool entry %s is in the journal only, retrying: %s", name, exc)
+            with self._unwritten_lock:
+                self._unwritten[name] = b"".join(parts)
+        self._work.set()
+
+    def _retry_unwritten(self) -> None:
+        if not self._unwritten:
+            return
+        with self._unwritten_lock:
+            waiting = list(self._unwritten.items())
+        for name, data in waiting:
+            try:
+                self._write_entry(name, [data], len(data), fsync=False)
+            except OSError:
+                return
+            with self._unwritten_lock:
+                self._unwritten.pop(name, None)
 
     def _write_entry(
         self, name: str, parts: Sequence[bytes | memoryview], size: int, *, fsync: bool
@@ -215,7 +257,13 @@ class Spool:
         return True
 
     def _checkpoint(self, names: list[str]) -> None:
-        """Make journalled entries durable in ready/ (those not delivered or failed yet)."""
+        """Make journalled entries durable in ready/ (those not delivered or failed yet).
+        OSError while one of them could not be written yet: the journal keeps its record."""
+        self._retry_unwritten()
+        with self._unwritten_lock:
+            stuck = [n for n in names if n in self._unwritten]
+        if stuck:
+            raise OSError(f"{len(stuck)} journalled entries not written to ready/ yet")
         for name in names:
             try:
                 fd = os.open(self.ready / name, os.O_RDONLY)

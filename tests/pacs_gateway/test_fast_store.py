@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -122,16 +122,21 @@ class _Recorder:
         self.tmp = tmp
         self.stored: list[tuple[bytes, StoreRequest, bool]] = []
         self.sent: list[bytes] = []
+        self.after: list[tuple[int, bool]] = []
         self.n = 0
 
     def new_file(self) -> Path:
         self.n += 1
         return self.tmp / f"{self.n}.part"
 
-    def store(self, source: memoryview | Path, request: StoreRequest) -> int:
+    def store(
+        self, source: memoryview | Path, request: StoreRequest, later: list[Callable[[], None]]
+    ) -> int:
         on_disk = isinstance(source, Path)
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         self.stored.append((data, request, on_disk))
+        if not on_disk:  # work after the response still sees the data set's memory intact
+            later.append(lambda: self.after.append((len(self.sent), bytes(source) == data)))
         return 0x0000
 
 
@@ -179,6 +184,7 @@ def test_small_data_sets_are_stored_from_memory_one_after_another(tmp_path: Path
         for i in range(3)
     ]
     assert rec.sent == [encode_store_response(1, i, CT, f"1.2.{i}", 0) for i in range(3)]
+    assert rec.after == [(1, True), (2, True), (3, True)]  # each after its response
 
 
 def test_a_command_fragment_inside_a_data_set_is_a_protocol_error(tmp_path: Path) -> None:

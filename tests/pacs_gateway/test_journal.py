@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,10 @@ def _accept_then_die(spool_dir: Path, items: list[tuple[str, bytes]]) -> None:
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
 
 
+def _journals(spool: Spool) -> list[Path]:
+    return [d for d in spool.journal_root.iterdir() if not d.name.startswith(".")]
+
+
 def _journal_records(spool: Spool) -> list[jn.Record]:
     return [r for seg in sorted(spool.journal_root.glob("*/*.seg")) for r in read_segment(seg)]
 
@@ -61,7 +65,7 @@ def test_acknowledged_instances_lost_or_torn_in_ready_come_back_from_the_journal
     spool = Spool(tmp_path)
     assert {e.sop_uid: e.path.read_bytes() for e in spool.pending()} == dict(items)
     assert spool.stats().depth == 6
-    assert list(spool.journal_root.iterdir()) == []  # replayed and removed
+    assert _journals(spool) == []  # replayed and removed (its segments kept for reuse)
 
 
 def test_a_replayed_journal_restores_only_the_latest_instance_of_a_uid(tmp_path: Path) -> None:
@@ -76,9 +80,16 @@ def test_a_journal_whose_owner_lives_is_not_replayed(tmp_path: Path) -> None:
     writer = Spool(tmp_path)
     writer.start_journal()
     other = Spool(tmp_path)  # e.g. a second SCP process starting up
-    assert other.pending() == [] and len(list(writer.journal_root.iterdir())) == 1
+    assert other.pending() == [] and len(_journals(writer)) == 1
     writer.close()
-    assert list(writer.journal_root.iterdir()) == []  # a clean stop leaves no journal
+    assert _journals(writer) == []  # a clean stop leaves no journal
+    reused = Spool(tmp_path)
+    reused.start_journal()
+    deadline = time.monotonic() + 30
+    while list(reused.journal_root.glob(".pool/*")):  # the next journal takes the segments
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    reused.close()
 
 
 def test_recycled_segments_never_replay_their_stale_records(
@@ -110,4 +121,30 @@ def test_the_spool_falls_back_to_plain_fsync_when_no_segment_is_ready(tmp_path: 
     entry = spool.accept([b"abc"], "1.2.3")
     assert entry.path.read_bytes() == b"abc"
     spool.close()
-    assert os.listdir(spool.journal_root) == []
+    assert _journals(spool) == []
+
+
+def test_a_journalled_instance_whose_ready_file_cannot_be_written_is_retried_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    spool.start_journal()
+    deadline = time.monotonic() + 30
+    while not spool._journal or not spool._journal._prepared:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    write = Spool._write_entry
+    failures = iter([OSError(28, "No space left on device")])
+
+    def flaky(self: Spool, *args: object, **kwargs: object) -> None:
+        for exc in failures:
+            raise exc
+        write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Spool, "_write_entry", flaky)
+    spool.accept([b"first"], "1.2.840.99.1")  # durable in the journal; its file failed
+    assert spool.pending() == []
+    assert [r.data for r in _journal_records(spool)] == [b"first"]
+    spool.accept([b"second"], "1.2.840.99.2")  # the next accept writes both
+    assert sorted(e.path.read_bytes() for e in spool.pending()) == [b"first", b"second"]
+    spool.close()
