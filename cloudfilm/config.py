@@ -33,6 +33,9 @@ class StackSettings:
     """The URL clients reach the API at; default http://HTTP_HOST:HTTP_PORT."""
     spool_high_water_mb: int = 20_480
     spool_min_free_mb: int = 512
+    spool_journal_mb: int = 128
+    """Write-ahead journal of each SCP process (one fdatasync per instance instead of two
+    fsyncs; pacs_gateway/journal.py); 0 turns it off."""
     dicom_workers: int = 2
     """SCP processes sharing the DICOM port (parallel associations use several cores)."""
     upload_workers: int = 2
@@ -245,6 +248,8 @@ def load_settings(
         raise ConfigError(f"encryption_key_file: no such file {settings.encryption_key_file}")
     if settings.object_store == "s3" and not settings.s3_bucket:
         raise ConfigError("object_store = s3 needs s3_bucket")
+    if settings.spool_journal_mb < 0:
+        raise ConfigError(f"spool_journal_mb must be 0 or more, got {settings.spool_journal_mb}")
     if not 1 <= len(settings.ae_title) <= 16:
         raise ConfigError(f"AE title must be 1-16 characters, got {settings.ae_title!r}")
     return settings

@@ -169,6 +169,7 @@ class Stack:
                 min_free_bytes=self.spool.min_free_bytes,
                 fsync=s.fsync,
                 log_level=logging.getLogger().getEffectiveLevel(),
+                journal_bytes=s.spool_journal_mb * 1024**2,
                 qr=QrSettings(
                     ae_title=s.ae_title,
                     hospitals=s.qr_hospital_set(),

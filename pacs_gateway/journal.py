@@ -11,7 +11,8 @@ with a CRC-32, the spool entry's name, the Part 10 bytes) and ``fdatasync``s it;
 does it write the entry into ready/ the ordinary way, without fsync. Every file in ready/ is
 therefore either durable already, or its bytes are in a journal record that is:
 
-- **checkpointed** when its segment is full and the journal needs the segment back: a
+- **checkpointed** when its segment is full and the journal, grown to its size (the
+  ``spool_journal_mb`` setting), needs the segment back: a
   background thread fsyncs the segment's entries still in ready/ (usually few: the uploader
   has delivered and deleted most of them by then, so their bytes never reached the disk a
   second time) and the directory, then recycles the segment (its blocks are reused);
@@ -47,16 +48,13 @@ SEGMENT_BYTES = 16 * 1024 * 1024
 fsync path, where the two commits are small beside the data)."""
 _READY_SEGMENTS = 2
 """Segments kept prepared ahead of the writer."""
-_MAX_SEGMENTS = 8
-"""A full segment is checkpointed only when the journal needs it back, by which time the
-uploader has usually delivered (and deleted) its entries: their bytes then never reach the
-disk a second time. The journal stays at this many segments (128 MiB) on the spool disk."""
+_POOL_SEGMENTS = 32
+"""Segments kept in the spool's pool for future journals (the rest of a closed journal's are
+deleted)."""
 _RETRY_S = 5.0
-_QUIET_S = 1.0
-"""Seconds without an arriving instance after which the journal writes segments out."""
 _POOL = ".pool"
 _FREE = ".free"
-_POOL_SEGMENTS = 2 * _MAX_SEGMENTS
+
 _MAGIC = b"CFJ1"
 _HEADER = struct.Struct("<4sQHQI")  # magic, generation, name length, data length, CRC-32
 _LOCK = "owner.lock"
@@ -101,12 +99,11 @@ class Journal:
         self,
         root: Path,
         checkpoint: Callable[[list[str]], None],
-        quiet_s: Callable[[], float] = lambda: float("inf"),
+        max_segments: int = 8,
     ) -> None:
         """``checkpoint(names)`` must make those ready/ entries (the ones still there) and
-        the ready/ directory durable; it runs on the journal's background thread.
-        ``quiet_s()`` says how long no instance has arrived: new segments are written out in
-        full (zeros) only while the gateway is quiet."""
+        the ready/ directory durable; it runs on the journal's background thread. The journal
+        grows to ``max_segments`` segments, then recycles them."""
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
         building = Path(root) / f".{name}"  # not an orphan to anyone while its lock is taken
         building.mkdir(parents=True)
@@ -117,7 +114,7 @@ class Journal:
         fsync_dir(self.dir)
         fsync_dir(self.dir.parent)
         self._checkpoint = checkpoint
-        self._quiet_s = quiet_s
+        self._max_segments = max(max_segments, _READY_SEGMENTS + 2)
         self._pool = Path(root) / _POOL
         self._pool.mkdir(exist_ok=True)
         self._generation = 0
@@ -199,7 +196,7 @@ class Journal:
         while True:
             with self._cond:
                 while not self._closed and not self._has_work():
-                    self._cond.wait(_QUIET_S)  # quiet comes with time, not with a notify
+                    self._cond.wait()
                 closing = self._closed
                 if closing:
                     retire = list(self._full)
@@ -223,18 +220,12 @@ class Journal:
             if closing:
                 return
             if len(self._prepared) < _READY_SEGMENTS and (self._free or self._room()):
-                self._prepare_one(zero=self._quiet_s() >= _QUIET_S)
-            elif self._room() and self._quiet_s() >= _QUIET_S:
-                self._prepare_one(zero=True)  # write a whole segment out while nobody waits
-            else:
-                with self._cond:
-                    if not self._closed and not self._full:
-                        self._cond.wait(_QUIET_S)
+                self._prepare_one()
 
     def _room(self) -> bool:
         """Another segment may be created (instead of recycling one)."""
         total = len(self._prepared) + len(self._full) + len(self._free) + 1  # + current
-        return total < _MAX_SEGMENTS
+        return total < self._max_segments
 
     def _must_recycle(self) -> bool:
         return (
@@ -245,14 +236,13 @@ class Journal:
         )
 
     def _has_work(self) -> bool:
-        return (
-            len(self._prepared) < _READY_SEGMENTS
-            and (bool(self._free) or self._room() or bool(self._full))
-        ) or (self._room() and self._quiet_s() >= _QUIET_S)
+        return len(self._prepared) < _READY_SEGMENTS and (
+            bool(self._free) or self._room() or bool(self._full)
+        )
 
-    def _prepare_one(self, *, zero: bool) -> None:
+    def _prepare_one(self) -> None:
         try:
-            seg = self._prepare(zero=zero)
+            seg = self._prepare()
         except OSError as exc:  # e.g. a full disk: accept() falls back to plain fsyncs
             with self._cond:
                 if self._error is None:
@@ -273,7 +263,7 @@ class Journal:
         os.rename(seg.path, free)
         self._free.append(free)
 
-    def _prepare(self, *, zero: bool) -> _Segment:
+    def _prepare(self) -> _Segment:
         self._generation += 1
         path = self.dir / f"{self._generation:012d}.seg"
         reuse = self._free.pop(0) if self._free else _take_from_pool(self._pool)
@@ -283,12 +273,10 @@ class Journal:
         else:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                if zero:  # written blocks: appends change no metadata at all
-                    zeros = bytes(1 << 20)
-                    for offset in range(0, SEGMENT_BYTES, len(zeros)):
-                        os.pwrite(fd, zeros, offset)
-                else:  # quick; the first write to each block converts it (a metadata change)
-                    os.posix_fallocate(fd, 0, SEGMENT_BYTES)
+                # allocated now, so a full disk shows here and not in append(); the first
+                # write to each block still converts it (a metadata change, in a new
+                # journal's first SEGMENT_BYTES x max_segments only)
+                os.posix_fallocate(fd, 0, SEGMENT_BYTES)
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)

@@ -41,6 +41,8 @@ class GatewaySpec:
     min_free_bytes: int
     fsync: bool
     log_level: int = logging.INFO
+    journal_bytes: int = 0
+    """Each SCP process's spool journal (see Spool); 0: plain fsyncs."""
     qr: QrSettings | None = None
     index_factory: Callable[[], Index] | None = None
     store_factory: Callable[[], ObjectStore] | None = None
@@ -77,6 +79,7 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
         min_free_bytes=spec.min_free_bytes,
         fsync=spec.fsync,
         usage=usage,
+        journal_bytes=spec.journal_bytes,
     )
     qr = None
     if spec.qr is not None and spec.index_factory is not None and spec.store_factory is not None:

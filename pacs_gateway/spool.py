@@ -33,7 +33,13 @@ from pathlib import Path
 from image_store.keys import check_uid
 from image_store.objects.filesystem import fsync_dir
 from pacs_gateway.errors import SpoolFull
-from pacs_gateway.journal import Journal, JournalUnavailable, Record, replay_orphans
+from pacs_gateway.journal import (
+    SEGMENT_BYTES,
+    Journal,
+    JournalUnavailable,
+    Record,
+    replay_orphans,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +122,11 @@ class Spool:
         min_free_bytes: int = 512 * 1024**2,
         fsync: bool = True,
         usage: SpoolUsage | None = None,
+        journal_bytes: int = 0,
     ) -> None:
+        """``journal_bytes``: the write-ahead journal of each accepting process
+        (pacs_gateway/journal.py) grows to this size; 0 makes every instance durable with
+        plain fsyncs. A spool of any setting replays the journals a crash left."""
         self.root = Path(root)
         self.incoming = self.root / "incoming"
         self.ready = self.root / "ready"
@@ -126,6 +136,7 @@ class Spool:
         self.high_water_bytes = high_water_bytes
         self.min_free_bytes = min_free_bytes
         self._fsync = fsync
+        self._journal_segments = journal_bytes // SEGMENT_BYTES if fsync else 0
         self._seq = itertools.count()
         self._work = threading.Event()
         self.journal_root = self.root / "journal"
@@ -172,7 +183,11 @@ class Spool:
         try:
             if shutil.disk_usage(self.root).free - size < self.min_free_bytes:
                 raise SpoolFull(f"less than {self.min_free_bytes} bytes free on the spool disk")
-            if self._fsync and Journal.fits(name, size) and self._journal_append(name, parts):
+            if (
+                self._journal_segments
+                and Journal.fits(name, size)
+                and self._journal_append(name, parts)
+            ):
                 # durable once in the journal; the ready/ file is checkpointed later
                 if later is None:
                     self._materialize(name, parts)
@@ -241,8 +256,10 @@ class Spool:
         """Give this process a journal now (its first segments are prepared in the
         background; until one is ready, accepts take the plain fsync path)."""
         with self._journal_lock:
-            if self._journal is None and self._fsync:
-                self._journal = Journal(self.journal_root, self._checkpoint)
+            if self._journal is None and self._journal_segments:
+                self._journal = Journal(
+                    self.journal_root, self._checkpoint, max_segments=self._journal_segments
+                )
 
     def _journal_append(self, name: str, parts: Sequence[bytes | memoryview]) -> bool:
         """Append to this process's journal; False when it has no segment to offer."""

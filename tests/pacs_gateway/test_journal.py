@@ -24,7 +24,7 @@ def _accept_then_die(spool_dir: Path, items: list[tuple[str, bytes]]) -> None:
         import os, signal, sys, time
         from pathlib import Path
         from pacs_gateway.spool import Spool
-        spool = Spool(Path({str(spool_dir)!r}))
+        spool = Spool(Path({str(spool_dir)!r}), journal_bytes=64 << 20)
         spool.start_journal()
         deadline = time.monotonic() + 30
         while not spool._journal._prepared:  # the first segment is ready: no plain fallback
@@ -77,13 +77,13 @@ def test_a_replayed_journal_restores_only_the_latest_instance_of_a_uid(tmp_path:
 
 
 def test_a_journal_whose_owner_lives_is_not_replayed(tmp_path: Path) -> None:
-    writer = Spool(tmp_path)
+    writer = Spool(tmp_path, journal_bytes=64 << 20)
     writer.start_journal()
     other = Spool(tmp_path)  # e.g. a second SCP process starting up
     assert other.pending() == [] and len(_journals(writer)) == 1
     writer.close()
     assert _journals(writer) == []  # a clean stop leaves no journal
-    reused = Spool(tmp_path)
+    reused = Spool(tmp_path, journal_bytes=64 << 20)
     reused.start_journal()
     deadline = time.monotonic() + 30
     while list(reused.journal_root.glob(".pool/*")):  # the next journal takes the segments
@@ -96,9 +96,8 @@ def test_recycled_segments_never_replay_their_stale_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(jn, "SEGMENT_BYTES", 4096)
-    monkeypatch.setattr(jn, "_MAX_SEGMENTS", 3)
     checkpointed: list[str] = []
-    journal = Journal(tmp_path, checkpointed.extend)
+    journal = Journal(tmp_path, checkpointed.extend, max_segments=4)
     names = [f"{i:04d}-x-1.2.{i}.dcm" for i in range(60)]
     for name in names:
         while True:
@@ -117,7 +116,7 @@ def test_recycled_segments_never_replay_their_stale_records(
 
 
 def test_the_spool_falls_back_to_plain_fsync_when_no_segment_is_ready(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)  # no start_journal: the first accept finds nothing prepared
+    spool = Spool(tmp_path, journal_bytes=64 << 20)  # the first accept finds no segment yet
     entry = spool.accept([b"abc"], "1.2.3")
     assert entry.path.read_bytes() == b"abc"
     spool.close()
@@ -127,7 +126,7 @@ def test_the_spool_falls_back_to_plain_fsync_when_no_segment_is_ready(tmp_path: 
 def test_a_journalled_instance_whose_ready_file_cannot_be_written_is_retried_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = Spool(tmp_path)
+    spool = Spool(tmp_path, journal_bytes=64 << 20)
     spool.start_journal()
     deadline = time.monotonic() + 30
     while not spool._journal or not spool._journal._prepared:
