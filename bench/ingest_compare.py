@@ -1,16 +1,17 @@
 """C-STORE ingest, side by side in one run: CloudFilm's gateway vs Orthanc vs DCMTK storescp.
 
     .venv/bin/python bench/ingest_compare.py [--slices 300] [--runs 3] [--associations 1 2]
-                                             [--warmup 30]
+                                             [--warmup N]
 
 Sends the same synthetic CT study (512x512 int16) with DCMTK storescu (TCP_NODELAY=1) to each
 receiver and prints inst/s, MB/s and the ratio to Orthanc's default configuration. CloudFilm runs
 durably (fsync on); its time is until storescu finishes (every instance acknowledged, i.e. on
 disk), and the time until the whole study is indexed is reported beside it. Every receiver
-is started fresh for each run and first gets a small warm-up study of its own (other UIDs),
-stored and followed by a short pause, so the timed study meets a running server rather than
-one still starting (CloudFilm writes out its spool journal's segments in the first idle
-second of its life; Orthanc creates its SQLite index).
+is started fresh for each run and first gets a warm-up study of its own (other UIDs, as many
+slices as the timed one), stored and followed by a short pause, so the timed study meets a
+server in its steady state rather than one in the first minute of its life (CloudFilm's
+spool journal allocates its segments during its first few hundred MB; Orthanc creates its
+SQLite index and storage folders).
 
 Orthanc and storescp cannot bind to one address, so the bench re-runs itself in a private
 network namespace with only loopback (root needed, as in CI): nothing listens outside 127.0.0.1.
@@ -230,13 +231,15 @@ def main() -> int:
     ap.add_argument(
         "--warmup",
         type=int,
-        default=30,
-        help="slices of another study each receiver gets (and stores) before the timed one",
+        default=None,
+        help="slices of another study each receiver gets (and stores) before the timed one "
+        "(default: as many as --slices; 0: none)",
     )
     args = ap.parse_args()
     ensure_netns()
     files = prepare_study(args.slices)
-    warm = prepare_study(args.warmup, seed=2) if args.warmup else []
+    warmup = args.slices if args.warmup is None else args.warmup
+    warm = prepare_study(warmup, seed=2) if warmup else []
     mb = sum(f.stat().st_size for f in files) / 1e6
 
     receivers: dict[str, Callable[[Path], object]] = {"cloudfilm (fsync)": cloudfilm}

@@ -33,7 +33,7 @@ class StackSettings:
     """The URL clients reach the API at; default http://HTTP_HOST:HTTP_PORT."""
     spool_high_water_mb: int = 20_480
     spool_min_free_mb: int = 512
-    spool_journal_mb: int = 128
+    spool_journal_mb: int = 256
     """Write-ahead journal of each SCP process (one fdatasync per instance instead of two
     fsyncs; pacs_gateway/journal.py); 0 turns it off."""
     dicom_workers: int = 2
