@@ -30,10 +30,9 @@ from pacs_gateway.fast_store import (
     file_meta_bytes,
     split_pdvs,
 )
-from pacs_gateway.metrics import StoreCounters
-from pacs_gateway.process import GatewayProcess, GatewaySpec
 from pacs_gateway.scp import ScpSettings, start_scp
 from pacs_gateway.spool import Spool
+from tests.pacs_gateway.helpers import gateway_process
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -298,18 +297,7 @@ def test_a_gateway_told_to_stop_aborts_open_associations_instead_of_waiting_for_
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = Spool(tmp_path / "spool")
-    gw = GatewayProcess(
-        GatewaySpec(
-            scp=ScpSettings(ae_title="GW", port=0),
-            spool_dir=spool.root,
-            high_water_bytes=spool.high_water_bytes,
-            min_free_bytes=0,
-            fsync=True,
-            log_level=logging.WARNING,
-        ),
-        spool.usage,
-        StoreCounters(),
-    )
+    gw = gateway_process(spool, ScpSettings(ae_title="GW", port=0), journal_bytes=64 << 20)
     port = gw.start()
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CTImageStorage)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import UltrasoundMultiFrameImageStorage
 
 from cloudfilm.synth import synthesize_study
-from pacs_gateway.metrics import StoreCounters
-from pacs_gateway.process import GatewayProcess, GatewaySpec
 from pacs_gateway.scp import ScpSettings
 from pacs_gateway.spool import Spool
 from tests.e2e.fault_harness import dataset_bytes
+from tests.pacs_gateway.helpers import gateway_process
 
 FRAMES = 360  # 480x640 RGB: about 330 MB of pixel data
 
@@ -39,18 +37,7 @@ def test_a_330_mb_multiframe_is_stored_without_holding_it_in_memory(tmp_path: Pa
     assert big.stat().st_size > 300e6
 
     spool = Spool(tmp_path / "spool")
-    gw = GatewayProcess(
-        GatewaySpec(
-            scp=ScpSettings(ae_title="GW", port=0, stream_to_disk=True),
-            spool_dir=spool.root,
-            high_water_bytes=spool.high_water_bytes,
-            min_free_bytes=0,
-            fsync=True,
-            log_level=logging.WARNING,
-        ),
-        spool.usage,
-        StoreCounters(),
-    )
+    gw = gateway_process(spool, ScpSettings(ae_title="GW", port=0, stream_to_disk=True))
     port = gw.start()
     try:
         base_rss = _peak_rss_mb(gw.pids[0])
