@@ -287,9 +287,7 @@ class Journal:
 
 
 def _take_from_pool(pool: Path) -> Path | None:
-    for p in sorted(pool.glob(f"*{_FREE}")):
-        return p
-    return None
+    return next(iter(sorted(pool.glob(f"*{_FREE}"))), None)
 
 
 def _give_to_pool(journal_dir: Path, pool: Path) -> None:
