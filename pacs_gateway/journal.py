@@ -28,8 +28,10 @@ so a recycled segment's stale records are never replayed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
+import mmap
 import os
 import secrets
 import struct
@@ -55,6 +57,8 @@ _RETRY_S = 5.0
 _POOL = ".pool"
 _FREE = ".free"
 
+_ALIGN = 4096
+"""Records start on this boundary (O_DIRECT needs aligned offsets, lengths and buffers)."""
 _MAGIC = b"CFJ1"
 _HEADER = struct.Struct("<4sQHQI")  # magic, generation, name length, data length, CRC-32
 _LOCK = "owner.lock"
@@ -73,6 +77,7 @@ class _Segment:
     generation: int
     path: Path
     fd: int
+    direct: bool
     offset: int = 0
     names: list[str] = field(default_factory=list)
 
@@ -83,8 +88,25 @@ class Record:
     data: bytes
 
 
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
 def record_size(name: str, size: int) -> int:
-    return _HEADER.size + len(name.encode("utf-8")) + size
+    """Bytes a record takes in its segment (records start on _ALIGN boundaries)."""
+    return _aligned(_HEADER.size + len(name.encode("utf-8")) + size)
+
+
+def _open_segment(path: Path, flags: int) -> tuple[int, bool]:
+    """Open for O_DIRECT writes where the filesystem allows (tmpfs does not): the data goes
+    from our buffer to the disk without a page-cache copy and its writeback, about 0.1 ms of a
+    0.3 ms append here. Returns the fd and whether it is direct."""
+    try:
+        return os.open(path, flags | os.O_DIRECT, 0o600), True
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    return os.open(path, flags, 0o600), False
 
 
 class JournalUnavailable(OSError):
@@ -126,6 +148,7 @@ class Journal:
         self._closed = False
         self._error: BaseException | None = None
         self._current: _Segment | None = None
+        self._buffer = mmap.mmap(-1, _ALIGN)
         self._worker = threading.Thread(target=self._background, name="spool-journal", daemon=True)
         self._worker.start()
 
@@ -138,7 +161,7 @@ class Journal:
         (then nothing of it counts)."""
         raw_name = name.encode("utf-8")
         size = sum(len(p) for p in parts)
-        length = _HEADER.size + len(raw_name) + size
+        length = _aligned(_HEADER.size + len(raw_name) + size)
         with self._append_lock:
             seg = self._current
             if seg is None or seg.offset + length > SEGMENT_BYTES:
@@ -146,12 +169,31 @@ class Journal:
             header = _HEADER.pack(
                 _MAGIC, seg.generation, len(raw_name), size, _crc(seg.generation, raw_name, parts)
             )
-            written = os.pwritev(seg.fd, [header, raw_name, *parts], seg.offset)
-            if written != length:
-                raise OSError(f"short journal write: {written} of {length} bytes")
+            record = [header, raw_name, *parts]
+            if seg.direct:
+                expected = length
+                with self._stage(record, length) as staged:
+                    written = os.pwrite(seg.fd, staged, seg.offset)
+            else:
+                expected = _HEADER.size + len(raw_name) + size
+                written = os.pwritev(seg.fd, record, seg.offset)
+            if written != expected:
+                raise OSError(f"short journal write: {written} of {expected} bytes")
             os.fdatasync(seg.fd)
             seg.offset += length
             seg.names.append(name)
+
+    def _stage(self, parts: Sequence[bytes | memoryview], length: int) -> memoryview:
+        """The record in the page-aligned buffer O_DIRECT needs, padded to ``length``."""
+        if len(self._buffer) < length:
+            self._buffer.close()
+            self._buffer = mmap.mmap(-1, _aligned(length * 5 // 4))
+        with memoryview(self._buffer) as view:
+            pos = 0
+            for p in parts:
+                view[pos : pos + len(p)] = p
+                pos += len(p)
+        return memoryview(self._buffer)[:length]
 
     def _next_segment(self) -> _Segment:
         if self._current is not None:
@@ -186,6 +228,7 @@ class Journal:
             self._worker.join(60)
             for seg in self._prepared:
                 os.close(seg.fd)
+            self._buffer.close()
             if self._error is None and not self._full:
                 _give_to_pool(self.dir, self._pool)
             os.close(self._lock_fd)
@@ -269,9 +312,9 @@ class Journal:
         reuse = self._free.pop(0) if self._free else _take_from_pool(self._pool)
         if reuse is not None:  # a used segment: its blocks are written, its records stale
             os.rename(reuse, path)
-            fd = os.open(path, os.O_RDWR)
+            fd, direct = _open_segment(path, os.O_RDWR)
         else:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd, direct = _open_segment(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
             try:
                 # allocated now, so a full disk shows here and not in append(); the first
                 # write to each block still converts it (a metadata change, in a new
@@ -283,7 +326,7 @@ class Journal:
                 path.unlink(missing_ok=True)
                 raise
         fsync_dir(self.dir)
-        return _Segment(self._generation, path, fd)
+        return _Segment(self._generation, path, fd, direct)
 
 
 def _take_from_pool(pool: Path) -> Path | None:
@@ -327,7 +370,7 @@ def read_segment(path: Path) -> list[Record]:
             out.append(Record(raw_name.decode("utf-8"), body))
         except UnicodeDecodeError:
             break
-        pos = end
+        pos = _aligned(end)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -95,7 +96,7 @@ def test_a_journal_whose_owner_lives_is_not_replayed(tmp_path: Path) -> None:
 def test_recycled_segments_never_replay_their_stale_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jn, "SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(jn, "SEGMENT_BYTES", 3 * jn._ALIGN)  # three records a segment
     checkpointed: list[str] = []
     journal = Journal(tmp_path, checkpointed.extend, max_segments=4)
     names = [f"{i:04d}-x-1.2.{i}.dcm" for i in range(60)]
@@ -146,4 +147,41 @@ def test_a_journalled_instance_whose_ready_file_cannot_be_written_is_retried_not
     assert [r.data for r in _journal_records(spool)] == [b"first"]
     spool.accept([b"second"], "1.2.840.99.2")  # the next accept writes both
     assert sorted(e.path.read_bytes() for e in spool.pending()) == [b"first", b"second"]
+    spool.close()
+
+
+def test_where_the_filesystem_refuses_direct_io_the_journal_writes_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse_direct(path: Path, flags: int) -> tuple[int, bool]:
+        return os.open(path, flags, 0o600), False  # what _open_segment does after EINVAL
+
+    monkeypatch.setattr(jn, "_open_segment", refuse_direct)
+    spool = Spool(tmp_path, journal_bytes=64 << 20)
+    spool.start_journal()
+    deadline = time.monotonic() + 30
+    while not spool._journal or not spool._journal._prepared:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not spool._journal._prepared[0].direct
+    spool.accept([b"x" * 5000], "1.2.840.99.1")
+    spool.accept([b"y" * 10], "1.2.840.99.2")
+    assert [r.data for r in _journal_records(spool)] == [b"x" * 5000, b"y" * 10]
+    spool.close()
+
+
+def test_records_written_directly_read_back_across_their_padding(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, journal_bytes=64 << 20)
+    spool.start_journal()
+    deadline = time.monotonic() + 30
+    while not spool._journal or not spool._journal._prepared:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert spool._journal._prepared[0].direct  # the tests' disk takes O_DIRECT
+    sizes = [1, 4095, 4096 - 60, 100_000, 0]
+    for i, n in enumerate(sizes):
+        spool.accept([bytes([i]) * n], f"1.2.840.99.{i}")
+    assert [r.data for r in _journal_records(spool)] == [
+        bytes([i]) * n for i, n in enumerate(sizes)
+    ]
     spool.close()
