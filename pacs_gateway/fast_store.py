@@ -24,6 +24,7 @@ import logging
 import os
 import struct
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,17 @@ class _Receiving:
     fd: int | None = None
 
 
+def _run_later(work: list[Callable[[], None]], view: memoryview, sop_uid: str) -> None:
+    try:
+        for w in work:
+            try:
+                w()
+            except Exception:
+                logger.exception("C-STORE %s: after the response", sop_uid[:80])
+    finally:
+        view.release()  # only now: the work wrote from it
+
+
 class StoreReceiver:
     """One association's C-STORE fast path (owned by its DUL thread, not thread-safe)."""
 
@@ -185,8 +197,14 @@ class StoreReceiver:
         self._send = send
         self._spill_bytes = spill_bytes
         self._current: _Receiving | None = None
-        self._buffer = bytearray()
+        # two buffers: one fills with the next data set while the other's "later" work
+        # (writing the spool file) runs on the writer thread
+        self._buffers = (bytearray(), bytearray())
+        self._after: list[Future[None] | None] = [None, None]
+        self._which = 0
+        self._buffer = self._buffers[0]
         self._length = 0
+        self._writer: ThreadPoolExecutor | None = None
 
     @property
     def busy(self) -> bool:
@@ -208,10 +226,13 @@ class StoreReceiver:
         return True
 
     def close(self) -> None:
-        """The association ended: drop a partly received data set (never acknowledged)."""
+        """The association ended: drop a partly received data set (never acknowledged) and
+        let the writer thread finish."""
         current, self._current = self._current, None
         if current is not None:
             self._discard(current)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
 
     # -- the command -----------------------------------------------------------------------
 
@@ -255,6 +276,11 @@ class StoreReceiver:
 
     def _open(self, request: StoreRequest) -> _Receiving:
         receiving = _Receiving(request)
+        after = self._after[self._which]
+        if after is not None:  # this buffer's last data set is still being written out
+            after.result()
+            self._after[self._which] = None
+        self._buffer = self._buffers[self._which]
         self._length = 0
         if not is_valid_uid(request.sop_instance_uid):
             receiving.keep = False  # the store function refuses it (0xC210)
@@ -335,6 +361,7 @@ class StoreReceiver:
         request = receiving.request
         later: list[Callable[[], None]] = []
         view = memoryview(self._buffer)[: self._length]
+        handed_over = False
         try:
             status = receiving.status
             if status is None:
@@ -348,13 +375,17 @@ class StoreReceiver:
                     status,
                 )
             )
-            for work in later:  # while the modality reads the response and sends the next one
-                try:
-                    work()
-                except Exception:
-                    logger.exception("C-STORE %s: after the response", request.sop_instance_uid)
+            if later:  # on the writer thread, while the next data set fills the other buffer
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="c-store-after")
+                self._after[self._which] = self._writer.submit(
+                    _run_later, later, view, request.sop_instance_uid
+                )
+                handed_over = True
+                self._which ^= 1
         finally:
-            view.release()  # only now: ``later`` may still have written from it
+            if not handed_over:
+                view.release()
             self._discard(receiving)
 
     def _stored(

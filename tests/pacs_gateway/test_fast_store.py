@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -121,7 +122,8 @@ class _Recorder:
         self.tmp = tmp
         self.stored: list[tuple[bytes, StoreRequest, bool]] = []
         self.sent: list[bytes] = []
-        self.after: list[tuple[int, bool]] = []
+        self.after: list[tuple[int, bool, bool]] = []
+        self.slow_s = 0.0
         self.n = 0
 
     def new_file(self) -> Path:
@@ -135,7 +137,13 @@ class _Recorder:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         self.stored.append((data, request, on_disk))
         if not on_disk:  # work after the response still sees the data set's memory intact
-            later.append(lambda: self.after.append((len(self.sent), bytes(source) == data)))
+            n = len(self.stored)
+
+            def after() -> None:
+                time.sleep(self.slow_s)  # a disk slower than the network
+                self.after.append((n, len(self.sent) >= n, bytes(source) == data))
+
+            later.append(after)
         return 0x0000
 
 
@@ -183,7 +191,21 @@ def test_small_data_sets_are_stored_from_memory_one_after_another(tmp_path: Path
         for i in range(3)
     ]
     assert rec.sent == [encode_store_response(1, i, CT, f"1.2.{i}", 0) for i in range(3)]
-    assert rec.after == [(1, True), (2, True), (3, True)]  # each after its response
+    receiver.close()  # waits for the writer thread
+    # each ran after its own response, with its data set's memory untouched by the next one
+    assert sorted(rec.after) == [(1, True, True), (2, True, True), (3, True, True)]
+
+
+def test_a_data_set_arriving_while_the_last_is_still_written_out_never_overwrites_it(
+    tmp_path: Path,
+) -> None:
+    receiver, rec = _receiver(tmp_path)
+    rec.slow_s = 0.005
+    for i in range(40):
+        data = bytes([i]) * (1000 + 37 * i)
+        assert receiver.take(_pdu((1, 0x03, _command(i, f"1.2.{i}")), (1, 0x02, data)))
+    receiver.close()
+    assert sorted(rec.after) == [(i + 1, True, True) for i in range(40)]
 
 
 def test_a_command_fragment_inside_a_data_set_is_a_protocol_error(tmp_path: Path) -> None:
