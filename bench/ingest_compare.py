@@ -1,17 +1,17 @@
 """C-STORE ingest, side by side in one run: CloudFilm's gateway vs Orthanc vs DCMTK storescp.
 
     .venv/bin/python bench/ingest_compare.py [--slices 300] [--runs 3] [--associations 1 2]
-                                             [--warmup N]
+                                             [--warmup 0]
 
 Sends the same synthetic CT study (512x512 int16) with DCMTK storescu (TCP_NODELAY=1) to each
 receiver and prints inst/s, MB/s and the ratio to Orthanc's default configuration. CloudFilm runs
 durably (fsync on); its time is until storescu finishes (every instance acknowledged, i.e. on
 disk), and the time until the whole study is indexed is reported beside it. Every receiver
-is started fresh for each run and first gets a warm-up study of its own (other UIDs, as many
-slices as the timed one), stored and followed by a short pause, so the timed study meets a
-server in its steady state rather than one in the first minute of its life (CloudFilm's
-spool journal allocates its segments during its first few hundred MB; Orthanc creates its
-SQLite index and storage folders).
+is started fresh for each run. With ``--warmup N`` each first gets a study of its own (other
+UIDs, N slices), stored and followed by a short pause, so the timed study meets a server in
+its steady state rather than one in the first seconds of its life (CloudFilm's spool journal
+allocates its segments during its first few hundred MB; Orthanc creates its SQLite index
+and storage folders, and gains more from warming up).
 
 Orthanc and storescp cannot bind to one address, so the bench re-runs itself in a private
 network namespace with only loopback (root needed, as in CI): nothing listens outside 127.0.0.1.
@@ -231,15 +231,14 @@ def main() -> int:
     ap.add_argument(
         "--warmup",
         type=int,
-        default=None,
-        help="slices of another study each receiver gets (and stores) before the timed one "
-        "(default: as many as --slices; 0: none)",
+        default=0,
+        help="slices of another study each receiver gets (and stores) before the timed one, "
+        "for a steady-state figure (default 0: the timed study meets a fresh server)",
     )
     args = ap.parse_args()
     ensure_netns()
     files = prepare_study(args.slices)
-    warmup = args.slices if args.warmup is None else args.warmup
-    warm = prepare_study(warmup, seed=2) if warmup else []
+    warm = prepare_study(args.warmup, seed=2) if args.warmup else []
     mb = sum(f.stat().st_size for f in files) / 1e6
 
     receivers: dict[str, Callable[[Path], object]] = {"cloudfilm (fsync)": cloudfilm}
@@ -250,9 +249,13 @@ def main() -> int:
         receivers["dcmtk storescp +B"] = storescp
     print(
         f"study: {len(files)} files, {mb:.1f} MB; storescu TCP_NODELAY=1; "
-        f"median of {args.runs} interleaved runs; each receiver freshly started, then given "
-        f"a {len(warm)}-slice warm-up study (stored, then {SETTLE_S:g} s idle) before the "
-        "timed one"
+        f"median of {args.runs} interleaved runs; each receiver freshly started"
+        + (
+            f", then given a {len(warm)}-slice warm-up study (stored, then {SETTLE_S:g} s "
+            "idle) before the timed one"
+            if warm
+            else ""
+        )
     )
 
     for n_assoc in args.associations:
