@@ -8,12 +8,13 @@ per CT slice, five times what the disk needs to make the slice durable (bench/in
 For the one message that is the gateway's hot path (a C-STORE-RQ on an accepted storage
 context) the DUL reactor (:class:`pacs_gateway.reactor.EventDrivenDUL`) gives each P-DATA-TF
 PDU to a :class:`StoreReceiver` instead. The receiver decodes the command set with pydicom,
-writes the data set's fragments to a spool file as they arrive (one copy, overlapping the
-transfer; memory stays at one PDU whatever the instance size), then asks the same
-:func:`pacs_gateway.scp.store_instance` as the pynetdicom handler for the status and answers
-on the socket. Everything else (association negotiation, release, abort, C-ECHO, C-FIND,
-C-GET, C-MOVE, a command split over several PDUs, a C-STORE on a context or SOP class we do
-not serve that way) stays on pynetdicom's path, untouched.
+gathers the data set's fragments in a reused buffer (a spool file past SPILL_BYTES), asks the
+same :func:`pacs_gateway.scp.store_instance` as the pynetdicom handler for the status (the
+instance is durable by then, see pacs_gateway/journal.py) and answers on the socket; the
+spool file of a journalled instance is then written on a writer thread while the next data
+set arrives in the other buffer. Everything else (association negotiation, release, abort,
+C-ECHO, C-FIND, C-GET, C-MOVE, a command split over several PDUs, a C-STORE on a context or
+SOP class we do not serve that way) stays on pynetdicom's path, untouched.
 """
 
 from __future__ import annotations
@@ -151,9 +152,8 @@ adopts or leaves to be deleted), the request and a list for work that may wait u
 response is sent (while the instance's memory is still untouched): the DIMSE status."""
 
 SPILL_BYTES = 16 * 1024 * 1024
-"""A data set is gathered in memory (one buffer per association, reused) up to this size,
-then streamed to a spool file: a CT or MR slice never touches the disk twice, a 1 GB
-multi-frame never sits in memory."""
+"""A data set is gathered in memory (two buffers per association, reused in turn) up to this
+size, then streamed to a spool file: a 1 GB multi-frame never sits in memory."""
 
 
 @dataclass(slots=True)

@@ -7,15 +7,16 @@ same bytes to a segment file whose blocks already exist and calling ``fdatasync`
 metadata, so the disk only has to take the data: about 0.3 ms.
 
 So the spool first appends each accepted instance to its process's journal (a record: header
-with a CRC-32, the spool entry's name, the Part 10 bytes) and ``fdatasync``s it; only then
-does it write the entry into ready/ the ordinary way, without fsync. Every file in ready/ is
+with a CRC-32, the spool entry's name, the Part 10 bytes; written with O_DIRECT where the
+filesystem allows, so it skips the page cache) and ``fdatasync``s it; only then does it write
+the entry into ready/ the ordinary way, without fsync. Every file in ready/ is
 therefore either durable already, or its bytes are in a journal record that is:
 
 - **checkpointed** when its segment is full and the journal, grown to its size (the
-  ``spool_journal_mb`` setting), needs the segment back: a
-  background thread fsyncs the segment's entries still in ready/ (usually few: the uploader
-  has delivered and deleted most of them by then, so their bytes never reached the disk a
-  second time) and the directory, then recycles the segment (its blocks are reused);
+  ``spool_journal_mb`` setting), needs the segment back: a background thread fsyncs the
+  segment's entries still in ready/ (usually few: the uploader has delivered and deleted most
+  of them by then, so their bytes never reached the disk a second time) and the directory,
+  then recycles the segment (its blocks are reused);
 - **replayed** when a journal's owner is gone (a crash, a power loss): every valid record of
   its segments is written back into ready/ (and fsynced), unless ready/ already holds the same
   bytes or a later record has the same SOP Instance UID. An entry the uploader had already
