@@ -376,11 +376,14 @@ class StoreReceiver:
                 )
             )
             if later:  # on the writer thread, while the next data set fills the other buffer
-                if self._writer is None:
-                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="c-store-after")
-                self._after[self._which] = self._writer.submit(
-                    _run_later, later, view, request.sop_instance_uid
-                )
+                try:
+                    if self._writer is None:
+                        self._writer = ThreadPoolExecutor(1, thread_name_prefix="c-store-after")
+                    self._after[self._which] = self._writer.submit(
+                        _run_later, later, view, request.sop_instance_uid
+                    )
+                except RuntimeError:  # the interpreter is shutting down: do it here
+                    _run_later(later, view, request.sop_instance_uid)
                 handed_over = True
                 self._which ^= 1
         finally:

@@ -142,7 +142,9 @@ class Spool:
         self.journal_root = self.root / "journal"
         self._journal: Journal | None = None
         self._journal_lock = threading.Lock()
-        self._unwritten: dict[str, bytes] = {}
+        self._unwritten: dict[str, bytes | None] = {}
+        """Journalled entries whose ready/ file is not written yet: None while the write is
+        pending (the caller's ``later``), a copy of the bytes after a failed write."""
         self._unwritten_lock = threading.Lock()
         # partial files are never acknowledged: drop what a crash left behind
         for leftover in self.incoming.iterdir():
@@ -189,6 +191,8 @@ class Spool:
                 and self._journal_append(name, parts)
             ):
                 # durable once in the journal; the ready/ file is checkpointed later
+                with self._unwritten_lock:
+                    self._unwritten[name] = None
                 if later is None:
                     self._materialize(name, parts)
                 else:
@@ -212,13 +216,16 @@ class Spool:
             logger.error("spool entry %s is in the journal only, retrying: %s", name, exc)
             with self._unwritten_lock:
                 self._unwritten[name] = b"".join(parts)
+        else:
+            with self._unwritten_lock:
+                self._unwritten.pop(name, None)
         self._work.set()
 
     def _retry_unwritten(self) -> None:
         if not self._unwritten:
             return
         with self._unwritten_lock:
-            waiting = list(self._unwritten.items())
+            waiting = [(n, d) for n, d in self._unwritten.items() if d is not None]
         for name, data in waiting:
             try:
                 self._write_entry(name, [data], len(data), fsync=False)
@@ -321,12 +328,25 @@ class Spool:
             return None
         return restored[0], restored[1]
 
-    def close(self) -> None:
-        """Checkpoint and remove this process's journal (a clean stop)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Checkpoint and remove this process's journal (a clean stop), once every journalled
+        entry has its ready/ file; if some still have none after ``timeout`` (a full disk), the
+        journal stays for the next start to replay."""
         with self._journal_lock:
             journal, self._journal = self._journal, None
-        if journal is not None:
-            journal.close()
+        if journal is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self._unwritten and time.monotonic() < deadline:
+            self._retry_unwritten()
+            time.sleep(0.01)
+        if self._unwritten:
+            logger.error(
+                "%d journalled entries have no ready/ file yet; the journal stays for replay",
+                len(self._unwritten),
+            )
+            return
+        journal.close()
 
     def _new_name(self, sop_uid: str) -> str:
         """Sortable by arrival, unique across the processes sharing the spool."""

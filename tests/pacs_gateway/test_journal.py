@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,67 @@ def test_records_written_directly_read_back_across_their_padding(tmp_path: Path)
         bytes([i]) * n for i, n in enumerate(sizes)
     ]
     spool.close()
+
+
+def _ready_journal(tmp_path: Path) -> Spool:
+    spool = Spool(tmp_path, journal_bytes=64 << 20)
+    spool.start_journal()
+    deadline = time.monotonic() + 30
+    while not spool._journal or not spool._journal._prepared:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return spool
+
+
+def test_an_entry_whose_file_is_still_to_be_written_keeps_its_segment_and_the_journal(
+    tmp_path: Path,
+) -> None:
+    spool = _ready_journal(tmp_path)
+    later: list[Callable[[], None]] = []
+    entry = spool.accept([b"acked"], "1.2.840.99.1", later=later)  # answered, file pending
+    with pytest.raises(OSError):
+        spool._checkpoint([entry.name])  # its segment may not be recycled yet
+    later[0]()
+    spool._checkpoint([entry.name])
+    spool.close()
+
+
+def test_a_stop_before_a_pending_file_is_written_leaves_the_journal_to_replay(
+    tmp_path: Path,
+) -> None:
+    code = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from pacs_gateway.spool import Spool
+        spool = Spool(Path({str(tmp_path)!r}), journal_bytes=64 << 20)
+        spool.start_journal()
+        while not spool._journal._prepared:
+            time.sleep(0.01)
+        later = []
+        spool.accept([b"acked"], "1.2.840.99.1", later=later)  # answered; never written
+        spool.close(timeout=0.2)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert b"the journal stays for replay" in proc.stderr
+    reopened = Spool(tmp_path)  # the next start
+    assert [e.path.read_bytes() for e in reopened.pending()] == [b"acked"]
+
+
+def test_a_clean_stop_waits_for_pending_spool_files_then_removes_the_journal(
+    tmp_path: Path,
+) -> None:
+    spool = _ready_journal(tmp_path)
+    later: list[Callable[[], None]] = []
+    spool.accept([b"acked"], "1.2.840.99.1", later=later)
+    closing = threading.Thread(target=spool.close)
+    closing.start()
+    time.sleep(0.05)
+    for work in later:
+        work()
+    closing.join(15)
+    assert not closing.is_alive()
+    assert _journals(spool) == []
+    assert [e.path.read_bytes() for e in spool.pending()] == [b"acked"]
