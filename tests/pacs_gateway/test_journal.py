@@ -50,6 +50,17 @@ def _journal_records(spool: Spool) -> list[jn.Record]:
     return [r for seg in sorted(spool.journal_root.glob("*/*.seg")) for r in read_segment(seg)]
 
 
+def _ready_journal(tmp_path: Path) -> Spool:
+    """A spool whose journal has its first segment ready (so accepts go through it)."""
+    spool = Spool(tmp_path, journal_bytes=64 << 20)
+    spool.start_journal()
+    deadline = time.monotonic() + 30
+    while not spool._journal or not spool._journal._prepared:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return spool
+
+
 def test_acknowledged_instances_lost_or_torn_in_ready_come_back_from_the_journal(
     tmp_path: Path,
 ) -> None:
@@ -129,12 +140,7 @@ def test_the_spool_falls_back_to_plain_fsync_when_no_segment_is_ready(tmp_path: 
 def test_a_journalled_instance_whose_ready_file_cannot_be_written_is_retried_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = Spool(tmp_path, journal_bytes=64 << 20)
-    spool.start_journal()
-    deadline = time.monotonic() + 30
-    while not spool._journal or not spool._journal._prepared:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    spool = _ready_journal(tmp_path)
     write = Spool._write_entry
     failures = iter([OSError(28, "No space left on device")])
 
@@ -159,12 +165,7 @@ def test_where_the_filesystem_refuses_direct_io_the_journal_writes_through_the_p
         return os.open(path, flags, 0o600), False  # what _open_segment does after EINVAL
 
     monkeypatch.setattr(jn, "_open_segment", refuse_direct)
-    spool = Spool(tmp_path, journal_bytes=64 << 20)
-    spool.start_journal()
-    deadline = time.monotonic() + 30
-    while not spool._journal or not spool._journal._prepared:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    spool = _ready_journal(tmp_path)
     assert not spool._journal._prepared[0].direct
     spool.accept([b"x" * 5000], "1.2.840.99.1")
     spool.accept([b"y" * 10], "1.2.840.99.2")
@@ -173,12 +174,7 @@ def test_where_the_filesystem_refuses_direct_io_the_journal_writes_through_the_p
 
 
 def test_records_written_directly_read_back_across_their_padding(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, journal_bytes=64 << 20)
-    spool.start_journal()
-    deadline = time.monotonic() + 30
-    while not spool._journal or not spool._journal._prepared:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    spool = _ready_journal(tmp_path)
     assert spool._journal._prepared[0].direct  # the tests' disk takes O_DIRECT
     sizes = [1, 4095, 4096 - 60, 100_000, 0]
     for i, n in enumerate(sizes):
@@ -187,16 +183,6 @@ def test_records_written_directly_read_back_across_their_padding(tmp_path: Path)
         bytes([i]) * n for i, n in enumerate(sizes)
     ]
     spool.close()
-
-
-def _ready_journal(tmp_path: Path) -> Spool:
-    spool = Spool(tmp_path, journal_bytes=64 << 20)
-    spool.start_journal()
-    deadline = time.monotonic() + 30
-    while not spool._journal or not spool._journal._prepared:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    return spool
 
 
 def test_an_entry_whose_file_is_still_to_be_written_keeps_its_segment_and_the_journal(
