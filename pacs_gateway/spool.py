@@ -44,6 +44,11 @@ from pacs_gateway.journal import (
 logger = logging.getLogger(__name__)
 
 
+def _sop_uid_of(name: str) -> str:
+    """The SOP Instance UID in an entry's name ("<ns timestamp>-<seq>-<sop uid>.dcm")."""
+    return name.removesuffix(".dcm").split("-", 2)[2]
+
+
 @dataclass(frozen=True, slots=True)
 class SpoolEntry:
     path: Path
@@ -55,8 +60,7 @@ class SpoolEntry:
 
     @property
     def sop_uid(self) -> str:
-        # names are "<ns timestamp>-<seq>-<sop uid>.dcm"
-        return self.path.stem.split("-", 2)[2]
+        return _sop_uid_of(self.path.name)
 
     @property
     def accepted_ns(self) -> int:
@@ -142,9 +146,11 @@ class Spool:
         self.journal_root = self.root / "journal"
         self._journal: Journal | None = None
         self._journal_lock = threading.Lock()
-        self._unwritten: dict[str, bytes | None] = {}
-        """Journalled entries whose ready/ file is not written yet: None while the write is
-        pending (the caller's ``later``), a copy of the bytes after a failed write."""
+        self._unwritten: set[str] = set()
+        """Journalled entries whose ready/ file is not written yet (their segment must not be
+        recycled, a clean stop waits for them)."""
+        self._retry: dict[str, bytes] = {}
+        """Copies of the unwritten entries whose write failed, to retry."""
         self._unwritten_lock = threading.Lock()
         # partial files are never acknowledged: drop what a crash left behind
         for leftover in self.incoming.iterdir():
@@ -192,7 +198,7 @@ class Spool:
             ):
                 # durable once in the journal; the ready/ file is checkpointed later
                 with self._unwritten_lock:
-                    self._unwritten[name] = None
+                    self._unwritten.add(name)
                 if later is None:
                     self._materialize(name, parts)
                 else:
@@ -215,24 +221,25 @@ class Spool:
         except OSError as exc:
             logger.error("spool entry %s is in the journal only, retrying: %s", name, exc)
             with self._unwritten_lock:
-                self._unwritten[name] = b"".join(parts)
+                self._retry[name] = b"".join(parts)
         else:
             with self._unwritten_lock:
-                self._unwritten.pop(name, None)
+                self._unwritten.discard(name)
         self._work.set()
 
     def _retry_unwritten(self) -> None:
-        if not self._unwritten:
+        if not self._retry:
             return
         with self._unwritten_lock:
-            waiting = [(n, d) for n, d in self._unwritten.items() if d is not None]
+            waiting = list(self._retry.items())
         for name, data in waiting:
             try:
                 self._write_entry(name, [data], len(data), fsync=False)
             except OSError:
                 return
             with self._unwritten_lock:
-                self._unwritten.pop(name, None)
+                self._retry.pop(name, None)
+                self._unwritten.discard(name)
 
     def _write_entry(
         self, name: str, parts: Sequence[bytes | memoryview], size: int, *, fsync: bool
@@ -305,9 +312,9 @@ class Spool:
         restored = [0, 0]
 
         def restore(records: list[Record]) -> None:
-            latest = {r.name.split("-", 2)[2]: r.name for r in records}  # by SOP UID
+            latest = {_sop_uid_of(r.name): r.name for r in records}
             for r in records:
-                if latest[r.name.split("-", 2)[2]] != r.name:
+                if latest[_sop_uid_of(r.name)] != r.name:
                     continue  # a later instance with the same UID superseded it
                 if (self.failed / r.name).exists():
                     continue
