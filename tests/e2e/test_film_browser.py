@@ -41,6 +41,14 @@ def share(server: Server, study_uid: str, **body: Any) -> dict[str, Any]:
     return out
 
 
+def open_film(phone: Any, server: Server, study_uid: str, **body: Any) -> dict[str, Any]:
+    """Share the study, open the link on the phone and wait for the viewer; the link."""
+    link = share(server, study_uid, **body)
+    phone.goto(link["url"])
+    phone.wait_for_selector("#viewer.ready")
+    return link
+
+
 @pytest.fixture
 def phone(browser: Any) -> Iterator[Any]:
     context = browser.new_context(**PHONE)
@@ -77,9 +85,7 @@ def state(page: Any) -> dict[str, Any]:
 def test_a_phone_opens_the_link_scrolls_slices_and_applies_a_window(
     server: Server, study: str, phone: Any
 ) -> None:
-    link = share(server, study, allow_download=True)
-    phone.goto(link["url"])
-    phone.wait_for_selector("#viewer.ready")
+    open_film(phone, server, study, allow_download=True)
     # the strip has a thumbnail per series, loaded
     phone.wait_for_function(
         "() => [...document.querySelectorAll('#strip img')]"
@@ -147,9 +153,7 @@ def _touch(cdp: Any, kind: str, points: list[tuple[float, float]]) -> None:
 def test_pinch_and_wheel_zoom_and_a_drag_pans_in_pan_mode(
     server: Server, study: str, phone: Any
 ) -> None:
-    link = share(server, study)
-    phone.goto(link["url"])
-    phone.wait_for_selector("#viewer.ready")
+    open_film(phone, server, study)
     box = phone.locator("#viewer").bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     before = canvas_digest(phone)
@@ -227,9 +231,7 @@ def test_an_expired_link_gets_a_clear_page(server: Server, study: str, phone: An
 def test_the_patient_makes_a_link_for_a_doctor_on_the_page(
     server: Server, study: str, phone: Any
 ) -> None:
-    link = share(server, study)
-    phone.goto(link["url"])
-    phone.wait_for_selector("#viewer.ready")
+    open_film(phone, server, study)
     phone.click("#links summary")
     phone.click("#new-link button[type=submit]")
     phone.wait_for_selector("#new-link-out img.qr")
