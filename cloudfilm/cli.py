@@ -326,7 +326,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from viewer_api.audit import SqliteAuditLog
+    from image_store.audit import SqliteAuditLog
 
     settings = load_settings({"data_dir": args.data})
     if not settings.audit_path.is_file():

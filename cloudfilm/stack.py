@@ -24,6 +24,7 @@ from cloudfilm.config import StackSettings
 from cloudfilm.stores import open_index, open_object_store
 from dicom_codecs.edge import UploadCompression
 from dicom_codecs.render import render_thumbnail
+from image_store.audit import SqliteAuditLog
 from image_store.consents import SqliteConsents
 from image_store.derived import series_thumbnail
 from image_store.ingest import LocalIngest
@@ -36,7 +37,6 @@ from pacs_gateway.scp import ScpSettings, TlsSettings
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
 from viewer_api.app import ViewerSettings, create_app
-from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret, retired_keys
 from viewer_api.registry import SqliteRegistry
 from viewer_api.report_store import SqliteReports

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from image_store.audit import SqliteAuditLog
 from image_store.consents import SqliteConsents
 from image_store.ingest import LocalIngest
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
 from viewer_api import admin, film, film_patient, film_viewer, middlewares, openapi, patients
 from viewer_api import reports as reports_api
-from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
 from viewer_api.context import SERVICES, Services, ViewerSettings
 from viewer_api.dicomweb import qido, rendered, stow, wado

@@ -10,12 +10,12 @@ from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
 
+from image_store.audit import SqliteAuditLog
 from image_store.consents import SqliteConsents
 from image_store.ingest import IngestSink
 from image_store.keys import is_valid_uid
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
-from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Principal, TokenSigner
 from viewer_api.errors import BadRequest, Unauthorized
 from viewer_api.registry import SqliteRegistry

@@ -24,9 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
+from image_store.audit import study_reads
 from image_store.keys import is_valid_uid
 from image_store.records import PatientRef
-from viewer_api.audit import study_reads
 from viewer_api.context import ACTOR, blocking, json_object, services
 from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.film import (

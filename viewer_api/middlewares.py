@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from viewer_api.audit import AuditEvent
+from image_store.audit import AuditEvent
 from viewer_api.context import ACTOR, PRINCIPAL, VIA, blocking, services
 from viewer_api.errors import Unauthorized, ViewerError
 

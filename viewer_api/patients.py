@@ -23,11 +23,11 @@ from typing import Any
 
 from aiohttp import web
 
+from image_store.audit import study_reads
 from image_store.consents import Consent
 from image_store.keys import check_hospital
 from image_store.persons import InvalidPersonId
 from image_store.records import PatientRef, PersonLink, SeriesQuery, StudyQuery, StudyRecord
-from viewer_api.audit import study_reads
 from viewer_api.auth import Principal
 from viewer_api.context import blocking, hospital_names, json_object, principal, services
 from viewer_api.dicomweb.access import BREAK_GLASS

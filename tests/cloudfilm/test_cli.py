@@ -48,7 +48,7 @@ def test_audit_verify_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     import sqlite3
     import time
 
-    from viewer_api.audit import AuditEvent, SqliteAuditLog
+    from image_store.audit import AuditEvent, SqliteAuditLog
 
     log = SqliteAuditLog(tmp_path / "audit.sqlite")
     for i in range(3):
@@ -142,7 +142,7 @@ def test_audit_verify_detects_records_cut_from_the_end(
     import sqlite3
     import time
 
-    from viewer_api.audit import AuditEvent, SqliteAuditLog
+    from image_store.audit import AuditEvent, SqliteAuditLog
     from viewer_api.auth import load_or_create_secret
 
     key = load_or_create_secret(tmp_path / "secrets" / "audit.key")  # as the stack makes it

@@ -13,13 +13,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydicom.data import get_testdata_file
 
+from image_store.audit import SqliteAuditLog
 from image_store.consents import SqliteConsents
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.persons import PersonKeyer
 from viewer_api.app import ViewerSettings, create_app
-from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import Role, TokenSigner
 from viewer_api.registry import SqliteRegistry
 from viewer_api.report_store import SqliteReports

@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
+from image_store.audit import SqliteAuditLog
 from image_store.index.sqlite import SqliteIndex
 from image_store.objects.filesystem import FilesystemObjectStore
 from viewer_api.app import ViewerSettings, create_app
-from viewer_api.audit import SqliteAuditLog
 from viewer_api.auth import TokenSigner
 from viewer_api.share import SqliteShareLinks
 

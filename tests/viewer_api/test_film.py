@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from image_store.audit import AuditEvent, SqliteAuditLog, chain_hash
 from tests.viewer_api.conftest import BASE, Api, Regional, uids
-from viewer_api.audit import AuditEvent, SqliteAuditLog, chain_hash
 from viewer_api.film import render_qr
 from viewer_api.pages import age_of, mask_name
 

@@ -1,4 +1,5 @@
-"""A tamper-evident audit log: every access appended to a hash chain.
+"""A tamper-evident audit log: every access (HTTP API and DICOM query/retrieve) appended to a
+hash chain.
 
 Each row stores the previous row's hash and ``hash = sha256(prev_hash + canonical JSON of the
 event)``, so editing or deleting a row breaks the chain from there on (:meth:`verify`). Events
