@@ -126,10 +126,11 @@ def test_decimal_strings_fit_in_16_characters_at_any_size(tmp_path: Path, modali
     paths = synthesize_study(tmp_path, modality=modality, images=2, seed=4, rows=300, columns=300)
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        for elem in ds.iterall():
-            if elem.VR == "DS":
-                values = elem.value if elem.VM > 1 else [elem.value]
-                assert all(len(str(v)) <= 16 for v in values), (elem.keyword, elem.value)
+        decimals = [elem for elem in ds.iterall() if elem.VR == "DS" and elem.VM > 0]
+        assert {e.keyword for e in decimals} & {"PixelSpacing", "ImagerPixelSpacing"}, path
+        for elem in decimals:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            assert all(len(str(v)) <= 16 for v in values), (elem.keyword, elem.value)
 
 
 def test_ct_pixels_are_stored_with_a_hounsfield_rescale_and_windows(tmp_path: Path) -> None:

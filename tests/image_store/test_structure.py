@@ -11,7 +11,7 @@ import pytest
 from image_store.errors import InvalidDicom
 from image_store.metadata import InstanceIdentity, _check
 from image_store.structure import quick_identity
-from tests.corpus import CORPUS
+from tests.corpus import CORPUS, check_corpus
 
 
 def _pydicom_verdict(data: bytes) -> InstanceIdentity | None:
@@ -36,6 +36,7 @@ def _agrees(data: bytes) -> bool:
 
 @pytest.mark.filterwarnings("ignore")
 def test_on_the_corpus_the_walk_agrees_with_pydicom_and_is_sure_of_most() -> None:
+    check_corpus()
     sure = accepted = 0
     for path in CORPUS:
         data = Path(path).read_bytes()

@@ -17,7 +17,7 @@ from pydicom.dataset import FileMetaDataset
 from pacs_gateway.metrics import StoreCounters
 from pacs_gateway.scp import STATUS_SUCCESS, handle_store
 from pacs_gateway.spool import Spool
-from tests.corpus import CORPUS
+from tests.corpus import CORPUS, check_corpus
 from tests.e2e.fault_harness import dataset_bytes
 
 
@@ -88,6 +88,7 @@ def test_stored_byte_exact_or_refused_with_a_reason(
 
 
 def test_most_of_the_corpus_is_accepted(tmp_path: Path) -> None:
+    check_corpus()
     accepted = 0
     for n, path in enumerate(CORPUS):
         event, _ = _event_for(path)

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydicom.data import get_testdata_file
 
+from cloudfilm.synth import synthesize_study
 from image_store.audit import SqliteAuditLog
 from image_store.consents import SqliteConsents
 from image_store.index.sqlite import SqliteIndex
@@ -142,8 +143,7 @@ class Regional:
 
 
 def _synthesize(out: Path, **kwargs: Any) -> tuple[list[pydicom.Dataset], list[bytes]]:
-    synth = pytest.importorskip("cloudfilm.synth")
-    paths = synth.synthesize_study(out, **kwargs)
+    paths = synthesize_study(out, **kwargs)
     data = [Path(p).read_bytes() for p in paths]
     return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths], data
 
