@@ -34,13 +34,33 @@ if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   done
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# CloudFilm needs Python 3.11 (pyproject.toml); a .venv made by another Python (or a broken one)
+# is rebuilt rather than left to fail every later run
+if [ -e .venv ] && ! bash scripts/venv-check.sh .venv; then rm -rf .venv; fi
+if [ ! -x .venv/bin/python ]; then
+  py=$(command -v python3.11 || command -v python3)
+  if [ "$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != 3.11 ]; then
+    echo "setup: CloudFilm needs Python 3.11; $py is $("$py" --version 2>&1)" >&2
+    exit 1
+  fi
+  echo "setup: creating .venv with $("$py" --version 2>&1)"
+  "$py" -m venv .venv
+fi
 stamp=.venv/.cloudfilm-installed-$dev
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing CloudFilm and its Python packages into .venv (first time: about a minute)"
   .venv/bin/python -m pip install -q --upgrade pip
-  if [ "$dev" = 1 ]; then .venv/bin/python -m pip install -q -e '.[dev]'; else .venv/bin/python -m pip install -q -e .; fi
+  # pip's own lines (each package it collects, downloads, builds and installs), not its chatter
+  if [ "$dev" = 1 ]; then extra='.[dev]'; else extra='.'; fi
+  set +e
+  .venv/bin/python -m pip install -e "$extra" 2>&1 \
+    | grep -E --line-buffered -v '^(Requirement already satisfied|  )'
+  status=${PIPESTATUS[0]}
+  set -e
+  [ "$status" = 0 ] || { echo "setup: pip failed (exit $status), see above" >&2; exit 1; }
   touch "$stamp"
 fi
 if [ "$dev" = 1 ]; then bash scripts/fetch-ohif.sh; fi   # the OHIF Viewer, for its e2e test
 # compile the Numba kernels once into their on-disk cache (later starts only load them)
+echo "setup: the image kernels (Numba: compiled the first time, then loaded from .venv/numba-cache)"
 .venv/bin/python -c 'from cloudfilm.stack import warm_codecs; warm_codecs()'
