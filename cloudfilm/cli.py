@@ -405,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        logging.getLogger("apiron").setLevel(logging.WARNING)  # orthanc-rest-client, per request
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, ValueError, OSError) as exc:

@@ -28,7 +28,8 @@ def upload(paths: list[Path]) -> None:
             assert r.status == 200
 
 
-def backfill(data: Path) -> str:
+def backfill(data: Path) -> tuple[str, str]:
+    """The backfill's (stdout, stderr)."""
     out = subprocess.run(
         [
             sys.executable,
@@ -49,7 +50,7 @@ def backfill(data: Path) -> str:
     )
     if out.returncode != 0:
         raise SystemExit(f"backfill failed ({out.returncode}): {out.stdout}{out.stderr}")
-    return out.stdout
+    return out.stdout, out.stderr
 
 
 def main() -> None:
@@ -77,16 +78,16 @@ def main() -> None:
                 time.sleep(0.1)
         first = synthesize_study(work / "s1", modality="MR", images=5, seed=31)
         upload(first)
-        run1 = backfill(work / "data")
+        run1, log1 = backfill(work / "data")
         second = synthesize_study(work / "s2", modality="CT", images=3, seed=32)
         upload(second)
-        run2 = backfill(work / "data")
+        run2, _ = backfill(work / "data")
     finally:
         orthanc.send_signal(signal.SIGTERM)
         orthanc.wait(30)
         log.close()
     files = sorted(str(p) for p in [*first, *second])
-    print(json.dumps({"run1": run1, "run2": run2, "files": files}))
+    print(json.dumps({"run1": run1, "run2": run2, "log1": log1, "files": files}))
 
 
 if __name__ == "__main__":

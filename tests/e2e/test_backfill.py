@@ -33,6 +33,8 @@ def test_backfill_copies_orthanc_and_resumes(tmp_path: Path) -> None:
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert "5 instances in Orthanc, 5 copied, 0 already done, 0 refused" in report["run1"]
     assert "9 instances in Orthanc, 4 copied, 5 already done, 0 refused" in report["run2"]
+    # the progress bar is the only per-instance output: no HTTP client's request log lines
+    assert " GET http" not in report["log1"] and "apiron" not in report["log1"], report["log1"]
     with sqlite3.connect(tmp_path / "data" / "index.sqlite") as db:
         rows = dict(db.execute("SELECT sop_uid, object_key FROM instances").fetchall())
     assert len(rows) == 9
