@@ -65,13 +65,9 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> bytes:
 @contextmanager
 def cloudfilm(data: Path, env: dict[str, str]) -> Iterator[tuple[str, int, str]]:
     """(base URL, DICOM port, admin token) of a running `cloudfilm serve`."""
-    token = subprocess.run(
-        [*CLI, "token", "--data", str(data), "--hospital", "HOSP1", "--role", "admin"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout.strip()
+    from embedded import token as registered_token
+
+    token = registered_token(data, "admin", "HOSP1", cwd=ROOT)
     proc = subprocess.Popen(
         [*CLI, "serve", "--data", str(data), "--ae", "CLOUDFILM", *LOOPBACK],
         stdout=subprocess.PIPE,

@@ -39,13 +39,21 @@ def load_study(root: Path, *, modality: str, images: int, seed: int) -> tuple[Pa
     return data, paths
 
 
-def token(data: Path, role: str) -> str:
-    return subprocess.run(
-        [*CLI, "token", "--data", str(data), "--hospital", HOSPITAL, "--role", role],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+def token(data: Path, role: str, hospital: str = HOSPITAL, cwd: Path | None = None) -> str:
+    """A token of the user ``bench.<role>``, registered at ``hospital`` first (the region is
+    initialised if new; the API honours tokens of registered users only)."""
+    subject = f"bench.{role}"
+
+    def cli(*args: str, check: bool = True) -> str:
+        done = subprocess.run(
+            [*CLI, *args, "--data", str(data)], capture_output=True, text=True, check=check, cwd=cwd
+        )
+        return done.stdout.strip()
+
+    cli("init")
+    cli("hospitals", "add", hospital, "--name", hospital)
+    cli("users", "add", subject, "--hospital", hospital, "--role", role, check=False)  # or known
+    return cli("token", "--hospital", hospital, "--role", role, "--subject", subject)
 
 
 @contextmanager

@@ -1,10 +1,16 @@
-"""The one ``cloudfilm`` command: synth, serve, token, demo."""
+"""The one ``cloudfilm`` command: synth, serve, token, demo, and the region's admin commands.
+
+The process runs with umask 077: everything it writes under the data directory is readable by
+its own user only. Commands that read or change a region (token, keys, users, hospitals, audit,
+store) refuse a directory that is not one (exit 2); ``init``, ``serve`` and ``demo`` make one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -12,10 +18,36 @@ from pathlib import Path
 from typing import Any
 
 from cloudfilm.config import ConfigError, StackSettings, load_settings, parse_hostport
+from viewer_api.auth import ROLES
 
 logger = logging.getLogger("cloudfilm")
 
-ROLES = ("admin", "clinician")
+
+class NoRegion(ConfigError):
+    """A command that reads a region was pointed at a directory that holds none."""
+
+
+def _region(data: str, config: Path | None = None, **overrides: Any) -> StackSettings:
+    """The settings of the region in ``data``; NoRegion unless ``init``/``serve`` made it
+    (its signing key exists). Nothing is created here."""
+    settings = load_settings({"data_dir": data, **overrides}, config_file=config)
+    if not settings.data_dir.is_dir() or not settings.secret_path.is_file():
+        raise NoRegion(
+            f"no CloudFilm region in {settings.data_dir} (create one with "
+            f"`cloudfilm init --data {settings.data_dir}` or `cloudfilm serve`)"
+        )
+    return settings
+
+
+def init_region(settings: StackSettings) -> None:
+    """Create the data directory (mode 0700), its keys (0600) and an empty registry."""
+    from viewer_api.auth import load_or_create_secret
+    from viewer_api.registry import SqliteRegistry
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for key in (settings.secret_path, settings.audit_key_path, settings.person_key_path):
+        load_or_create_secret(key)
+    SqliteRegistry(settings.registry_path).close()
 
 
 def _add_stack_flags(p: argparse.ArgumentParser, *, data_default: str | None = None) -> None:
@@ -55,11 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the embedded stack (gateway + store + index + API)")
     _add_stack_flags(p)
 
-    p = sub.add_parser("token", help="print a bearer token for the API")
+    p = sub.add_parser("init", help="create a region's data directory, keys and registry")
     p.add_argument("--data", required=True, help="data directory of the stack")
-    p.add_argument("--hospital", required=True)
-    p.add_argument("--role", choices=ROLES, required=True)
-    p.add_argument("--subject", default="", help="who the token is for (shown in the audit)")
+
+    p = sub.add_parser("token", help="print a bearer token for a registered, enabled user")
+    p.add_argument("--data", required=True, help="data directory of the stack")
+    p.add_argument("--hospital", required=True, help="the user's registered hospital")
+    p.add_argument("--role", choices=ROLES, required=True, help="the user's registered role")
+    p.add_argument(
+        "--subject",
+        required=True,
+        help="the registered user the token is for (cloudfilm users add; shown in the audit)",
+    )
     p.add_argument("--ttl-hours", type=int, default=24)
     p.add_argument("--config", type=Path)
 
@@ -158,41 +197,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve_until_signal(_settings(args)))
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from viewer_api.auth import TokenSigner, load_or_create_secret
+def cmd_init(args: argparse.Namespace) -> int:
+    settings = load_settings({"data_dir": args.data})
+    init_region(settings)
+    print(f"region ready in {settings.data_dir}: add hospitals and users, then issue tokens")
+    return 0
 
-    settings = load_settings(
-        {"data_dir": args.data, "hospital": args.hospital}, config_file=args.config
-    )
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from viewer_api.auth import TokenSigner
+    from viewer_api.registry import SqliteRegistry, token_problem
+
+    settings = _region(args.data, args.config, hospital=args.hospital)
     if not 1 <= args.ttl_hours <= 24 * 366:
         raise ConfigError(f"--ttl-hours must be 1..8784, got {args.ttl_hours}")
-    from viewer_api.registry import SqliteRegistry
-
-    if args.subject and settings.registry_path.exists():
-        registry = SqliteRegistry(settings.registry_path)
-        user = registry.user(args.subject)
+    subject = args.subject.strip()
+    registry = SqliteRegistry(settings.registry_path)
+    try:
+        user = registry.user(subject) if subject else None
+    finally:
         registry.close()
-        if user is not None and (
-            not user.enabled or (user.hospital, user.role) != (settings.hospital, args.role)
-        ):
-            raise ConfigError(
-                f"user {args.subject} is registered as {user.role} at {user.hospital}"
-                + ("" if user.enabled else " and disabled")
-            )
-    signer = TokenSigner(load_or_create_secret(settings.secret_path))  # the current key
-    print(
-        signer.issue(
-            settings.hospital, args.role, subject=args.subject, ttl_s=args.ttl_hours * 3600
+    problem = token_problem(user, subject, settings.hospital, args.role)
+    if problem is not None:
+        hint = (
+            f" (register it: cloudfilm users add {subject} --hospital {settings.hospital} "
+            f"--role {args.role} --data {settings.data_dir})"
+            if subject and user is None
+            else ""
         )
-    )
+        raise ConfigError(f"no token issued: {problem}{hint}")
+    signer = TokenSigner.from_files(settings.secret_path)  # signs with the current key
+    print(signer.issue(settings.hospital, args.role, subject=subject, ttl_s=args.ttl_hours * 3600))
     return 0
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from viewer_api.registry import RegistryError, SqliteRegistry
 
-    settings = load_settings({"data_dir": args.data})
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = _region(args.data)
     registry = SqliteRegistry(settings.registry_path)
     try:
         if args.command == "hospitals":
@@ -222,32 +264,22 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from viewer_api.auth import (
-        RevokedTokens,
-        TokenSigner,
-        load_or_create_secret,
-        retire_keys,
-        retired_keys,
-        rotate_key,
-    )
+    from viewer_api.auth import RevokedTokens, TokenSigner, retire_keys, rotate_key
     from viewer_api.errors import Unauthorized
 
-    settings = load_settings({"data_dir": args.data})
+    settings = _region(args.data)
     if args.keys_command == "rotate":
-        load_or_create_secret(settings.secret_path)
         old = rotate_key(settings.secret_path)
-        print(f"new signing key in {settings.secret_path}; the old one verifies until retired")
-        print(f"(restart the API to sign with the new key): {old.name}")
+        print(f"new signing key in {settings.secret_path}, used by running APIs at once;")
+        print(f"the old one ({old.name}) verifies until retired")
         return 0
     if args.keys_command == "retire":
         if args.older_than_days < 0:
             raise ConfigError("--older-than-days must not be negative")
         gone = retire_keys(settings.secret_path, args.older_than_days * 86400)
-        print(f"{gone} retired key(s) deleted")
+        print(f"{gone} retired key(s) deleted: running APIs refuse what they signed at once")
         return 0
-    signer = TokenSigner(
-        load_or_create_secret(settings.secret_path), retired_keys(settings.secret_path)
-    )
+    signer = TokenSigner.from_files(settings.secret_path)
     try:
         jti, exp = signer.token_id(args.token.strip())
     except Unauthorized as exc:
@@ -328,27 +360,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     from image_store.audit import SqliteAuditLog
 
-    settings = load_settings({"data_dir": args.data})
+    settings = _region(args.data)
     if not settings.audit_path.is_file():
         raise ConfigError(f"no audit log at {settings.audit_path}")
-    from viewer_api.auth import load_or_create_secret
-
-    head_key = (
-        load_or_create_secret(settings.audit_key_path) if settings.audit_key_path.exists() else None
-    )
+    try:
+        head_key: bytes | None = settings.audit_key_path.read_bytes()  # never created here
+    except FileNotFoundError:
+        head_key = None
     log = SqliteAuditLog(settings.audit_path, head_key=head_key)
     try:
         if args.audit_command == "export":
             for event in log.iter_events():
                 print(json.dumps(dataclasses.asdict(event), ensure_ascii=False))
             return 0
-        bad = log.verify()
+        verdict = log.check()
     finally:
         log.close()
-    if bad is None:
-        print("audit log intact")
+    if verdict.ok:
+        print(f"audit log intact: {verdict.records} records, sealed by the signed head")
         return 0
-    print(f"audit log broken at record {bad}: edited or deleted", file=sys.stderr)
+    state = f"broken at record {verdict.bad_seq}" if verdict.bad_seq else "not verified"
+    print(f"audit log {state}: {verdict.reason}", file=sys.stderr)
+    if head_key is None:
+        print(f"(the audit key {settings.audit_key_path} is missing)", file=sys.stderr)
     return 1
 
 
@@ -357,7 +391,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     from image_store.scrub import scrub
     from pacs_gateway.backfill import ProgressBar
 
-    settings = load_settings({"data_dir": args.data}, config_file=args.config)
+    settings = _region(args.data, args.config)
     index = open_index(settings)
     try:
         report = scrub(
@@ -384,6 +418,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "synth": cmd_synth,
+    "init": cmd_init,
     "serve": cmd_serve,
     "token": cmd_token,
     "keys": cmd_keys,
@@ -397,7 +432,14 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    previous_umask = os.umask(0o077)  # data, keys, spool and logs: this user's only
+    try:
+        return _run(build_parser().parse_args(argv))
+    finally:
+        os.umask(previous_umask)  # matters only when called in-process (tests)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -7,6 +7,7 @@ environment variables ``CLOUDFILM_<FIELD>`` (upper case), then command-line flag
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from image_store.keys import check_hospital
+from pacs_gateway.access import AeRule, Rights, parse_ae_rules, parse_networks
 
 
 class ConfigError(ValueError):
@@ -49,6 +51,11 @@ class StackSettings:
     share_ttl_hours: int = 720
     cors_origins: str = ""
     """Browser origins allowed to call DICOMweb (e.g. an OHIF viewer), comma-separated."""
+    stow_max_part_mb: int = 512
+    """Largest instance one STOW-RS part may carry (a bigger one fails alone)."""
+    stow_max_request_mb: int = 2048
+    """Largest STOW-RS request body (413 beyond it, nothing stored); parts are streamed to
+    data_dir/tmp while a request lasts."""
     https_cert_file: str = ""
     """PEM certificate (chain) for the API; with https_key_file the API speaks HTTPS only."""
     https_key_file: str = ""
@@ -85,6 +92,34 @@ class StackSettings:
     empty: this hospital only."""
     move_destinations: str = ""
     """C-MOVE destinations, 'AE@HOST:PORT' comma-separated."""
+    dicom_allowed_aes: str = ""
+    """The calling-AE allow-list, comma-separated 'AE[:store|query|both][@HOST-or-CIDR[;...]]'
+    (rights default to store). Empty: any AE may associate, with every right when the DICOM
+    listener is loopback-only and store only otherwise (a warning is logged)."""
+    dicom_allowed_networks: str = ""
+    """Networks (CIDRs) peers may connect from, comma-separated; empty: any."""
+    dicom_max_associations: int = 16
+    """Established associations at once, per SCP process."""
+    dicom_max_associations_per_host: int = 8
+    """Open connections from one peer address, per SCP process."""
+    dicom_acse_timeout_s: float = 10.0
+    """Seconds a new connection has to send its A-ASSOCIATE-RQ."""
+    dicom_idle_timeout_s: float = 60.0
+    """Seconds an established association may stay silent before it is aborted."""
+
+    def dicom_ae_rules(self) -> tuple[AeRule, ...]:
+        return tuple(parse_ae_rules(self.dicom_allowed_aes).values())
+
+    def dicom_network_list(self) -> tuple[str, ...]:
+        items = tuple(n.strip() for n in self.dicom_allowed_networks.split(",") if n.strip())
+        parse_networks(items, "dicom_allowed_networks")
+        return items
+
+    def dicom_open_rights(self) -> Rights:
+        """What any calling AE may do while ``dicom_allowed_aes`` is empty: everything on a
+        loopback-only listener (the demo, tests), C-STORE only on a reachable one (so nothing
+        outside the allow-list can query or retrieve the hospital's studies)."""
+        return Rights.BOTH if is_loopback(self.dicom_host) else Rights.STORE
 
     def qr_hospital_set(self) -> frozenset[str]:
         names = [h.strip() for h in self.qr_hospitals.split(",") if h.strip()]
@@ -151,6 +186,15 @@ class StackSettings:
         return self.data_dir / "secrets" / "api.key"
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_hostport(value: str, what: str) -> tuple[str, int]:
     """'HOST:PORT' -> (host, port); port 0 lets the OS choose."""
     host, sep, port = value.rpartition(":")
@@ -170,6 +214,8 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             return text in ("1", "true", "yes", "on")
         if kind in (int, "int"):
             return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
         if kind in (Path, "Path"):
             return Path(raw)
         return str(raw)
@@ -219,6 +265,15 @@ def load_settings(
         except ValueError as exc:
             raise ConfigError(f"qr_hospitals: {exc}") from exc
     settings.move_destination_map()
+    try:
+        settings.dicom_ae_rules()
+        settings.dicom_network_list()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if min(settings.dicom_max_associations, settings.dicom_max_associations_per_host) < 1:
+        raise ConfigError("dicom_max_associations(_per_host) must be 1 or more")
+    if min(settings.dicom_acse_timeout_s, settings.dicom_idle_timeout_s) <= 0:
+        raise ConfigError("dicom_acse_timeout_s and dicom_idle_timeout_s must be positive")
     if settings.index not in ("sqlite", "postgres"):
         raise ConfigError(f"index must be sqlite or postgres, got {settings.index!r}")
     if settings.index == "postgres" and not settings.postgres_dsn:

@@ -23,6 +23,17 @@ class DemoFailed(RuntimeError):
     """A step of the demo did not work; the message says which."""
 
 
+def _demo_token(stack: Stack) -> str:
+    """A clinician token for the user ``demo``, registered at the stack's hospital if new (the
+    API honours tokens of registered users only)."""
+    registry, hospital = stack.registry, stack.settings.hospital
+    if hospital not in registry.hospital_names():
+        registry.add_hospital(hospital, hospital)
+    if registry.user("demo") is None:
+        registry.add_user("demo", hospital, "clinician")
+    return stack.signer.issue(hospital, "clinician", subject="demo", ttl_s=86400)
+
+
 async def _show(stack: Stack, *, images: int) -> None:
     s = stack.settings
     study_dir = s.data_dir / "demo" / f"CT-{images}"
@@ -43,7 +54,7 @@ async def _show(stack: Stack, *, images: int) -> None:
     study = next((st for st in studies if st.number_of_instances >= len(paths)), None)
     if study is None:
         raise DemoFailed("the study was not indexed")
-    token = stack.signer.issue(s.hospital, "clinician", subject="demo", ttl_s=86400)
+    token = await asyncio.to_thread(_demo_token, stack)
     base = stack.base_url()
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
         async with http.post(f"{base}/api/shares", json={"study_uid": study.study_uid}) as r:

@@ -28,6 +28,7 @@ from image_store.audit import SqliteAuditLog
 from image_store.consents import SqliteConsents
 from image_store.derived import series_thumbnail
 from image_store.ingest import LocalIngest
+from image_store.objects.filesystem import make_dirs
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
 from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
@@ -37,12 +38,17 @@ from pacs_gateway.scp import ScpSettings, TlsSettings
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
 from viewer_api.app import ViewerSettings, create_app
-from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret, retired_keys
+from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret
 from viewer_api.registry import SqliteRegistry
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
 logger = logging.getLogger(__name__)
+
+HTTP_SHUTDOWN_S = 2.0
+"""How long a stopping API lets requests in flight finish (aiohttp's default is 60 s)."""
+UPLOADER_STOP_S = 3.0
+"""How long a stop waits for the uploader's workers, all together."""
 
 
 @dataclass(slots=True)
@@ -70,10 +76,10 @@ class Stack:
 
     @classmethod
     def open(cls, settings: StackSettings) -> Stack:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(settings.data_dir)  # 0700
         store = open_object_store(settings)
         index = open_index(settings)
-        secret = load_or_create_secret(settings.secret_path)
+        load_or_create_secret(settings.secret_path)
         # its own key: signing keys may be rotated, person keys are stored hashes and may not
         persons = PersonKeyer(
             load_or_create_secret(settings.person_key_path), settings.mpi_issuers.split(",")
@@ -83,6 +89,7 @@ class Stack:
             high_water_bytes=settings.spool_high_water_mb * 1024**2,
             min_free_bytes=settings.spool_min_free_mb * 1024**2,
             fsync=settings.fsync,
+            no_plaintext_after_upload=settings.encryption != "none",
         )
 
         def warm_thumbnails(series_uids: set[str]) -> None:
@@ -91,7 +98,7 @@ class Stack:
 
         uploader = Uploader(
             spool,
-            LocalIngest(store, index, persons=persons),
+            LocalIngest(store, index, persons=persons, trusted_links=True),
             settings.hospital,
             UploaderSettings(
                 workers=settings.upload_workers,
@@ -111,10 +118,9 @@ class Stack:
             audit=SqliteAuditLog(
                 settings.audit_path, head_key=load_or_create_secret(settings.audit_key_path)
             ),
-            signer=TokenSigner(
-                secret,
-                retired_keys(settings.secret_path),
-                revoked=RevokedTokens(settings.revoked_tokens_path),
+            # follows `cloudfilm keys rotate|retire` while it runs
+            signer=TokenSigner.from_files(
+                settings.secret_path, revoked=RevokedTokens(settings.revoked_tokens_path)
             ),
             consents=SqliteConsents(settings.consents_path),
             persons=persons,
@@ -139,6 +145,9 @@ class Stack:
                 public_base_url=self.base_url(),
                 share_ttl_s=s.share_ttl_hours * 3600,
                 cors_origins=frozenset(o.strip() for o in s.cors_origins.split(",") if o.strip()),
+                stow_max_part_bytes=s.stow_max_part_mb * 1024**2,
+                stow_max_request_bytes=s.stow_max_request_mb * 1024**2,
+                stow_tmp_dir=s.data_dir / "tmp",
             ),
             self.store,
             self.index,
@@ -151,25 +160,20 @@ class Stack:
             registry=self.registry,
         )
         app.router.add_get("/metrics", self._metrics)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
         await self.runner.setup()
         await web.SockSite(self.runner, sock, ssl_context=_https_context(s)).start()
         self.uploader.start()
         self.gateway = GatewayProcess(
             GatewaySpec(
-                scp=ScpSettings(
-                    ae_title=s.ae_title,
-                    host=s.dicom_host,
-                    port=s.dicom_port,
-                    stream_to_disk=True,
-                    tls=_dicom_tls(s),
-                ),
+                scp=gateway_scp_settings(s),
                 spool_dir=s.spool_dir,
                 high_water_bytes=self.spool.high_water_bytes,
                 min_free_bytes=self.spool.min_free_bytes,
                 fsync=s.fsync,
                 log_level=logging.getLogger().getEffectiveLevel(),
-                journal_bytes=s.spool_journal_mb * 1024**2,
+                # encrypted at rest: no journal, whose segments keep instances past upload
+                journal_bytes=0 if s.encryption != "none" else s.spool_journal_mb * 1024**2,
                 qr=QrSettings(
                     ae_title=s.ae_title,
                     hospitals=s.qr_hospital_set(),
@@ -179,6 +183,7 @@ class Stack:
                 ),
                 index_factory=functools.partial(open_index, s),
                 store_factory=functools.partial(open_object_store, s),
+                audit_factory=functools.partial(open_gateway_audit, s),
             ),
             self.spool.usage,
             self.store_counters,
@@ -205,17 +210,46 @@ class Stack:
         )
 
     async def stop(self) -> None:
-        if self.gateway is not None:
-            await asyncio.to_thread(self.gateway.stop)
-            self.gateway = None
-        await asyncio.to_thread(self.uploader.stop)
+        """Release everything within ~5 s: the gateway processes (SIGTERM, SIGKILL past their
+        bound), the uploader (its batch in flight is redone at the next start: a spool entry
+        goes only once stored and indexed) and the HTTP server (in-flight requests get
+        ``HTTP_SHUTDOWN_S``), all at once; then the stores."""
+        gateway, self.gateway = self.gateway, None
+        workers = max(1, self.settings.upload_workers)
+        parts = [asyncio.to_thread(self.uploader.stop, UPLOADER_STOP_S / workers)]
+        if gateway is not None:
+            parts.append(asyncio.to_thread(gateway.stop))
         if self.runner is not None:
-            await self.runner.cleanup()
+            parts.append(self.runner.cleanup())
             self.runner = None
+        await asyncio.gather(*parts)
         self.index.close()
         self.consents.close()
         self.reports.close()
         self.registry.close()
+
+
+def open_gateway_audit(s: StackSettings) -> SqliteAuditLog:
+    """The API's audit log, opened by a gateway process for its Query/Retrieve records."""
+    return SqliteAuditLog(s.audit_path, head_key=load_or_create_secret(s.audit_key_path))
+
+
+def gateway_scp_settings(s: StackSettings) -> ScpSettings:
+    """The gateway's SCP settings: listener, TLS and the access policy of the DICOM port."""
+    return ScpSettings(
+        ae_title=s.ae_title,
+        host=s.dicom_host,
+        port=s.dicom_port,
+        stream_to_disk=True,
+        tls=_dicom_tls(s),
+        maximum_associations=s.dicom_max_associations,
+        maximum_associations_per_host=s.dicom_max_associations_per_host,
+        acse_timeout_s=s.dicom_acse_timeout_s,
+        network_timeout_s=s.dicom_idle_timeout_s,
+        ae_rules=s.dicom_ae_rules(),
+        open_rights=s.dicom_open_rights(),
+        allowed_networks=s.dicom_network_list(),
+    )
 
 
 def _https_context(s: StackSettings) -> ssl.SSLContext | None:

@@ -1,5 +1,6 @@
-"""Single frames out of a stored instance, without decoding: native frames are byte ranges,
-encapsulated frames come out of their fragments (pydicom.encaps)."""
+"""Single frames out of a stored instance: native frames are byte ranges, encapsulated frames
+come out of their fragments (pydicom.encaps) without decoding; frames in another syntax come
+out of the instance transcoded first (``dicom_codecs.transcode``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import pydicom
 from pydicom.encaps import get_frame
 
 from dicom_codecs.errors import CodecError
+
+NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"})
+"""Little-endian syntaxes whose pixel data is native: their frames are the same bytes as in
+Explicit VR Little Endian."""
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 class FrameError(CodecError, LookupError):
@@ -31,3 +37,21 @@ def frame_bytes(part10: bytes, numbers: list[int]) -> tuple[str, list[bytes]]:
     samples = int(ds.SamplesPerPixel)
     size = int(ds.Rows) * int(ds.Columns) * samples * int(ds.BitsAllocated) // 8
     return syntax, [pixels[(n - 1) * size : n * size] for n in numbers]
+
+
+def frames_in(part10: bytes, stored: str, syntax: str, numbers: list[int]) -> list[bytes]:
+    """The requested frames (1-based) in transfer syntax ``syntax``: sliced out of the stored
+    instance when it already holds them so (native little endian counts as Explicit VR Little
+    Endian), else out of the instance transcoded into ``syntax`` (TranscodeError if it cannot
+    be)."""
+    if syntax != stored and not (syntax == EXPLICIT_LE and stored in NATIVE):
+        from dicom_codecs.transcode import transcode
+
+        part10 = transcode(part10, syntax)
+    return frame_bytes(part10, numbers)[1]
+
+
+def all_frames(part10: bytes) -> list[bytes]:
+    """Every frame of the instance, in order (FrameError without pixel data)."""
+    ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True)
+    return frame_bytes(part10, list(range(1, int(ds.get("NumberOfFrames") or 1) + 1)))[1]

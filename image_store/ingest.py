@@ -16,9 +16,17 @@ from typing import Protocol
 from image_store.errors import ImageStoreError
 from image_store.keys import check_hospital, instance_key, prior_version_key
 from image_store.metadata import read_header
-from image_store.persons import PersonKeyer
+from image_store.persons import PersonKeyer, link_verdict
 from image_store.ports import Index, ObjectStore
-from image_store.records import InstanceHeader, InstanceQuery, InstanceRecord, PatientRef
+from image_store.records import (
+    TRUSTED_INGEST_SOURCE,
+    InstanceHeader,
+    InstanceQuery,
+    InstanceRecord,
+    PatientInfo,
+    PatientRef,
+    StudyQuery,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +72,16 @@ class LocalIngest:
         *,
         duplicates: DuplicatePolicy = DuplicatePolicy.KEEP_NEWER,
         persons: PersonKeyer | None = None,
+        trusted_links: bool = False,
     ) -> None:
         self.store = store
         self.index = index
         self.duplicates = duplicates
         self.persons = persons
-        """Links patients to regional persons from the identifiers their instances carry."""
+        """Turns the identifiers instances carry into person keys (with ``trusted_links``)."""
+        self.trusted_links = trusted_links
+        """True for a hospital's gateway: its deliveries link patients to regional persons.
+        False (STOW-RS, any user's upload): no delivery creates or changes a person link."""
 
     def ingest(self, hospital: str, items: Sequence[bytes]) -> list[IngestOutcome]:
         check_hospital(hospital)
@@ -91,20 +103,35 @@ class LocalIngest:
 
     def _link_persons(self, hospital: str, headers: list[InstanceHeader]) -> None:
         """Link the patients of committed instances to their persons (once per patient and
-        batch); a link an administrator made stays as it is."""
-        if self.persons is None:
+        batch), for a trusted delivery only, by :func:`link_verdict`: a link that would move a
+        record to another person or join conflicting demographics is held for review."""
+        if self.persons is None or not self.trusted_links:
             return
-        keys: dict[PatientRef, str] = {}
+        keys: dict[PatientRef, tuple[str, PatientInfo]] = {}
         for h in headers:
             ref = PatientRef(hospital, h.patient.patient_id, h.patient.issuer)
             if ref not in keys and h.person_ids:
                 key = self.persons.first_key(h.person_ids)
                 if key is not None:
-                    keys[ref] = key
-        for ref, key in keys.items():
+                    keys[ref] = (key, h.patient)
+        for ref, (key, info) in keys.items():
             current = self.index.person_link(ref)
-            if current is None or (current.source == "dicom" and current.person_key != key):
-                self.index.link_patient(ref, key, "dicom")
+            others: list[tuple[str, PatientInfo]] = []
+            if current is None:
+                found = self.index.find_studies(StudyQuery(person_key=key), limit=1000)
+                others = [(s.hospital, s.patient) for s in found]
+            verdict = link_verdict(current, key, info, others, hospital)
+            if verdict.action == "apply":
+                self.index.link_patient(ref, key, TRUSTED_INGEST_SOURCE)
+            elif verdict.action == "review":
+                held = self.index.hold_link(
+                    ref,
+                    key,
+                    current.person_key if current else "",
+                    TRUSTED_INGEST_SOURCE,
+                    verdict.reason,
+                )
+                logger.warning("person link held for review %d: %s", held.id, verdict.reason)
 
     def _commit(
         self,

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import warnings
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,7 +27,7 @@ from image_store.errors import InvalidDicom, InvalidUID
 from image_store.keys import check_uid
 from image_store.persons import identifiers
 from image_store.records import InstanceHeader, PatientInfo
-from image_store.structure import quick_identity
+from image_store.structure import file_meta_end, quick_identity
 
 logger = logging.getLogger(__name__)
 
@@ -104,21 +106,109 @@ def _is_deflated(ds: Dataset) -> bool:
     return meta is not None and meta.get("TransferSyntaxUID") == _DEFLATED
 
 
+INFLATE_HEADER_ALLOWANCE = 8 * 1024 * 1024
+"""Bytes a deflated data set may inflate to beyond its declared pixel data, plus
+:data:`INFLATE_PER_COMPRESSED_BYTE` per deflated byte (text, overlays, private data)."""
+INFLATE_PER_COMPRESSED_BYTE = 16
+_INFLATE_CHUNK = 1024 * 1024
+_META_WINDOW = 1024 * 1024
+
+
 def check_instance(source: bytes | memoryview | Path) -> InstanceIdentity:
     """Check that a DICOM Part 10 file (in memory, or on disk) is complete and identifies itself.
 
     Raises InvalidDicom naming the problem: unparseable, trailing bytes, a value cut short (a
-    truncated transfer), a sequence without its end, or missing/invalid SOP and study UIDs.
-    Values are not decoded; only the UIDs are read. A file on disk is read with large values
-    skipped (never held whole in memory).
+    truncated transfer), a sequence without its end, missing/invalid SOP and study UIDs, or a
+    deflated data set that inflates past what its declared image needs
+    (:func:`check_inflation`, before pydicom inflates it). Values are not decoded; only the
+    UIDs are read. A file on disk is read with large values skipped (never held whole in
+    memory).
     """
     if isinstance(source, Path):
         with open(source, "rb") as fh:
-            return _check(fh, os.fstat(fh.fileno()).st_size, defer=True)
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(_META_WINDOW)
+            meta = file_meta_end(head)
+            if meta is not None and meta[1] == _DEFLATED:
+                fh.seek(meta[0])
+                check_inflation(iter(lambda: fh.read(_INFLATE_CHUNK), b""), size - meta[0])
+            fh.seek(0)
+            return _check(fh, size, defer=True)
     quick = quick_identity(source)  # a complete, well-formed instance needs no more
     if quick is not None:
         return InstanceIdentity(quick.sop_class_uid, quick.sop_instance_uid, quick.study_uid)
+    meta = file_meta_end(source)
+    if meta is not None and meta[1] == _DEFLATED:
+        view = memoryview(source)[meta[0] :]
+        chunks = (view[i : i + _INFLATE_CHUNK] for i in range(0, len(view), _INFLATE_CHUNK))
+        check_inflation(chunks, len(view))
     return _check(io.BytesIO(source), len(source), defer=False)
+
+
+def check_inflation(chunks: Iterable[bytes | memoryview], compressed_size: int) -> int:
+    """Inflate a deflated data set (Deflated Explicit VR Little Endian: raw deflate) with a
+    bounded streaming decompressor, output discarded; returns its inflated size.
+
+    The limit is the pixel data its header declares (Rows x Columns x frames x samples x
+    BitsAllocated, read from the first inflated megabyte) plus
+    :data:`INFLATE_HEADER_ALLOWANCE` and :data:`INFLATE_PER_COMPRESSED_BYTE` per deflated
+    byte. Raises InvalidDicom for a data set that inflates past it (a deflate bomb) or that is
+    not valid deflate data. Never holds more than a megabyte of inflated data.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    allowance = INFLATE_HEADER_ALLOWANCE + INFLATE_PER_COMPRESSED_BYTE * compressed_size
+    limit = allowance
+    head = bytearray()
+    total = 0
+    try:
+        for chunk in chunks:
+            data: bytes | memoryview = chunk
+            while data:
+                out = inflater.decompress(data, _INFLATE_CHUNK)
+                data = inflater.unconsumed_tail
+                if len(head) < _META_WINDOW:
+                    head += out[: _META_WINDOW - len(head)]
+                    if len(head) >= _META_WINDOW:
+                        limit = allowance + declared_pixel_bytes(bytes(head))
+                total += len(out)
+                if total > limit:
+                    raise InvalidDicom(
+                        f"the deflated data set inflates past {limit} bytes ({limit - allowance}"
+                        f" of declared image, {allowance} of header allowance): refused as a "
+                        "deflate bomb"
+                    )
+                if inflater.eof:
+                    return total
+        total += len(inflater.flush(_INFLATE_CHUNK))
+    except zlib.error as exc:
+        raise InvalidDicom(f"the deflated data set is not valid deflate data: {exc}") from exc
+    return total
+
+
+def declared_pixel_bytes(dataset_prefix: bytes) -> int:
+    """Bytes of native pixel data an explicit VR little endian data set declares (Rows x
+    Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated / 8), read from its first
+    bytes; 0 when they do not hold the Image Pixel module's attributes."""
+
+    def past_group_0028(tag: Any, vr: Any, length: Any) -> bool:
+        return int(tag) > 0x0028FFFF
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.filereader.read_dataset(
+                io.BytesIO(dataset_prefix),
+                is_implicit_VR=False,
+                is_little_endian=True,
+                stop_when=past_group_0028,
+            )
+            rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+            frames = _int(ds, "NumberOfFrames") or 1
+            samples = _int(ds, "SamplesPerPixel") or 1
+            bits = _int(ds, "BitsAllocated") or 16
+    except Exception:  # a prefix that cuts an element, or garbage: no declared image
+        return 0
+    return max(0, rows * columns * frames * samples * bits // 8)
 
 
 def _check(fp: BinaryIO, size: int, *, defer: bool) -> InstanceIdentity:

@@ -12,10 +12,12 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
 from image_store.errors import ImageStoreError
+from image_store.records import PatientInfo, PersonLink
 
 DEFAULT_ISSUERS = frozenset({"CN_RESIDENT_ID", "CN_HEALTH_CARD"})
 """Issuer of Patient ID values that name regional person identifiers unless configured."""
@@ -76,3 +78,50 @@ def identifiers(ds: Dataset) -> tuple[tuple[str, str], ...]:
         if issuer and pid:
             out.append((issuer, pid))
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkVerdict:
+    """What to do with a link a trusted source asks for: ``apply`` it, ``keep`` the current
+    one (nothing changes), or ``review`` (hold it for an administrator, ``reason`` says why)."""
+
+    action: str
+    reason: str = ""
+
+
+def _conflict(a: PatientInfo, b: PatientInfo) -> str:
+    """Which demographics of two records of one person disagree ('' when none do); values
+    missing on either side do not conflict."""
+    if a.birth_date and b.birth_date and a.birth_date != b.birth_date:
+        return "birth date"
+    sexes = {"M", "F"}
+    if a.sex in sexes and b.sex in sexes and a.sex != b.sex:
+        return "sex"
+    return ""
+
+
+def link_verdict(
+    current: PersonLink | None,
+    person_key: str,
+    record: PatientInfo,
+    others: Iterable[tuple[str, PatientInfo]],
+    hospital: str,
+) -> LinkVerdict:
+    """The rule for a link from a trusted source (the hospital's gateway) of ``hospital``'s
+    ``record`` to ``person_key``: a record linked to another person is never moved without
+    review; a record joining a person whose records at other hospitals (``others``: hospital
+    and patient) disagree on birth date or sex is held for review; a link already there is
+    kept; an untrusted link to the same person is confirmed."""
+    if current is not None and current.person_key != person_key:
+        return LinkVerdict("review", "the record is linked to another person now")
+    if current is not None:
+        return LinkVerdict("keep") if current.trusted else LinkVerdict("apply")
+    for other_hospital, other in others:
+        if other_hospital == hospital:
+            continue
+        what = _conflict(record, other)
+        if what:
+            return LinkVerdict(
+                "review", f"{what} differs from the person's record at {other_hospital}"
+            )
+    return LinkVerdict("apply")

@@ -15,6 +15,7 @@ from image_store.records import (
     InstanceQuery,
     InstanceRecord,
     InstanceSummary,
+    LinkReview,
     ObjectInfo,
     PatientRef,
     PersonLink,
@@ -88,6 +89,22 @@ class Index(Protocol):
 
     def merge_persons(self, from_key: str, into_key: str) -> int:
         """Move every link of one person to another (two records found to be one person)."""
+        ...
+
+    def hold_link(
+        self, patient: PatientRef, person_key: str, current_key: str, source: str, reason: str
+    ) -> LinkReview:
+        """Keep a link for an administrator's review instead of applying it; the same pending
+        link (patient and person) held again is the same review."""
+        ...
+
+    def link_reviews(self, *, pending_only: bool = True) -> list[LinkReview]:
+        """Held links, oldest first."""
+        ...
+
+    def decide_link_review(self, review_id: int, *, approve: bool, by: str) -> LinkReview | None:
+        """Approve (the link is applied, source 'review:<by>') or reject a pending review, in
+        one transaction; None when there is no such pending review."""
         ...
 
     def close(self) -> None: ...

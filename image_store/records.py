@@ -174,8 +174,40 @@ class PersonLink:
     patient: PatientRef
     person_key: str
     source: str
-    """'dicom' (Other Patient IDs in an instance) or 'admin:<actor>'."""
+    """'gateway' (Other Patient IDs in an instance the hospital's gateway delivered),
+    'admin:<actor>', 'review:<actor>' (a held link an administrator approved), or 'dicom'
+    (made by an older version from any upload: not trusted)."""
     linked_at: float
+
+    @property
+    def trusted(self) -> bool:
+        """True when the link came from a trusted source: the hospital's gateway or an
+        administrator (directly or by approving a held link)."""
+        return self.source == TRUSTED_INGEST_SOURCE or self.source.startswith(("admin:", "review:"))
+
+
+TRUSTED_INGEST_SOURCE = "gateway"
+"""The source of links made from instances a hospital's gateway delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkReview:
+    """A person link held for an administrator's review instead of applied: it would have
+    moved a record to another person, or joined records with conflicting demographics."""
+
+    id: int
+    patient: PatientRef
+    person_key: str
+    """The person the link would attach the record to."""
+    current_key: str
+    """The person the record is linked to now ('' when unlinked)."""
+    source: str
+    reason: str
+    created_at: float
+    state: str = "pending"
+    """'pending', 'approved' or 'rejected'."""
+    decided_by: str = ""
+    decided_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

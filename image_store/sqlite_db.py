@@ -1,22 +1,27 @@
 """A SQLite database file shared by threads: one connection per thread, one writer at a time.
 
 WAL mode with ``synchronous=FULL``: these files are stores of record (the index, share links,
-the audit log), so a committed transaction survives a power cut.
+the audit log), so a committed transaction survives a power cut. The database is created with
+mode 0600 in a directory made 0700 (SQLite gives its -wal and -shm files the database's mode).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from image_store.objects.filesystem import make_dirs
+
 
 class SqliteDatabase:
     def __init__(self, path: Path, schema: str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # before SQLite makes it
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []

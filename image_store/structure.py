@@ -95,6 +95,18 @@ def quick_identity(data: bytes | bytearray | memoryview) -> QuickIdentity | None
     return QuickIdentity(uids["sop_class"], uids["sop_instance"], uids["study"])
 
 
+def file_meta_end(data: bytes | bytearray | memoryview) -> tuple[int, str] | None:
+    """Where the data set of a Part 10 file starts (after its group 0002) and its transfer
+    syntax UID; None when ``data`` does not hold a whole, well-formed file meta."""
+    buf = memoryview(data)
+    try:
+        if len(buf) < _PREAMBLE + 4 or bytes(buf[_PREAMBLE : _PREAMBLE + 4]) != b"DICM":
+            return None
+        return _file_meta(buf, _PREAMBLE + 4)
+    except (_Unsure, struct.error, IndexError, ValueError):
+        return None
+
+
 def _file_meta(buf: memoryview, pos: int) -> tuple[int, str]:
     """Walk group 0002 (explicit VR little endian); the offset after it and the syntax."""
     syntax = ""

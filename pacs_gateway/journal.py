@@ -129,7 +129,8 @@ class Journal:
         grows to ``max_segments`` segments, then recycles them."""
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
         building = Path(root) / f".{name}"  # not an orphan to anyone while its lock is taken
-        building.mkdir(parents=True)
+        private_dir(building.parent)
+        building.mkdir(mode=0o700)
         self._lock_fd = os.open(building / _LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.dir = Path(root) / name
@@ -139,7 +140,7 @@ class Journal:
         self._checkpoint = checkpoint
         self._max_segments = max(max_segments, _READY_SEGMENTS + 2)
         self._pool = Path(root) / _POOL
-        self._pool.mkdir(exist_ok=True)
+        private_dir(self._pool)
         self._generation = 0
         self._append_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -330,6 +331,24 @@ class Journal:
         return _Segment(self._generation, path, fd, direct)
 
 
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) readable by its owner only (0700), and make an
+    existing one so."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def drop_journal_pool(root: Path) -> None:
+    """Delete the segments kept for future journals under ``root`` (they hold old records)."""
+    pool = root / _POOL
+    if not pool.is_dir():
+        return
+    for p in pool.glob(f"*{_FREE}"):
+        p.unlink(missing_ok=True)
+    fsync_dir(pool)
+
+
 def _take_from_pool(pool: Path) -> Path | None:
     return next(iter(sorted(pool.glob(f"*{_FREE}"))), None)
 
@@ -381,7 +400,7 @@ def replay_orphans(root: Path, restore: Callable[[list[Record]], None]) -> int:
     gets each journal's valid records, oldest first. Returns how many journals it replayed."""
     if not root.is_dir():
         return 0
-    (root / _POOL).mkdir(exist_ok=True)
+    private_dir(root / _POOL)
     replayed = 0
     for d in sorted(root.iterdir()):
         if not d.is_dir() or d.name.startswith("."):

@@ -23,14 +23,16 @@ from typing import Any
 
 from image_store.ports import Index, ObjectStore
 from pacs_gateway.metrics import StoreCounters
-from pacs_gateway.qr import QrSettings
+from pacs_gateway.qr import AuditLog, QrSettings
 from pacs_gateway.scp import QrContext, ScpSettings, start_scp
 from pacs_gateway.spool import Spool, SpoolUsage
 
 logger = logging.getLogger(__name__)
 
-_ABORT_WAIT_S = 3.0
+_ABORT_WAIT_S = 2.0
 """How long a stopping gateway waits for its aborted associations to close their sockets."""
+STOP_TIMEOUT_S = 5.0
+"""How long :meth:`GatewayProcess.stop` waits for all its processes before killing them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,8 @@ class GatewaySpec:
     store_factory: Callable[[], ObjectStore] | None = None
     """Where Query/Retrieve reads: the cloud's index and object store (picklable factories,
     opened in the child)."""
+    audit_factory: Callable[[], AuditLog] | None = None
+    """The audit log Query/Retrieve appends to (a picklable factory, opened in the child)."""
 
 
 def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: Connection) -> None:
@@ -83,7 +87,8 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
     )
     qr = None
     if spec.qr is not None and spec.index_factory is not None and spec.store_factory is not None:
-        qr = QrContext(spec.index_factory(), spec.store_factory(), spec.qr)
+        audit = spec.audit_factory() if spec.audit_factory is not None else None
+        qr = QrContext(spec.index_factory(), spec.store_factory(), spec.qr, audit)
     try:
         server = start_scp(spec.scp, spool, counters, qr)
     except OSError as exc:
@@ -93,16 +98,46 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
     conn.send(("ready", int(server.server_address[1])))
     conn.close()
     stop.wait()
-    server.shutdown()
-    # associations still open end with an A-ABORT: their peers resend whatever was not
-    # answered with Success (all of that, answered or not, is durable or gone)
-    open_assocs = server.active_associations
-    for assoc in open_assocs:
-        assoc.abort(block=False)
-    deadline = time.monotonic() + _ABORT_WAIT_S
-    for assoc in open_assocs:
-        assoc.join(max(0.0, deadline - time.monotonic()))
+    _stop_serving(server)
     spool.close()  # checkpoint: the journal is not needed after a clean stop
+    _exit_now_if_held()
+
+
+def _stop_serving(server: Any) -> None:
+    """Stop accepting, then end every open connection within ``_ABORT_WAIT_S``: associations
+    with an A-ABORT (their peers resend whatever was not answered with Success; all of that,
+    answered or not, is durable or gone); connections that never associated are not waited
+    for (an A-ABORT is not a valid event before the A-ASSOCIATE-RQ: their reactors are told to
+    end, and being daemon threads they do not hold the process)."""
+    server.shutdown()
+    established = []
+    for assoc in list(server.active_associations):
+        try:
+            if assoc.is_established:
+                assoc.abort(block=False)
+                established.append(assoc)
+            else:  # nothing to tell the peer: its reactor just ends (daemon threads)
+                assoc.dul.kill_dul()
+        except Exception:  # the edge of the stop: a connection ending on its own meanwhile
+            logger.debug("ending an association at stop failed", exc_info=True)
+    deadline = time.monotonic() + _ABORT_WAIT_S
+    for assoc in established:
+        assoc.join(max(0.0, deadline - time.monotonic()))
+    late = [a for a in established if a.is_alive()]
+    if late:
+        logger.warning("%d association(s) still open at stop; the process exits anyway", len(late))
+
+
+def _exit_now_if_held() -> None:
+    """Exit at once if a thread that is not a daemon is still running (an association's
+    sub-association for C-MOVE, an executor's worker), which would otherwise keep the process
+    alive at interpreter exit. Safe: the spool is closed and nothing acknowledged is pending."""
+    main = threading.main_thread()
+    held = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    if held:
+        logger.warning("exiting past %d running thread(s): %s", len(held), [t.name for t in held])
+        logging.shutdown()
+        os._exit(0)
 
 
 class GatewayProcess:
@@ -161,14 +196,19 @@ class GatewayProcess:
     def alive(self) -> bool:
         return bool(self._procs) and all(p.is_alive() for p in self._procs)
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM every process at once, wait ``timeout`` in all for them to end (each needs
+        ~``_ABORT_WAIT_S`` at most), then SIGKILL whatever is left: acknowledged instances are
+        durable before Success, so a kill loses nothing."""
         for proc in self._procs:
             if proc.is_alive():
                 proc.terminate()
+        deadline = time.monotonic() + timeout
         for proc in self._procs:
-            proc.join(timeout)
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self._procs:
             if proc.is_alive():
                 logger.error("gateway process %s did not stop; killing it", proc.pid)
                 proc.kill()
-                proc.join(5)
+                proc.join(2)
         self._procs.clear()

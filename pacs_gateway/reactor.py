@@ -27,14 +27,19 @@ import os
 import queue
 import select
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
+from pynetdicom import evt
+from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.utils import make_target
 
+from pacs_gateway.access import QR_SOP_CLASSES, AccessPolicy, Rights, decide
 from pacs_gateway.fast_store import ProtocolError, StoreReceiver
 
 logger = logging.getLogger(__name__)
@@ -189,8 +194,110 @@ class EventDrivenDUL(DULServiceProvider):
         self._kill_thread = True
 
 
+class GatewayACSE(ACSE):
+    """pynetdicom's ACSE, with the gateway's access policy (:mod:`pacs_gateway.access`)
+    decided first: the called and calling AE titles, the calling AE's host, the association
+    limits (counting established associations only, so connections that never associate
+    cannot lock modalities out). An AE without the query right is offered no Query/Retrieve
+    context; its rights are kept on the association for the handlers."""
+
+    def _negotiate_as_acceptor(self) -> None:
+        assoc: Any = self.assoc
+        server: Any = assoc._server
+        policy: AccessPolicy | None = getattr(server, "policy", None)
+        if policy is None:
+            assoc.rights = Rights.BOTH
+            super()._negotiate_as_acceptor()
+            return
+        rq: Any = self.requestor.primitive
+        host = str(self.requestor.address)
+        others = [a for a in server.active_associations if a is not assoc and a.is_established]
+        decision = decide(
+            policy,
+            str(rq.calling_ae_title),
+            str(rq.called_ae_title),
+            host,
+            len(others),
+            sum(1 for a in others if str(a.requestor.address) == host),
+        )
+        assoc.rights = decision.rights
+        if decision.reject is not None:
+            logger.warning(
+                "association from %s (%s) rejected: %s",
+                str(rq.calling_ae_title).strip()[:16],
+                host,
+                decision.reason,
+            )
+            self.requestor.ae_title = rq.calling_ae_title
+            self.send_reject(*decision.reject.value)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
+            return
+        if Rights.QUERY not in decision.rights:
+            self.acceptor.supported_contexts = [
+                cx
+                for cx in self.acceptor.supported_contexts
+                if str(cx.abstract_syntax) not in QR_SOP_CLASSES
+            ]
+        super()._negotiate_as_acceptor()
+
+
+def may(assoc: Any, right: Rights) -> bool:
+    """True when the association's calling AE was granted ``right``."""
+    rights: Rights = getattr(assoc, "rights", Rights.NONE)
+    return right in rights
+
+
 class EventDrivenAssociation(Association):
-    """An acceptor association whose reactor blocks on its DIMSE queue instead of polling."""
+    """An acceptor association whose reactor blocks on its DIMSE queue instead of polling,
+    and that ends as soon as its peer closes a connection that never associated (pynetdicom
+    waits out the whole ACSE timeout, holding the thread and its slot)."""
+
+    rights: Rights = Rights.NONE
+
+    def run_reactor(self) -> None:
+        try:
+            if not self.is_acceptor:
+                super().run_reactor()
+                return
+            if not self._started_dul:
+                self.dul.start()
+                self._started_dul = True
+                self._dul_ready.wait()
+            primitive = self._wait_for_request()
+            if primitive is None:  # timed out, or the peer closed first
+                self.kill()
+                self._shutdown_socket()
+                return
+            self.requestor.primitive = primitive
+            evt.trigger(self, evt.EVT_REQUESTED, {})
+            if not self.is_aborted and not self.is_rejected:
+                self.acse.negotiate_association()
+            if self.is_established:
+                self._run_reactor()
+            self._shutdown_socket()
+        finally:
+            release = getattr(self._server, "release_host", None)
+            if release is not None:
+                release(str(self.requestor.address))
+
+    def _wait_for_request(self) -> Any:
+        """The A-ASSOCIATE-RQ primitive; None after the ACSE timeout or once the DUL ended."""
+        timeout = self.acse_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            primitive = self.dul.receive_pdu(wait=True, timeout=_IDLE_WAIT_S * 10)
+            if primitive is not None:
+                return primitive
+            if not self.dul.is_alive() and self.dul.to_user_queue.empty():
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _shutdown_socket(self) -> None:
+        sock = self.dul.socket
+        if self._server and sock is not None and sock.socket:
+            self._server.shutdown_request(sock.socket)
 
     def _run_reactor(self) -> None:
         self._is_paused = False
@@ -275,10 +382,24 @@ class EventDrivenRequestHandler(RequestHandler):
     """Builds pynetdicom's acceptor association, then swaps in the event-driven reactors
     (before either thread starts)."""
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except BaseException:
+            # the association never ran: give back the host's connection slot here
+            release = getattr(self.server, "release_host", None)
+            if release is not None:
+                release(str(self.client_address[0]))
+            raise
+
     def _create_association(self) -> Any:
         assoc = super()._create_association()
         old = assoc.dul
         assoc.__class__ = EventDrivenAssociation
+        # the thread's target was bound to pynetdicom's run_reactor before the class swap
+        target = make_target(assoc.run_reactor)
+        assoc._target = target  # type: ignore[attr-defined]
+        assoc.acse.__class__ = GatewayACSE
         new = EventDrivenDUL(assoc)
         # carry over what was already set up: the socket, its "connection open" event (Evt5)
         # and the ARTIM / network timers configured from the AE

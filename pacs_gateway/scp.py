@@ -2,14 +2,22 @@
 
 The handler never decodes the dataset: it writes the bytes as received behind a File Meta
 header (which records the calling AE title) and returns the DIMSE status. Errors become
-statuses here, at the edge: out of spool or disk space is 0xA700, so the modality retries.
+statuses here, at the edge: out of spool or disk space is 0xA700, so the modality retries;
+a calling AE without the store right gets 0x0124 (Refused: Not Authorized).
+
+Who may connect and associate is the access policy (:mod:`pacs_gateway.access`): the server
+refuses peers outside the allowed networks and past a host's connection limit before any PDU
+is read; :class:`pacs_gateway.reactor.GatewayACSE` checks the called and calling AE titles,
+the calling AE's host and the association limit, and offers Query/Retrieve only to AEs with
+the query right. A connection that never associates ends after the ACSE timeout, or as soon
+as its peer closes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
-import ipaddress
 import logging
 import socket
 import socketserver
@@ -40,11 +48,12 @@ from image_store.errors import InvalidDicom
 from image_store.keys import is_valid_uid
 from image_store.metadata import check_instance
 from image_store.ports import Index, ObjectStore
+from pacs_gateway.access import AccessPolicy, AeRule, Rights, host_allowed, parse_networks
 from pacs_gateway.errors import SpoolFull
 from pacs_gateway.fast_store import StoreReceiver, StoreRequest
 from pacs_gateway.metrics import StoreCounters
-from pacs_gateway.qr import QrSettings, handle_find, handle_get, handle_move
-from pacs_gateway.reactor import EventDrivenRequestHandler, ReceiverFactory
+from pacs_gateway.qr import AuditLog, QrSettings, handle_find, handle_get, handle_move
+from pacs_gateway.reactor import EventDrivenRequestHandler, ReceiverFactory, may
 from pacs_gateway.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -62,7 +71,12 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_DATASET_MISMATCH = 0xA900
+STATUS_NOT_AUTHORIZED = 0x0124
+"""PS3.7 C.4 general status "Refused: Not Authorized"."""
 _PREAMBLE = b"\x00" * 128 + b"DICM"
+CONNECTIONS_PER_SLOT = 4
+"""Open connections (associated or not) a process holds at most, per association slot: a
+flood from many hosts costs threads only up to this, and only for the ACSE timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +88,24 @@ class ScpSettings:
     """The largest PDU peers may send us. DCMTK sends at most 131072 anyway; never 0
     (unlimited): a peer could then send a whole instance as one PDU, held in memory."""
     maximum_associations: int = 16
+    """Established associations at once (per SCP process); connections that have not
+    associated yet do not count (they are capped at CONNECTIONS_PER_SLOT times this)."""
+    maximum_associations_per_host: int = 8
+    """Open connections (associated or not) from one peer address, per SCP process: past it a
+    connection is closed before any PDU is read, and an A-ASSOCIATE-RQ is rejected (local
+    limit exceeded), so one host cannot take every slot."""
+    acse_timeout_s: float = 10.0
+    """How long a connection may take to send its A-ASSOCIATE-RQ (and a peer to answer a
+    release); a connection that closes before it is freed at once."""
     network_timeout_s: float = 60.0
+    """An established association idle this long is aborted."""
     allowed_calling_aes: frozenset[str] = frozenset()
-    """Calling AE titles accepted; empty accepts any."""
+    """Calling AE titles accepted with every right (kept for callers of the simple form;
+    ``ae_rules`` gives per-AE rights and hosts); both empty: any AE, with ``open_rights``."""
+    ae_rules: tuple[AeRule, ...] = ()
+    """The calling-AE allow-list: each AE's rights and the hosts/networks it calls from."""
+    open_rights: Rights = Rights.BOTH
+    """What any calling AE may do while the allow-list is empty."""
     allowed_networks: tuple[str, ...] = ()
     """Peer addresses accepted, as CIDRs (e.g. '10.1.0.0/16'); empty accepts any."""
     tls: TlsSettings | None = None
@@ -88,6 +117,19 @@ class ScpSettings:
     """Receive C-STORE data sets on the DUL thread straight into spool files
     (pacs_gateway/fast_store.py; always streamed, whatever ``stream_to_disk`` says); False
     leaves every message to pynetdicom's own path."""
+
+    def policy(self) -> AccessPolicy:
+        """The access policy these settings describe."""
+        rules = {ae: AeRule(ae, Rights.BOTH) for ae in self.allowed_calling_aes}
+        rules.update({r.ae_title: r for r in self.ae_rules})
+        return AccessPolicy(
+            ae_title=self.ae_title,
+            rules=rules,
+            networks=parse_networks(self.allowed_networks, "allowed networks"),
+            open_rights=self.open_rights,
+            max_associations=self.maximum_associations,
+            max_associations_per_host=self.maximum_associations_per_host,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +164,18 @@ class _SharedContexts(list[Any]):
 
 
 class GatewayServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, refusing connections from outside the allowed networks
-    before any PDU is read."""
+    """pynetdicom's threaded server, refusing connections from outside the allowed networks,
+    and past a host's connection limit, before any PDU is read (the rest of the policy is
+    applied at association time: :class:`pacs_gateway.reactor.GatewayACSE`)."""
 
-    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    policy: AccessPolicy | None = None
     store_receiver: ReceiverFactory | None = None
     """Gives each association a C-STORE fast path (read by EventDrivenRequestHandler)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._host_lock = threading.Lock()
+        self._host_connections: dict[str, int] = {}
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
         # several gateway processes accept on one port; the kernel spreads the associations
@@ -142,16 +190,48 @@ class GatewayServer(ThreadedAssociationServer):
         self.server_close()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        if not self.allowed_networks:
+        policy = self.policy
+        if policy is None:
             return True
-        try:
-            peer = ipaddress.ip_address(client_address[0])
-        except ValueError:
+        host = str(client_address[0])
+        if not host_allowed(policy, host):
+            logger.warning("connection from %s refused: not in the allowed networks", host)
             return False
-        if any(peer in net for net in self.allowed_networks):
-            return True
-        logger.warning("connection from %s refused: not in the allowed networks", peer)
-        return False
+        with self._host_lock:
+            open_now = self._host_connections.get(host, 0)
+            total = sum(self._host_connections.values())
+            refused = (
+                open_now >= policy.max_associations_per_host
+                or total >= policy.max_associations * CONNECTIONS_PER_SLOT
+            )
+            if not refused:
+                self._host_connections[host] = open_now + 1
+        if refused:
+            logger.warning(
+                "connection from %s refused: %d open from it, %d in all", host, open_now, total
+            )
+            return False
+        _keepalive(request)
+        return True
+
+    def release_host(self, host: str) -> None:
+        """A connection from ``host`` has ended (called once per accepted connection)."""
+        with self._host_lock:
+            left = self._host_connections.get(host, 0) - 1
+            if left > 0:
+                self._host_connections[host] = left
+            else:
+                self._host_connections.pop(host, None)
+
+
+def _keepalive(sock: Any) -> None:
+    """TCP keepalive probes after 30 s of silence: a peer that vanished without closing (power
+    loss, a cut cable) frees its slot within about a minute, not at the kernel's two hours."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 def handle_store(event: Any, spool: Spool, counters: StoreCounters, streamed: bool = False) -> int:
@@ -159,6 +239,8 @@ def handle_store(event: Any, spool: Spool, counters: StoreCounters, streamed: bo
     req = event.request
     sop_uid = str(req.AffectedSOPInstanceUID or "")
     sop_class = str(req.AffectedSOPClassUID or "")
+    if not may(event.assoc, Rights.STORE):
+        return _refuse(counters, STATUS_NOT_AUTHORIZED, sop_uid, "the calling AE may not store")
     if not is_valid_uid(sop_uid):
         return _refuse(counters, STATUS_CANNOT_UNDERSTAND, sop_uid, "invalid Affected SOP UID")
     source: bytes | Path
@@ -230,9 +312,28 @@ def _store_received(
     later: list[Callable[[], None]],
     spool: Spool,
     counters: StoreCounters,
+    assoc: Any,
 ) -> int:
+    if not may(assoc, Rights.STORE):
+        return _refuse(
+            counters,
+            STATUS_NOT_AUTHORIZED,
+            request.sop_instance_uid,
+            "the calling AE may not store",
+        )
     return store_instance(
         source, request.sop_instance_uid, request.sop_class_uid, spool, counters, later
+    )
+
+
+def _fast_receiver(
+    assoc: Any, send: Callable[[bytes], None], spool: Spool, counters: StoreCounters
+) -> StoreReceiver:
+    return StoreReceiver(
+        assoc,
+        send,
+        new_file=spool.new_incoming,
+        store=functools.partial(_store_received, spool=spool, counters=counters, assoc=assoc),
     )
 
 
@@ -250,7 +351,10 @@ def build_ae(settings: ScpSettings) -> Any:
     """An AE that accepts every storage SOP class pynetdicom knows in every transfer syntax."""
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.maximum_pdu_size
-    ae.maximum_associations = settings.maximum_associations
+    # the limits are the policy's (GatewayACSE): pynetdicom's own count includes connections
+    # that never associate, so a few idle sockets would lock every modality out
+    ae.maximum_associations = 1 << 30
+    ae.acse_timeout = settings.acse_timeout_s
     ae.network_timeout = settings.network_timeout_s
     for cx in AllStoragePresentationContexts:
         if cx.abstract_syntax is not None:
@@ -259,8 +363,6 @@ def build_ae(settings: ScpSettings) -> Any:
                 cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False
             )
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    if settings.allowed_calling_aes:
-        ae.require_calling_aet = sorted(settings.allowed_calling_aes)
     return ae
 
 
@@ -271,6 +373,8 @@ class QrContext:
     index: Index
     store: ObjectStore
     settings: QrSettings
+    audit: AuditLog | None = None
+    """Where every C-FIND, C-GET and C-MOVE is recorded."""
 
 
 def start_scp(
@@ -299,11 +403,11 @@ def start_scp(
         for model in QR_MODELS:
             ae.add_supported_context(model)
         handlers += [
-            (evt.EVT_C_FIND, handle_find, [qr.index, qr.settings]),
-            (evt.EVT_C_GET, handle_get, [qr.index, qr.store, qr.settings]),
-            (evt.EVT_C_MOVE, handle_move, [qr.index, qr.store, qr.settings]),
+            (evt.EVT_C_FIND, handle_find, [qr.index, qr.settings, qr.audit]),
+            (evt.EVT_C_GET, handle_get, [qr.index, qr.store, qr.settings, qr.audit]),
+            (evt.EVT_C_MOVE, handle_move, [qr.index, qr.store, qr.settings, qr.audit]),
         ]
-    networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks)
+    policy = settings.policy()
     server = ae.make_server(
         (settings.host, settings.port),
         evt_handlers=handlers,
@@ -311,14 +415,16 @@ def start_scp(
         server_class=GatewayServer,
         request_handler=EventDrivenRequestHandler,
     )
-    server.allowed_networks = networks
+    server.policy = policy
+    if not policy.rules:
+        logger.warning(
+            "DICOM SCP %s: no calling-AE allow-list, any AE may associate (rights: %s)",
+            settings.ae_title,
+            policy.open_rights.name,
+        )
     server.contexts = _SharedContexts(server.contexts)
     if settings.fast_store:
-        server.store_receiver = functools.partial(
-            StoreReceiver,
-            new_file=spool.new_incoming,
-            store=functools.partial(_store_received, spool=spool, counters=counters),
-        )
+        server.store_receiver = functools.partial(_fast_receiver, spool=spool, counters=counters)
     thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
     thread.start()
     logger.info("DICOM SCP %s listening on %s:%d", settings.ae_title, settings.host, settings.port)

@@ -38,6 +38,8 @@ from pacs_gateway.journal import (
     Journal,
     JournalUnavailable,
     Record,
+    drop_journal_pool,
+    private_dir,
     replay_orphans,
 )
 
@@ -127,16 +129,27 @@ class Spool:
         fsync: bool = True,
         usage: SpoolUsage | None = None,
         journal_bytes: int = 0,
+        no_plaintext_after_upload: bool = False,
     ) -> None:
         """``journal_bytes``: the write-ahead journal of each accepting process
         (pacs_gateway/journal.py) grows to this size; 0 makes every instance durable with
-        plain fsyncs. A spool of any setting replays the journals a crash left."""
+        plain fsyncs. A spool of any setting replays the journals a crash left.
+
+        ``no_plaintext_after_upload`` (the cloud encrypts at rest): keep no instance bytes
+        once the instance is uploaded. The journal is off (its segments are recycled, not
+        rewritten, so they would keep every instance's bytes long after its upload; scrubbing
+        each record would cost the write the journal saves), and the segments journals left
+        in the pool are deleted once replayed. Uploaded entries are unlinked as always.
+
+        Directories are created 0700 and files 0600 (the spool holds patient data)."""
         self.root = Path(root)
         self.incoming = self.root / "incoming"
         self.ready = self.root / "ready"
         self.failed = self.root / "failed"
-        for d in (self.incoming, self.ready, self.failed):
-            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.root, self.incoming, self.ready, self.failed):
+            private_dir(d)
+        if no_plaintext_after_upload:
+            journal_bytes = 0
         self.high_water_bytes = high_water_bytes
         self.min_free_bytes = min_free_bytes
         self._fsync = fsync
@@ -166,6 +179,8 @@ class Spool:
         elif restored:
             self.usage.release(-restored[0], -restored[1])
             self._work.set()
+        if no_plaintext_after_upload:
+            drop_journal_pool(self.journal_root)
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -427,7 +442,9 @@ class Spool:
         """Move an entry the cloud refused permanently to failed/ with its reason."""
         dest = self.failed / entry.name
         reason_file = dest.with_suffix(".reason")
-        reason_file.write_text(reason + "\n", encoding="utf-8")
+        fd = os.open(reason_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(reason + "\n")
         try:
             os.rename(entry.path, dest)
         except FileNotFoundError:

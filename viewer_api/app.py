@@ -99,6 +99,14 @@ def create_app(
     r.add_get("/api/patients/{id}/access-history", patients.access_history)
     r.add_post("/api/consents", patients.grant_consent)
     r.add_delete("/api/consents/{id}", patients.revoke_consent)
+    r.add_post("/api/consent-requests", patients.request_consent)
+    r.add_get("/api/patients/{id}/consent-requests", patients.consent_requests)
+    r.add_get("/api/admin/identity-reviews", patients.identity_reviews)
+    r.add_post(
+        "/api/admin/identity-reviews/{id}/{action:approve|reject}",
+        patients.decide_identity_review,
+    )
+    r.add_get("/api/audit/break-glass", patients.break_glass_reads)
     r.add_post("/api/studies/{study}/reports", reports_api.add_report)
     r.add_get("/api/studies/{study}/reports", reports_api.list_reports)
     r.add_get("/api/reports/{id}", reports_api.get_report)
@@ -131,4 +139,12 @@ def create_app(
     r.add_get(f + "/api/history", film_patient.history)
     r.add_get(f + "/api/consents", film_patient.consents)
     r.add_post(f + "/api/consents/{id}/revoke", film_patient.revoke_consent)
+    r.add_post(f + "/api/consents", film_patient.grant)
+    r.add_get(f + "/api/hospitals", film_patient.hospitals)
+    r.add_get(f + "/api/me", film_patient.me)
+    r.add_get(f + "/api/consent-requests", film_patient.consent_requests)
+    r.add_post(
+        f + "/api/consent-requests/{id}/{action:approve|decline}", film_patient.decide_request
+    )
+    r.add_post(f + "/api/consent-code", film_patient.consent_code)
     return app

@@ -16,13 +16,14 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast, get_args
 
 from image_store.keys import check_hospital
-from image_store.objects.filesystem import fsync_dir
+from image_store.objects.filesystem import fsync_dir, make_dirs
 from viewer_api.errors import Unauthorized
 
 Role = Literal["admin", "radiologist", "clinician", "auditor"]
@@ -52,7 +53,7 @@ def load_or_create_secret(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(path.parent)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -100,7 +101,7 @@ class Principal:
 
 class RevokedTokens:
     """Token ids (``jti``) revoked before they expire: a text file of ``jti expiry`` lines,
-    appended by ``cloudfilm token revoke`` and re-read by the API whenever it changes."""
+    appended by ``cloudfilm keys revoke-token`` and re-read by the API whenever it changes."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -110,8 +111,9 @@ class RevokedTokens:
     def revoke(self, jti: str, expires_at: float) -> None:
         if not re.fullmatch(r"[0-9a-f]{16}", jti):
             raise ValueError("a token id (jti) is 16 hex digits")
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.path, "a") as fh:
+        make_dirs(self.path.parent)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as fh:
             fh.write(f"{jti} {int(expires_at)}\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -132,9 +134,52 @@ class RevokedTokens:
         return jti in self._ids
 
 
+class SigningKeys:
+    """The signing keys in ``secret_path`` (the current one) and ``retired/*.key`` beside it
+    (newest first), re-read whenever ``cloudfilm keys rotate|retire`` changes them, so a
+    running API signs with the new key and stops accepting retired ones without a restart.
+    Never creates a key: while a rotation has the current key briefly absent, the keys read
+    last stay in use."""
+
+    def __init__(self, secret_path: Path) -> None:
+        self.secret_path = Path(secret_path)
+        self._seen: tuple[int, int, int] | None = None
+        self._keys: tuple[bytes, ...] = ()
+        self._lock = threading.Lock()
+        self.keys()
+        if not self._keys:
+            raise FileNotFoundError(f"no signing key at {self.secret_path}")
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.secret_path.stat()
+        except FileNotFoundError:
+            return None
+        try:
+            retired = (self.secret_path.parent / "retired").stat().st_mtime_ns
+        except FileNotFoundError:
+            retired = 0
+        return (st.st_ino, st.st_mtime_ns, retired)
+
+    def keys(self) -> tuple[bytes, ...]:
+        """The current key first, then the retired ones."""
+        stamp = self._stamp()
+        if stamp is not None and stamp != self._seen:
+            with self._lock:
+                try:
+                    current = self.secret_path.read_bytes()
+                    keys = (current, *retired_keys(self.secret_path))
+                except FileNotFoundError:
+                    return self._keys  # mid-rotation: keep the last good set
+                if len(current) == 32:
+                    self._keys, self._seen = keys, stamp
+        return self._keys
+
+
 class TokenSigner:
     """Signs with the current key; verifies with it and with ``previous`` keys (kept after a
-    rotation until the tokens and links they signed have expired)."""
+    rotation until the tokens and links they signed have expired). Built with
+    :meth:`from_files`, the key set follows the secrets directory while it runs."""
 
     def __init__(
         self,
@@ -142,16 +187,47 @@ class TokenSigner:
         previous: tuple[bytes, ...] = (),
         *,
         revoked: RevokedTokens | None = None,
+        key_files: SigningKeys | None = None,
     ) -> None:
         if len(secret) < 32 or any(len(k) < 32 for k in previous):
             raise ValueError("the signing secret must be at least 32 bytes")
-        self._bearer_key = hmac.new(secret, b"bearer-token", hashlib.sha256).digest()
-        self._secret = secret
-        self._verify_bearer = [
-            hmac.new(k, b"bearer-token", hashlib.sha256).digest() for k in (secret, *previous)
-        ]
-        self._share_secrets = (secret, *previous)
+        self._static = (secret, *previous)
+        self._key_files = key_files
+        self._derived: tuple[tuple[bytes, ...], list[bytes]] | None = None
         self._revoked = revoked
+
+    @classmethod
+    def from_files(cls, secret_path: Path, *, revoked: RevokedTokens | None = None) -> TokenSigner:
+        """A signer over ``secret_path`` and its retired keys, following their changes."""
+        key_files = SigningKeys(secret_path)
+        keys = key_files.keys()
+        return cls(keys[0], keys[1:], revoked=revoked, key_files=key_files)
+
+    def _all(self) -> tuple[bytes, ...]:
+        if self._key_files is None:
+            return self._static
+        return self._key_files.keys() or self._static
+
+    @property
+    def _secret(self) -> bytes:
+        return self._all()[0]
+
+    @property
+    def _share_secrets(self) -> tuple[bytes, ...]:
+        return self._all()
+
+    @property
+    def _verify_bearer(self) -> list[bytes]:
+        keys = self._all()
+        derived = self._derived
+        if derived is None or derived[0] is not keys:
+            derived = (keys, [hmac.new(k, b"bearer-token", hashlib.sha256).digest() for k in keys])
+            self._derived = derived
+        return derived[1]
+
+    @property
+    def _bearer_key(self) -> bytes:
+        return self._verify_bearer[0]
 
     # -- bearer tokens -----------------------------------------------------------------------
 
@@ -268,7 +344,7 @@ def rotate_key(secret_path: Path) -> Path:
     the old key went. Tokens and links signed with it keep working until ``retire_keys``."""
     secret_path = Path(secret_path)
     folder = secret_path.parent / "retired"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(folder)
     target = folder / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}.key"
     os.link(secret_path, target)
     os.utime(target)  # retired now (retire_keys goes by this time)

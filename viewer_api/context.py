@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
@@ -17,7 +19,7 @@ from image_store.keys import is_valid_uid
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
 from viewer_api.auth import Principal, TokenSigner
-from viewer_api.errors import BadRequest, Unauthorized
+from viewer_api.errors import BadRequest, PayloadTooLarge, Unauthorized
 from viewer_api.registry import SqliteRegistry
 from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
@@ -36,6 +38,12 @@ class ViewerSettings:
     cors_origins: frozenset[str] = frozenset()
     """Web origins (e.g. an OHIF viewer's https://viewer.example) allowed to call DICOMweb
     from a browser; empty allows none."""
+    stow_max_part_bytes: int = 512 * 1024**2
+    """Largest instance one STOW-RS part may carry (a bigger one fails alone, 0xA700)."""
+    stow_max_request_bytes: int = 2 * 1024**3
+    """Largest STOW-RS request body: a bigger one is refused whole (413), nothing stored."""
+    stow_tmp_dir: Path | None = None
+    """Where STOW-RS parts are written while a request lasts (None: the system's temp dir)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +100,43 @@ async def hospital_names(request: web.Request) -> dict[str, str]:
     return {} if registry is None else await blocking(registry.hospital_names)
 
 
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects a JSON request body may have (ours need 3)."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(raw: bytes | bytearray) -> int:
+    """How deeply arrays and objects nest in a JSON text (brackets inside strings ignored);
+    counted without parsing, so a hostile text cannot exhaust the parser's stack."""
+    depth = deepest = 0
+    for byte in _JSON_STRING.sub(b"", raw):
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
+
+
 async def json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object; BadRequest when it is larger than ``max_bytes``
-    (declared or read) or not a JSON object."""
+    """The request body as a JSON object: PayloadTooLarge when it is larger than ``max_bytes``
+    (declared or read), BadRequest when it nests deeper than MAX_JSON_DEPTH or is not a JSON
+    object."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise BadRequest("the request body is too large")
-    raw = await request.content.read(max_bytes + 1)
+        raise PayloadTooLarge(f"the request body is too large (at most {max_bytes} bytes)")
+    raw = bytearray()
+    while len(raw) <= max_bytes:  # read() returns what has arrived: loop to the end or the cap
+        chunk = await request.content.read(max_bytes + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > max_bytes:
-        raise BadRequest("the request body is too large")
+        raise PayloadTooLarge(f"the request body is too large (at most {max_bytes} bytes)")
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the request body is too deeply nested (at most {MAX_JSON_DEPTH} levels)")
     try:
         body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest("the request body must be a JSON object") from exc
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")

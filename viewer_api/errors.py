@@ -27,3 +27,7 @@ class NotFound(ViewerError, LookupError):
 
 class NotAcceptable(ViewerError, ValueError):
     status = 406
+
+
+class PayloadTooLarge(ViewerError, ValueError):
+    status = 413

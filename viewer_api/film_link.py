@@ -80,8 +80,8 @@ async def open_link_or_error(request: web.Request) -> ShareLink:
 
 async def link_studies(request: web.Request, link: ShareLink) -> list[StudyRecord]:
     """The studies the link opens, newest first. A patient link opens the patient's studies at
-    the link's hospital and, for a person in the master patient index, other hospitals'
-    studies that the patient's consent lets that hospital read."""
+    the link's hospital and, for a person a trusted source linked in the master patient index,
+    other hospitals' studies that the patient's consent lets that hospital read."""
     svc = services(request)
     if link.scope == "study":
         study = await blocking(svc.index.get_study, link.study_uid)
@@ -94,7 +94,7 @@ async def link_studies(request: web.Request, link: ShareLink) -> list[StudyRecor
     )
     found = {s.study_uid: s for s in own if s.patient.issuer == link.issuer}
     person = await blocking(svc.index.person_link, ref)
-    if person is not None and svc.consents is not None:
+    if person is not None and person.trusted and svc.consents is not None:
         linked = await blocking(
             svc.index.find_studies, StudyQuery(person_key=person.person_key), limit=1000
         )

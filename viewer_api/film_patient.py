@@ -1,6 +1,6 @@
 """What the patient does with their own cloud-film link (a link with ``audience='patient'``):
 pass the studies on to a doctor with a link of their own, see who opened their studies, and
-revoke a consent they gave. A doctor's link (made here) can do none of this.
+give, refuse and revoke consent. A doctor's link (made here) can do none of this.
 
 ``GET    /film/{token}/api/links``              the links the patient made, newest first
 ``POST   /film/{token}/api/links``              a new doctor's link (``study_uid`` or all of
@@ -9,13 +9,28 @@ revoke a consent they gave. A doctor's link (made here) can do none of this.
                                                 patient's own link allows or outliving it
 ``DELETE /film/{token}/api/links/{id}``         revoke one of them
 ``GET    /film/{token}/api/links/{id}/qr.svg``  its QR code (also ``qr.png``)
-``GET    /film/{token}/api/history``            who opened the link's studies (audit log)
+``GET    /film/{token}/api/history``            who opened the patient's studies (audit log;
+                                                break-glass reads flagged, with the reason)
 ``GET    /film/{token}/api/consents``           the patient's consent grants
 ``POST   /film/{token}/api/consents/{id}/revoke``  revoke one
+``GET    /film/{token}/api/me``                 whether this link gives consent, requests waiting
+``GET    /film/{token}/api/hospitals``          the region's registered hospitals
+``POST   /film/{token}/api/consents``           grant: ``hospital`` (registered), optional
+                                                ``subject`` (one clinician), ``study_uid``,
+                                                ``ttl_hours``
+``GET    /film/{token}/api/consent-requests``   staff's requests, newest first
+``POST   /film/{token}/api/consent-requests/{id}/approve|decline``
+``POST   /film/{token}/api/consent-code``       a one-time code for a clinician to enter
+                                                (``only_that_clinician``, ``study_uid``,
+                                                ``ttl_hours`` of the grant it makes)
+
+Granting, approving and codes need the patient's own link of patient scope (not a one-study
+link, not a link shared with a doctor) whose patient a trusted source linked to a person.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -25,9 +40,10 @@ from typing import Any
 from aiohttp import web
 
 from image_store.audit import study_reads
+from image_store.consents import CODE_TTL_S
 from image_store.keys import is_valid_uid
-from image_store.records import PatientRef
-from viewer_api.context import ACTOR, blocking, json_object, services
+from image_store.records import PatientRef, StudyQuery
+from viewer_api.context import ACTOR, blocking, hospital_names, json_object, services
 from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.film import (
     code_of,
@@ -38,7 +54,10 @@ from viewer_api.film import (
     ttl_hours_of,
 )
 from viewer_api.film_link import link_studies, open_link_or_error
+from viewer_api.registry import check_subject
 from viewer_api.share import ShareLink
+
+MAX_GRANT_HOURS = 24 * 366
 
 
 async def _patient_link(request: web.Request) -> ShareLink:
@@ -119,9 +138,13 @@ async def link_qr(request: web.Request) -> web.Response:
     return await qr_response(request, await _child(request, link))
 
 
-def summarise(reads: Iterable[dict[str, Any]], own: dict[str, str]) -> list[dict[str, Any]]:
+def summarise(
+    reads: Iterable[dict[str, Any]], own: dict[str, str], names: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Reads grouped per reader, study and day (a scroll through a series is one visit), newest
-    first; ``own`` names the patient's links ('share:<id>' -> 'you' | 'doctor link')."""
+    first; ``own`` names the patient's links ('share:<id>' -> 'you' | 'doctor link'), ``names``
+    the hospitals. A group with any break-glass read is flagged, with its reason."""
+    names = names or {}
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in reads:
         day = time.strftime("%Y-%m-%d", time.localtime(r["ts"]))
@@ -135,11 +158,17 @@ def summarise(reads: Iterable[dict[str, Any]], own: dict[str, str]) -> list[dict
                 "last": r["ts"],
                 "study_uid": r["study_uid"],
                 "hospital": r["hospital"],
+                "hospital_name": names.get(r["hospital"], r["hospital"]),
                 "role": r["role"],
                 "who": own.get(actor, "link" if actor.startswith("share:") else "staff"),
-                "break_glass": str(r.get("via", "")).startswith("break-glass"),
+                "break_glass": False,
+                "reason": "",
                 "requests": 0,
             }
+        via = str(r.get("via", ""))
+        if via.startswith("break-glass"):
+            g["break_glass"] = True
+            g["reason"] = via.partition(":")[2]
         g["first"] = min(g["first"], r["ts"])
         g["last"] = max(g["last"], r["ts"])
         g["requests"] += 1
@@ -147,16 +176,26 @@ def summarise(reads: Iterable[dict[str, Any]], own: dict[str, str]) -> list[dict
 
 
 async def history(request: web.Request) -> web.Response:
+    """Who opened the patient's studies: the link's studies and, for a patient link whose
+    patient a trusted source linked, the person's studies at every hospital (break-glass reads
+    of studies the link cannot open included)."""
     link = await _patient_link(request)
     svc = services(request)
     studies = {s.study_uid for s in await link_studies(request, link)}
+    key = await _person_key(request, link) if link.scope == "patient" else None
+    if key is not None:
+        found = await blocking(svc.index.find_studies, StudyQuery(person_key=key), limit=1000)
+        studies |= {s.study_uid for s in found}
     children = await blocking(svc.shares.children, link.id)
     own = {f"share:{link.id}": "you", **{f"share:{c.id}": "doctor link" for c in children}}
+    names = await hospital_names(request)
 
     def scan() -> list[dict[str, Any]]:
-        return summarise(study_reads(svc.audit.iter_events(), studies), own)
+        return summarise(study_reads(svc.audit.iter_events(), studies), own, names)
 
-    return web.json_response(await blocking(scan))
+    return web.json_response(
+        await blocking(scan), dumps=lambda o: json.dumps(o, ensure_ascii=False)
+    )
 
 
 async def _person_key(request: web.Request, link: ShareLink) -> str | None:
@@ -169,17 +208,23 @@ async def _person_key(request: web.Request, link: ShareLink) -> str | None:
             return None
         ref = PatientRef(study.hospital, study.patient.patient_id, study.patient.issuer)
     person = await blocking(svc.index.person_link, ref)
-    return None if person is None else person.person_key
+    return None if person is None or not person.trusted else person.person_key
 
 
 async def consents(request: web.Request) -> web.Response:
+    """Every consent the patient gave (to any hospital), with the hospitals' names."""
     link = await _patient_link(request)
     svc = services(request)
     key = await _person_key(request, link)
     grants = []
     if key is not None and svc.consents is not None:
         grants = await blocking(svc.consents.of_person, key)
-    return web.json_response([g.as_json() for g in grants])
+    names = await hospital_names(request)
+    out = [
+        {**g.as_json(), "hospital_name": names.get(g.grantee_hospital, g.grantee_hospital)}
+        for g in grants
+    ]
+    return web.json_response(out, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
 async def revoke_consent(request: web.Request) -> web.Response:
@@ -194,3 +239,146 @@ async def revoke_consent(request: web.Request) -> web.Response:
         raise NotFound("no such consent of yours")
     await blocking(svc.consents.revoke, grant.id)
     return web.json_response({"id": grant.id, "revoked": True})
+
+
+# -- the patient gives consent -----------------------------------------------------------------
+
+
+async def _owner(request: web.Request) -> tuple[ShareLink, str]:
+    """(link, person key) for the patient's own link of patient scope whose patient a trusted
+    source linked to a person; Forbidden for any other link."""
+    link = await _patient_link(request)
+    if link.parent_id is not None or link.scope != "patient":
+        raise Forbidden("consent is given from the patient's own link to all their studies")
+    key = await _person_key(request, link)
+    if key is None or services(request).consents is None:
+        raise Forbidden("this link's patient is not in the region's patient index yet")
+    return link, key
+
+
+async def me(request: web.Request) -> web.Response:
+    """What the patient's page may offer on this link: whether it gives consent (the patient's
+    own link to all their studies, linked by a trusted source) and how many staff requests
+    wait for an answer."""
+    link = await _patient_link(request)
+    may, pending = False, 0
+    if link.parent_id is None and link.scope == "patient":
+        key = await _person_key(request, link)
+        consents = services(request).consents
+        if key is not None and consents is not None:
+            may = True
+            found = await blocking(consents.requests_of, key)
+            pending = sum(1 for r in found if r.state == "pending")
+    return web.json_response({"may_give_consent": may, "pending_requests": pending})
+
+
+async def hospitals(request: web.Request) -> web.Response:
+    """The region's registered hospitals (id and name), to choose whom to give consent."""
+    await _patient_link(request)
+    registry = services(request).registry
+    found = [] if registry is None else await blocking(registry.hospitals)
+    return web.json_response(
+        [{"id": h.id, "name": h.name} for h in found],
+        dumps=lambda o: json.dumps(o, ensure_ascii=False),
+    )
+
+
+async def _person_study(request: web.Request, key: str, body: dict[str, Any]) -> str:
+    """``study_uid`` of the body ('' for all studies); it must be one of the person's."""
+    study_uid = body.get("study_uid") or ""
+    if not study_uid:
+        return ""
+    if not isinstance(study_uid, str) or not is_valid_uid(study_uid):
+        raise BadRequest("study_uid must be a UID (1-64 digits and dots)")
+    found = await blocking(
+        services(request).index.find_studies, StudyQuery(person_key=key), limit=1000
+    )
+    if study_uid not in {s.study_uid for s in found}:
+        raise NotFound("that study is not one of yours")
+    return study_uid
+
+
+async def grant(request: web.Request) -> web.Response:
+    """The patient lets a registered hospital (or one clinician there) read their studies
+    (all, or one) for ``ttl_hours``."""
+    link, key = await _owner(request)
+    body = await json_object(request, 4096)
+    hospital = body.get("hospital")
+    names = await hospital_names(request)
+    if not isinstance(hospital, str) or hospital not in names:
+        raise BadRequest("hospital must be one of the region's registered hospitals")
+    subject = body.get("subject") or ""
+    if subject:
+        if not isinstance(subject, str):
+            raise BadRequest("subject must be a user name")
+        try:
+            check_subject(subject)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+    ttl = ttl_hours_of(body, 720, most=MAX_GRANT_HOURS)
+    study_uid = await _person_study(request, key, body)
+    consent = await blocking(
+        services(request).consents.grant,  # type: ignore[union-attr]
+        key,
+        hospital,
+        grantee_subject=subject,
+        study_uid=study_uid,
+        created_by=f"patient:share:{link.id}",
+        ttl_s=ttl * 3600,
+    )
+    out = {**consent.as_json(), "hospital_name": names[hospital]}
+    return web.json_response(out, status=201, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+async def consent_requests(request: web.Request) -> web.Response:
+    """Staff's requests for the patient's consent, newest first, with the hospitals' names."""
+    _, key = await _owner(request)
+    found = await blocking(services(request).consents.requests_of, key)  # type: ignore[union-attr]
+    names = await hospital_names(request)
+    out = [{**r.as_json(), "hospital_name": names.get(r.hospital, r.hospital)} for r in found]
+    return web.json_response(out, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+async def decide_request(request: web.Request) -> web.Response:
+    """Approve (the requested grant is made) or decline one of the patient's pending requests."""
+    link, key = await _owner(request)
+    consents = services(request).consents
+    if consents is None:
+        raise NotFound("no such request of yours")
+    request_id = request.match_info["id"]
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", request_id):
+        raise NotFound("no such request of yours")
+    found = await blocking(consents.get_request, request_id)
+    if found is None or found.person_key != key:
+        raise NotFound("no such request of yours")
+    decided = await blocking(
+        consents.decide,
+        request_id,
+        approve=request.match_info["action"] == "approve",
+        by=f"patient:share:{link.id}",
+    )
+    if decided is None:
+        raise NotFound("that request is no longer pending")
+    return web.json_response(decided.as_json())
+
+
+async def consent_code(request: web.Request) -> web.Response:
+    """A one-time code (8 digits, 10 minutes, single use) the patient shows a clinician; the
+    clinician's entry makes a grant to their hospital (``only_that_clinician``: to them
+    alone) for ``study_uid`` or all studies, for ``ttl_hours``."""
+    link, key = await _owner(request)
+    body = await json_object(request, 4096)
+    only = flag_of(body, "only_that_clinician")
+    ttl = ttl_hours_of(body, 720, most=MAX_GRANT_HOURS)
+    study_uid = await _person_study(request, key, body)
+    code, expires_at = await blocking(
+        services(request).consents.issue_code,  # type: ignore[union-attr]
+        key,
+        bind_subject=only,
+        study_uid=study_uid,
+        ttl_s=ttl * 3600,
+        created_by=f"patient:share:{link.id}",
+    )
+    return web.json_response(
+        {"code": code, "expires_at": expires_at, "valid_s": CODE_TTL_S}, status=201
+    )

@@ -30,6 +30,7 @@ from image_store.errors import IntegrityError
 from image_store.records import InstanceQuery, InstanceSummary, SeriesQuery, StudyRecord
 from image_store.verified import read_verified
 from viewer_api.context import blocking, hospital_names, services, uid_param
+from viewer_api.dicomweb.params import viewport
 from viewer_api.dicomweb.rendered import (
     RenderRequest,
     frame_number,
@@ -66,6 +67,11 @@ MAX_SIDE = 1024
 otherwise (a phone screen is about 400 CSS px at 3x); downloads come at full size."""
 
 
+_STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""What a file of viewer_api/static may be called: anything else (a NUL, a control character,
+a path) is answered 404 before the file system is asked."""
+
+
 def _page(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         text=text,
@@ -89,7 +95,8 @@ async def _study_in_link(request: web.Request, link: ShareLink, study_uid: str) 
 
 async def static(request: web.Request) -> web.Response:
     """GET /static/{name}: the viewer's script and style (versioned URLs, cached a year)."""
-    found = static_file(request.match_info["name"])
+    name = request.match_info["name"]
+    found = static_file(name) if _STATIC_NAME.fullmatch(name) else None
     if found is None:
         raise NotFound("no such file")
     data, media, _ = found
@@ -289,6 +296,8 @@ async def rendered(request: web.Request) -> web.Response:
     link, inst = await _instance_of_link(request)
     if download and not link.allow_download:
         raise Forbidden("this link does not allow downloads")
+    if "viewport" in request.query:  # at most MAX_VIEWPORT, or the image's own size
+        viewport(request.query["viewport"], (inst.columns or 1, inst.rows or 1))
     if want.viewport is None and not download:
         side = max(inst.rows or 1, inst.columns or 1)
         if side > MAX_SIDE:

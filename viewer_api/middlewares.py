@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 from image_store.audit import AuditEvent
 from viewer_api.context import ACTOR, PRINCIPAL, VIA, blocking, services
 from viewer_api.errors import Unauthorized, ViewerError
+from viewer_api.registry import token_problem
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,11 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             raise Unauthorized("a bearer token is required")
         who = services(request).signer.verify(token.strip())
         registry = services(request).registry
-        if registry is not None and who.subject:
-            user = await blocking(registry.user, who.subject)
-            if user is not None and not user.enabled:
-                raise Unauthorized("this user is disabled")
-            if user is not None and (user.hospital, user.role) != (who.hospital, who.role):
-                raise Unauthorized("the token does not match the user's registration")
+        if registry is not None:  # every token's user must be registered, enabled and match
+            user = await blocking(registry.user, who.subject) if who.subject else None
+            problem = token_problem(user, who.subject, who.hospital, who.role)
+            if problem is not None:
+                raise Unauthorized(problem)
         request[PRINCIPAL] = who
     return await handler(request)
 

@@ -164,24 +164,76 @@ def spec(server_url: str = "/") -> dict[str, Any]:
             },
             "/api/consents": {
                 "post": {
-                    "summary": "record a patient's consent for a hospital or clinician",
+                    "summary": "record the patient's consent from the one-time code their "
+                    "page shows (a grant to the caller's hospital); without a code: 403",
                     "security": secured,
                     "requestBody": _json_body(
                         {
                             "type": "object",
                             "properties": {
                                 "patient": _PATIENT,
-                                "grantee_hospital": _HOSPITAL,
-                                "grantee_subject": _TEXT,
-                                "study_uid": _UID,
-                                "ttl_hours": {"type": "integer", "minimum": 1},
+                                "code": {"type": "string", "pattern": "^[0-9]{8}$"},
                             },
-                            "required": ["patient", "grantee_hospital"],
+                            "required": ["patient"],
                         }
                     ),
-                    "responses": {"201": _json("granted"), **_errors(400, 401, 403)},
+                    "responses": {"201": _json("granted"), **_errors(400, 401, 403, 429)},
                 }
             },
+            "/api/consent-requests": {
+                "post": {
+                    "summary": "ask the patient (of the caller's hospital) for consent",
+                    "security": secured,
+                    "requestBody": _json_body(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "patient": _PATIENT,
+                                "study_uid": _UID,
+                                "only_me": {"type": "boolean"},
+                                "ttl_hours": {"type": "integer", "minimum": 1},
+                            },
+                            "required": ["patient"],
+                        }
+                    ),
+                    "responses": {"201": _json("the request"), **_errors(400, 401, 403)},
+                }
+            },
+            "/api/patients/{id}/consent-requests": {
+                "get": {
+                    "summary": "the consent requests the caller's hospital sent for a patient",
+                    "security": secured,
+                    "parameters": _PATIENT_QUERY,
+                    "responses": {"200": _json("requests", _ARRAY), **_errors(400, 401, 403)},
+                }
+            },
+            "/api/admin/identity-reviews": {
+                "get": {
+                    "summary": "person links held for review (admin)",
+                    "security": secured,
+                    "parameters": [_query("all", {"enum": ["1", "true"]})],
+                    "responses": {"200": _json("held links", _ARRAY), **_errors(401, 403)},
+                }
+            },
+            "/api/admin/identity-reviews/{id}/{action}": {
+                "post": {
+                    "summary": "approve (apply) or reject a held person link (admin)",
+                    "security": secured,
+                    "parameters": [
+                        _path_param("id", {"type": "string", "maxLength": 20}),
+                        _path_param("action", {"enum": ["approve", "reject"]}),
+                    ],
+                    "responses": {"200": _json("decided"), **_errors(401, 403, 404)},
+                }
+            },
+            "/api/audit/break-glass": {
+                "get": {
+                    "summary": "break-glass reads for review (auditor, admin)",
+                    "security": secured,
+                    "responses": {"200": _json("reads", _ARRAY), **_errors(401, 403)},
+                }
+            },
+            **_film_consent_paths(),
             "/api/consents/{id}": {
                 "delete": {
                     "summary": "revoke a consent grant",
@@ -331,6 +383,87 @@ def spec(server_url: str = "/") -> dict[str, Any]:
                     },
                 }
             },
+        },
+    }
+
+
+def _film_consent_paths() -> dict[str, Any]:
+    """The patient's consent under their own cloud-film link (the token is the credential)."""
+    token = _path_param("token", {"type": "string", "maxLength": 200})
+    denied = _errors(400, 403, 404)
+    return {
+        "/film/{token}/api/me": {
+            "get": {
+                "summary": "whether this link gives consent, and requests waiting",
+                "parameters": [token],
+                "responses": {"200": _json("what the page may offer"), **denied},
+            }
+        },
+        "/film/{token}/api/hospitals": {
+            "get": {
+                "summary": "the region's registered hospitals",
+                "parameters": [token],
+                "responses": {"200": _json("hospitals", _ARRAY), **denied},
+            }
+        },
+        "/film/{token}/api/consents": {
+            "get": {
+                "summary": "the patient's consents",
+                "parameters": [token],
+                "responses": {"200": _json("grants", _ARRAY), **denied},
+            },
+            "post": {
+                "summary": "the patient grants a registered hospital (or one clinician) consent",
+                "parameters": [token],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "hospital": _HOSPITAL,
+                            "subject": {"type": "string", "maxLength": 128},
+                            "study_uid": _UID,
+                            "ttl_hours": {"type": "integer", "minimum": 1},
+                        },
+                        "required": ["hospital"],
+                    }
+                ),
+                "responses": {"201": _json("granted"), **denied},
+            },
+        },
+        "/film/{token}/api/consent-requests": {
+            "get": {
+                "summary": "staff's consent requests, newest first",
+                "parameters": [token],
+                "responses": {"200": _json("requests", _ARRAY), **denied},
+            }
+        },
+        "/film/{token}/api/consent-requests/{id}/{action}": {
+            "post": {
+                "summary": "approve or decline a consent request",
+                "parameters": [
+                    token,
+                    _path_param("id", {"type": "string", "maxLength": 64}),
+                    _path_param("action", {"enum": ["approve", "decline"]}),
+                ],
+                "responses": {"200": _json("decided"), **denied},
+            }
+        },
+        "/film/{token}/api/consent-code": {
+            "post": {
+                "summary": "a one-time consent code (8 digits, 10 minutes) for a clinician",
+                "parameters": [token],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "only_that_clinician": {"type": "boolean"},
+                            "study_uid": _UID,
+                            "ttl_hours": {"type": "integer", "minimum": 1},
+                        },
+                    }
+                ),
+                "responses": {"201": _json("the code"), **denied},
+            }
         },
     }
 

@@ -1,41 +1,66 @@
 """The master patient index over HTTP: one click for all of a person's studies in the region,
-person links (admin), consent grants, and who opened a patient's studies.
+person links (admin) and their reviews, consent (the patient's), who opened a patient's
+studies, and break-glass reads for review.
 
     GET    /patients/{id}/studies[?hospital=H&issuer=I]   all linked studies, newest first
     POST   /api/patients/links        {"hospital", "patient_id", "issuer", "id_issuer", "id"}
     DELETE /api/patients/links        {"hospital", "patient_id", "issuer"}
     POST   /api/patients/merge        {"from": {...patient}, "into": {...patient}}
-    POST   /api/consents              {"patient": {...}, "grantee_hospital", ...}
+    GET    /api/admin/identity-reviews[?all=1]          person links held for review
+    POST   /api/admin/identity-reviews/{id}/approve|reject
+    POST   /api/consents              {"patient": {...}, "code": "12345678"} (the patient's code)
+    POST   /api/consent-requests      {"patient": {...}, "study_uid", "only_me", "ttl_hours"}
+    GET    /api/patients/{id}/consent-requests[?hospital=H&issuer=I]
     DELETE /api/consents/{id}
     GET    /api/patients/{id}/consents[?hospital=H&issuer=I]
     GET    /api/patients/{id}/access-history[?hospital=H&issuer=I]
+    GET    /api/audit/break-glass     break-glass reads (auditor, admin)
 
 A patient is named by their Patient ID at a hospital (the caller's own by default) and its
 issuer; regional identifiers (resident ID, health card) arrive only in POST bodies and are
 turned into keyed hashes at once.
+
+Who may do what with a person (see :func:`_holds_person`): only links from trusted sources
+count (the hospital's gateway, an administrator). Staff of a hospital holding such a link of
+the person request consent, enter the patient's consent code, list and revoke the consents
+granted to their own hospital, and see the person's access history; a hospital without one
+sees its own records only. Staff never grant consent themselves: the patient grants it on their
+own cloud-film link (viewer_api.film_patient) or by a one-time code. Administrators see and
+revoke every consent.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from aiohttp import web
 
-from image_store.audit import study_reads
+from image_store.audit import AuditEvent, study_reads
 from image_store.consents import Consent
-from image_store.keys import check_hospital
+from image_store.keys import check_hospital, is_valid_uid
 from image_store.persons import InvalidPersonId
 from image_store.records import PatientRef, PersonLink, SeriesQuery, StudyQuery, StudyRecord
 from viewer_api.auth import Principal
-from viewer_api.context import blocking, hospital_names, json_object, principal, services
-from viewer_api.dicomweb.access import BREAK_GLASS
-from viewer_api.errors import BadRequest, Forbidden, NotFound
+from viewer_api.context import VIA, blocking, hospital_names, json_object, principal, services
+from viewer_api.dicomweb.access import break_glass_reason, trusted_link
+from viewer_api.errors import BadRequest, Forbidden, NotFound, ViewerError
 from viewer_api.report_store import report_status
 
 _TEXT = re.compile(r"[\w\-. ^]{1,64}")
 MAX_CONSENT_HOURS = 24 * 366
+STAFF = ("radiologist", "clinician")
+HOW_TO_GET_CONSENT = (
+    "consent comes from the patient: ask them to grant it on their cloud-film page, or to show "
+    'you a consent code there and send it here as {"patient": ..., "code": ...}, or send '
+    "them a request (POST /api/consent-requests)"
+)
+
+
+class TooManyTries(ViewerError):
+    status = 429
 
 
 def _text(value: object, name: str, *, required: bool = True) -> str:
@@ -99,32 +124,63 @@ def _staff_of(who: Principal, patient: PatientRef) -> None:
         raise Forbidden("only the patient's hospital (or an administrator) may do this")
 
 
+async def _holds_person(request: web.Request, who: Principal, person_key: str) -> bool:
+    """True when ``who`` is an admin, or works at a hospital whose record of the person was
+    linked by a trusted source (the person's own hospital)."""
+    if who.role == "admin":
+        return True
+    if who.role not in STAFF:
+        return False
+    links = await blocking(services(request).index.linked_patients, person_key)
+    return any(x.trusted and x.patient.hospital == who.hospital for x in links)
+
+
+async def _own_person(request: web.Request, body: dict[str, Any]) -> tuple[Principal, str]:
+    """(caller, person key) for a clinician or radiologist naming a patient of their own
+    hospital that a trusted source linked to a person; Forbidden/BadRequest otherwise."""
+    who = principal(request)
+    if who.role not in STAFF:
+        raise Forbidden("consent is requested and entered by a hospital's clinicians")
+    patient = _patient_from(body.get("patient"), who)
+    if patient.hospital != who.hospital:
+        raise Forbidden("name the patient by your own hospital's Patient ID")
+    link = await trusted_link(request, patient)
+    if link is None:
+        raise BadRequest("the patient is not linked to a regional person by a trusted source")
+    return who, link.person_key
+
+
 # -- one click -----------------------------------------------------------------------------
 
 
 async def patient_studies(request: web.Request) -> web.Response:
     """All studies of the person behind a hospital's patient, from every hospital, newest first;
-    other hospitals' studies only under a consent grant or break-glass (else counted)."""
+    other hospitals' studies only under a consent grant or break-glass (else counted, when a
+    trusted source linked the patient; an untrusted link counts as none). Every study shown by
+    break-glass is audited as a read of that study, flagged with the reason."""
     who = principal(request)
     if who.role == "auditor":
         raise Forbidden("auditors do not read patient records")
+    reason = break_glass_reason(request)
     svc = services(request)
     patient = await _patient_in_path(request)
-    link = await blocking(svc.index.person_link, patient)
+    link = await trusted_link(request, patient)
     studies = await blocking(svc.index.find_studies, _studies_query(patient, link), limit=1000)
     if link is None:
         studies = [s for s in studies if s.patient.issuer == patient.issuer]
-    reason = request.headers.get(BREAK_GLASS, "").strip()
-    if reason and len(reason) < 10:
-        raise BadRequest(f"{BREAK_GLASS} must say why (at least 10 characters)")
-    out, withheld = [], 0
+    out, withheld, glass = [], 0, []
     names = await hospital_names(request)
     for study in studies:
         access = await _access(request, who, study, link.person_key if link else "", reason)
         if access is None:
             withheld += 1
             continue
+        if access == "break-glass":
+            glass.append(study.study_uid)
         out.append(await _study_entry(request, study, access, names))
+    if glass:
+        request[VIA] = f"break-glass:{reason}"
+        await _audit_break_glass(request, who, glass, reason)
     body = {
         "patient": {"hospital": patient.hospital, "patient_id": patient.patient_id},
         "linked": link is not None,
@@ -134,6 +190,28 @@ async def patient_studies(request: web.Request) -> web.Response:
     return web.json_response(body, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
+async def _audit_break_glass(
+    request: web.Request, who: Principal, study_uids: list[str], reason: str
+) -> None:
+    """One audit event per study a one-click call showed by break-glass (resource
+    ``/patients/-/studies/<uid>``), so the person's history and the auditors' review list it."""
+    audit = services(request).audit
+    now = time.time()
+    for uid in study_uids:
+        event = AuditEvent(
+            ts=now,
+            actor=who.actor,
+            hospital=who.hospital,
+            role=who.role,
+            action="ONE-CLICK",
+            resource=f"/patients/-/studies/{uid}",
+            status=200,
+            remote=request.remote or "",
+            via=f"break-glass:{reason}",
+        )
+        await blocking(audit.append, event)
+
+
 async def _access(
     request: web.Request, who: Principal, study: StudyRecord, person_key: str, reason: str
 ) -> str | None:
@@ -141,6 +219,8 @@ async def _access(
         return "admin"
     if who.may_see(study.hospital):
         return "own"
+    if who.role not in STAFF:
+        return None
     consents = services(request).consents
     if person_key and consents is not None:
         grant = await blocking(
@@ -230,42 +310,137 @@ async def merge_persons(request: web.Request) -> web.Response:
     return web.json_response({"moved": moved})
 
 
+async def identity_reviews(request: web.Request) -> web.Response:
+    """Person links held for review (pending; every one with ``?all=1``), oldest first."""
+    _admin(request)
+    pending_only = request.query.get("all", "") not in ("1", "true")
+    found = await blocking(services(request).index.link_reviews, pending_only=pending_only)
+    return web.json_response(
+        [
+            {
+                "id": r.id,
+                "hospital": r.patient.hospital,
+                "patient_id": r.patient.patient_id,
+                "issuer": r.patient.issuer,
+                "linked_now": bool(r.current_key),
+                "same_person_as": [
+                    {"hospital": x.patient.hospital, "patient_id": x.patient.patient_id}
+                    for x in await blocking(services(request).index.linked_patients, r.person_key)
+                ],
+                "source": r.source,
+                "reason": r.reason,
+                "created_at": r.created_at,
+                "state": r.state,
+                "decided_by": r.decided_by,
+            }
+            for r in found
+        ]
+    )
+
+
+async def decide_identity_review(request: web.Request) -> web.Response:
+    """Approve (the held link is applied) or reject one held link; audited with the decision."""
+    who = _admin(request)
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFound("no such pending review")
+    approve = request.match_info["action"] == "approve"
+    review = await blocking(
+        services(request).index.decide_link_review, int(raw), approve=approve, by=who.actor
+    )
+    if review is None:
+        raise NotFound("no such pending review")
+    return web.json_response({"id": review.id, "state": review.state})
+
+
 # -- consent ---------------------------------------------------------------------------------
 
 
+def _ttl_hours(body: dict[str, Any], default: int = 720) -> int:
+    ttl = body.get("ttl_hours", default)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_CONSENT_HOURS:
+        raise BadRequest(f"ttl_hours must be a whole number 1..{MAX_CONSENT_HOURS}")
+    return ttl
+
+
+def _study_uid(body: dict[str, Any]) -> str:
+    study_uid = body.get("study_uid") or ""
+    if study_uid and (not isinstance(study_uid, str) or not is_valid_uid(study_uid)):
+        raise BadRequest("study_uid must be a UID")
+    return str(study_uid)
+
+
 async def grant_consent(request: web.Request) -> web.Response:
-    who = principal(request)
+    """Record the patient's consent from the one-time code their page showed: a grant to the
+    caller's hospital (and to the caller alone if the patient chose so). Without a code:
+    403, staff do not grant consent."""
     body = await _body(request)
-    patient = _patient_from(body.get("patient"), who)
-    _staff_of(who, patient)
+    code = body.get("code")
+    if code is None:
+        raise Forbidden(HOW_TO_GET_CONSENT)
+    if not isinstance(code, str) or not re.fullmatch(r"[0-9]{8}", code):
+        raise BadRequest("code must be the 8 digits the patient's page shows")
+    who, person_key = await _own_person(request, body)
     svc = services(request)
     if svc.consents is None:
         raise BadRequest("consent grants are not configured")
-    link = await blocking(svc.index.person_link, patient)
-    if link is None:
-        raise BadRequest("the patient is not linked to a regional person yet")
-    ttl = body.get("ttl_hours", 720)
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_CONSENT_HOURS:
-        raise BadRequest(f"ttl_hours must be a whole number 1..{MAX_CONSENT_HOURS}")
-    study_uid = body.get("study_uid") or ""
-    if study_uid:
-        from image_store.keys import is_valid_uid
-
-        if not isinstance(study_uid, str) or not is_valid_uid(study_uid):
-            raise BadRequest("study_uid must be a UID")
-    consent = await blocking(
-        svc.consents.grant,
-        link.person_key,
-        _hospital(body.get("grantee_hospital"), "grantee_hospital"),
-        grantee_subject=_text(body.get("grantee_subject"), "grantee_subject", required=False),
-        study_uid=study_uid,
-        created_by=who.actor,
-        ttl_s=ttl * 3600,
+    outcome = await blocking(
+        svc.consents.redeem_code,
+        person_key,
+        code,
+        hospital=who.hospital,
+        subject=who.subject,
+        by=who.actor,
     )
-    return web.json_response(consent.as_json(), status=201)
+    if outcome.reason == "burnt":
+        raise TooManyTries("too many wrong codes: ask the patient to show a new one")
+    if outcome.consent is None:
+        raise Forbidden(
+            f"wrong or expired consent code ({outcome.tries_left} tries left); "
+            "ask the patient to show the code again"
+        )
+    return web.json_response(outcome.consent.as_json(), status=201)
+
+
+async def request_consent(request: web.Request) -> web.Response:
+    """A clinician asks the patient for consent for their hospital (``only_me``: for the
+    caller alone; ``study_uid``: one study); the request waits on the patient's page."""
+    body = await _body(request)
+    who, person_key = await _own_person(request, body)
+    svc = services(request)
+    if svc.consents is None:
+        raise BadRequest("consent grants are not configured")
+    only_me = body.get("only_me", False)
+    if not isinstance(only_me, bool):
+        raise BadRequest("only_me must be true or false")
+    req = await blocking(
+        svc.consents.request,
+        person_key,
+        who.hospital,
+        subject=who.subject if only_me else "",
+        study_uid=_study_uid(body),
+        requested_by=who.actor,
+        ttl_s=_ttl_hours(body) * 3600,
+    )
+    return web.json_response(req.as_json(), status=201)
+
+
+async def consent_requests(request: web.Request) -> web.Response:
+    """The requests the caller's hospital sent for this patient (admins: all), newest first."""
+    svc = services(request)
+    who = principal(request)
+    _, link = await _managed_patient(request)
+    if link is None or svc.consents is None:
+        return web.json_response([])
+    found = await blocking(svc.consents.requests_of, link.person_key)
+    mine = [r for r in found if who.role == "admin" or r.hospital == who.hospital]
+    return web.json_response([r.as_json() for r in mine])
 
 
 async def _consent_for_staff(request: web.Request) -> Consent:
+    """The consent of the path if the caller may manage it: admins any; staff only one granted
+    to their own hospital, for a person their hospital holds a trusted link of. Anything else
+    is the same 404 as an unknown id."""
     svc = services(request)
     if svc.consents is None:
         raise NotFound("no consent grants here")
@@ -273,13 +448,15 @@ async def _consent_for_staff(request: web.Request) -> Consent:
     if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", consent_id):
         raise BadRequest("malformed consent id")
     consent = await blocking(svc.consents.get, consent_id)
-    if consent is None:
-        raise NotFound("no such consent")
     who = principal(request)
-    if who.role != "admin":
-        links = await blocking(svc.index.linked_patients, consent.person_key)
-        if who.role == "auditor" or not any(who.may_see(x.patient.hospital) for x in links):
-            raise Forbidden("only a hospital holding the patient may revoke this consent")
+    if consent is None or not (
+        who.role == "admin"
+        or (
+            consent.grantee_hospital == who.hospital
+            and await _holds_person(request, who, consent.person_key)
+        )
+    ):
+        raise NotFound("no such consent of your hospital")
     return consent
 
 
@@ -290,10 +467,10 @@ async def revoke_consent(request: web.Request) -> web.Response:
 
 
 async def _managed_patient(request: web.Request) -> tuple[PatientRef, PersonLink | None]:
-    """The patient of the path, for the staff of its hospital, and its person link."""
+    """The patient of the path, for the staff of its hospital, and its trusted person link."""
     patient = await _patient_in_path(request)
     _staff_of(principal(request), patient)
-    return patient, await blocking(services(request).index.person_link, patient)
+    return patient, await trusted_link(request, patient)
 
 
 def _studies_query(patient: PatientRef, link: PersonLink | None) -> StudyQuery:
@@ -304,18 +481,23 @@ def _studies_query(patient: PatientRef, link: PersonLink | None) -> StudyQuery:
 
 
 async def patient_consents(request: web.Request) -> web.Response:
+    """The person's consents granted to the caller's hospital (admins: all of them)."""
     svc = services(request)
+    who = principal(request)
     _, link = await _managed_patient(request)
     grants = (
         []
         if link is None or svc.consents is None
         else await blocking(svc.consents.of_person, link.person_key)
     )
-    return web.json_response([g.as_json() for g in grants])
+    mine = [g for g in grants if who.role == "admin" or g.grantee_hospital == who.hospital]
+    return web.json_response([g.as_json() for g in mine])
 
 
 async def access_history(request: web.Request) -> web.Response:
-    """Who opened this person's studies, from the audit log (newest first)."""
+    """Who opened this person's studies, from the audit log (newest first): every hospital's
+    studies of the person for its own hospital (a trusted link), the hospital's own studies of
+    the patient otherwise."""
     svc = services(request)
     patient, link = await _managed_patient(request)
     query = _studies_query(patient, link)
@@ -325,3 +507,52 @@ async def access_history(request: web.Request) -> web.Response:
         return study_reads(svc.audit.iter_events(), studies)
 
     return web.json_response(await blocking(scan))
+
+
+# -- break-glass review -----------------------------------------------------------------------
+
+
+def _study_of_resource(resource: str) -> str:
+    parts = resource.split("?", 1)[0].split("/")
+    if "studies" in parts:
+        i = parts.index("studies")
+        if i + 1 < len(parts):
+            return parts[i + 1]
+    return ""
+
+
+async def break_glass_reads(request: web.Request) -> web.Response:
+    """Every break-glass read for review (auditors and admins), newest first: who, when, from
+    which hospital, why, which study and its hospital, and the answer's status."""
+    who = principal(request)
+    if who.role not in ("auditor", "admin"):
+        raise Forbidden("break-glass reads are reviewed by auditors")
+    svc = services(request)
+
+    def scan() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for e in svc.audit.iter_events():
+            if not e.via.startswith("break-glass:"):
+                continue
+            uid = _study_of_resource(e.resource)
+            study = svc.index.get_study(uid) if uid else None
+            out.append(
+                {
+                    "ts": e.ts,
+                    "actor": e.actor,
+                    "hospital": e.hospital,
+                    "role": e.role,
+                    "reason": e.via.split(":", 1)[1],
+                    "study_uid": uid,
+                    "study_hospital": study.hospital if study else "",
+                    "resource": e.resource.split("?", 1)[0],
+                    "status": e.status,
+                }
+            )
+        return out[::-1]
+
+    names = await hospital_names(request)
+    found = await blocking(scan)
+    for r in found:
+        r["hospital_name"] = names.get(r["hospital"], r["hospital"])
+    return web.json_response(found, dumps=lambda o: json.dumps(o, ensure_ascii=False))

@@ -2,7 +2,10 @@
 role, and whether they are still enabled. Tokens are signed and expire on their own; a
 registered user who is disabled loses access at once, whatever tokens they still hold.
 
-Kept in SQLite beside the other API data; managed with ``cloudfilm hospitals|users`` and the
+Only registered, enabled users hold tokens: ``cloudfilm token`` issues one only for a user's
+registered hospital and role, and the API refuses a token whose user is unknown, disabled or
+registered differently (:func:`token_problem`, one rule for both). Kept in SQLite beside the
+other API data; managed with ``cloudfilm hospitals|users`` and the
 admin API (``/api/admin/hospitals``, ``/api/admin/users``).
 """
 
@@ -16,6 +19,7 @@ from typing import Any
 
 from image_store.keys import check_hospital
 from image_store.sqlite_db import SqliteDatabase
+from viewer_api.auth import ROLES
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hospitals (
@@ -60,6 +64,20 @@ class User:
         }
 
 
+def token_problem(user: User | None, subject: str, hospital: str, role: str) -> str | None:
+    """Why a token for ``subject`` as ``role`` at ``hospital`` must not be issued or honoured
+    (``user`` is the registry's entry for ``subject``), or None when it may."""
+    if not subject:
+        return "the token names no user"
+    if user is None:
+        return f"user {subject} is not registered"
+    if not user.enabled:
+        return f"user {subject} is disabled"
+    if (user.hospital, user.role) != (hospital, role):
+        return f"user {subject} is registered as {user.role} at {user.hospital}"
+    return None
+
+
 def check_subject(subject: str) -> str:
     if not _SUBJECT.fullmatch(subject):
         raise RegistryError("a user is 1-128 letters, digits and . _ @ -")
@@ -95,6 +113,8 @@ class SqliteRegistry:
 
     def add_user(self, subject: str, hospital: str, role: str) -> User:
         check_subject(subject)
+        if role not in ROLES:
+            raise RegistryError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         if hospital not in self.hospital_names():
             raise RegistryError(f"unknown hospital {hospital!r}: add it first")
         with self.db.tx() as conn:

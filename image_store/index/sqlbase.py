@@ -16,6 +16,7 @@ from image_store.records import (
     InstanceQuery,
     InstanceRecord,
     InstanceSummary,
+    LinkReview,
     ObjectInfo,
     PatientInfo,
     PatientRef,
@@ -104,6 +105,21 @@ CREATE TABLE IF NOT EXISTS person_links (
     PRIMARY KEY (hospital, issuer, patient_id)
 );
 CREATE INDEX IF NOT EXISTS person_links_person ON person_links (person_key);
+CREATE TABLE IF NOT EXISTS link_reviews (
+    id {serial_pk},
+    hospital TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    person_key TEXT NOT NULL,
+    current_key TEXT NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    state TEXT NOT NULL,
+    decided_by TEXT NOT NULL,
+    decided_at {real}
+);
+CREATE INDEX IF NOT EXISTS link_reviews_state ON link_reviews (state, id);
 CREATE TABLE IF NOT EXISTS instance_versions (
     sop_uid TEXT NOT NULL,
     sha256 TEXT NOT NULL,
@@ -118,6 +134,27 @@ CREATE TABLE IF NOT EXISTS instance_versions (
 ADDED_COLUMNS = (("instances", "original_transfer_syntax_uid", "TEXT NOT NULL DEFAULT ''"),)
 """Columns added after the first release: (table, column, declaration), added to an existing
 index when it is opened."""
+
+
+_REVIEW_COLS = (
+    "id, hospital, issuer, patient_id, person_key, current_key, source, reason, created_at, "
+    "state, decided_by, decided_at"
+)
+
+
+def _review(r: tuple[Any, ...]) -> LinkReview:
+    return LinkReview(
+        int(r[0]),
+        PatientRef(str(r[1]), str(r[3]), str(r[2])),
+        str(r[4]),
+        str(r[5]),
+        str(r[6]),
+        str(r[7]),
+        float(r[8]),
+        str(r[9]),
+        str(r[10]),
+        None if r[11] is None else float(r[11]),
+    )
 
 
 def schema(*, serial_pk: str, bigint: str, real: str, pattern_ops: str) -> str:
@@ -491,6 +528,82 @@ class SqlIndex:
                 "UPDATE person_links SET person_key = ? WHERE person_key = ?", (into_key, from_key)
             )
             return int(cur.rowcount)
+
+    def hold_link(
+        self, patient: PatientRef, person_key: str, current_key: str, source: str, reason: str
+    ) -> LinkReview:
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT {_REVIEW_COLS} FROM link_reviews WHERE hospital = ? AND issuer = ? "
+                "AND patient_id = ? AND person_key = ? AND state = 'pending'",
+                (patient.hospital, patient.issuer, patient.patient_id, person_key),
+            ).fetchone()
+            if row is not None:
+                return _review(tuple(row))
+            conn.execute(
+                "INSERT INTO link_reviews (hospital, issuer, patient_id, person_key, "
+                "current_key, source, reason, created_at, state, decided_by, decided_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '', NULL)",
+                (
+                    patient.hospital,
+                    patient.issuer,
+                    patient.patient_id,
+                    person_key,
+                    current_key,
+                    source,
+                    reason,
+                    time.time(),
+                ),
+            )
+            row = conn.execute(
+                f"SELECT {_REVIEW_COLS} FROM link_reviews WHERE hospital = ? AND issuer = ? "
+                "AND patient_id = ? AND person_key = ? AND state = 'pending'",
+                (patient.hospital, patient.issuer, patient.patient_id, person_key),
+            ).fetchone()
+            return _review(tuple(row))
+
+    def link_reviews(self, *, pending_only: bool = True) -> list[LinkReview]:
+        where = " WHERE state = 'pending'" if pending_only else ""
+        rows = self._conn().execute(f"SELECT {_REVIEW_COLS} FROM link_reviews{where} ORDER BY id")
+        return [_review(tuple(r)) for r in rows]
+
+    def decide_link_review(self, review_id: int, *, approve: bool, by: str) -> LinkReview | None:
+        state = "approved" if approve else "rejected"
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT {_REVIEW_COLS} FROM link_reviews WHERE id = ? AND state = 'pending'",
+                (review_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            review = _review(tuple(row))
+            conn.execute(
+                "UPDATE link_reviews SET state = ?, decided_by = ?, decided_at = ? WHERE id = ?",
+                (state, by, now, review_id),
+            )
+            if approve:
+                p = review.patient
+                conn.execute(
+                    "INSERT INTO person_links (hospital, issuer, patient_id, person_key, source, "
+                    "linked_at) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (hospital, issuer, patient_id) "
+                    "DO UPDATE SET person_key = excluded.person_key, source = excluded.source, "
+                    "linked_at = excluded.linked_at",
+                    (p.hospital, p.issuer, p.patient_id, review.person_key, f"review:{by}", now),
+                )
+        return LinkReview(
+            review.id,
+            review.patient,
+            review.person_key,
+            review.current_key,
+            review.source,
+            review.reason,
+            review.created_at,
+            state,
+            by,
+            now,
+        )
 
     def prior_versions(self, sop_uid: str) -> list[ObjectInfo]:
         rows = self._conn().execute(

@@ -1,4 +1,5 @@
-"""An ObjectStore on a local filesystem: one file per key, written atomically and durably."""
+"""An ObjectStore on a local filesystem: one file per key, written atomically and durably,
+readable by the store's own user only (files 0600, directories 0700)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from image_store.records import ByteRange, ObjectInfo
 _CHUNK = 1 << 20
 _PARTIAL = ".partial"
 _TMP_DIR = ".partial"
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 def fsync_dir(path: Path) -> None:
@@ -29,6 +32,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
+    """``mkdir -p`` giving every directory it creates ``mode`` (pathlib's ``parents=True``
+    creates the missing parents with the default mode)."""
+    missing: list[Path] = []
+    p = Path(path)
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+            d.mkdir(mode=mode)
+
+
 class FilesystemObjectStore:
     """Objects under ``root/<key>``. Writes go to ``<key>.partial-<uuid>``, are fsynced, then
     renamed over the key and the directory is fsynced: readers never see half an object and an
@@ -37,7 +55,7 @@ class FilesystemObjectStore:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = Path(root)
         self._tmp = self.root / _TMP_DIR
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        make_dirs(self._tmp)
         self._fsync = fsync
         self._sweep_partials()
 
@@ -55,13 +73,14 @@ class FilesystemObjectStore:
 
     def put(self, key: str, data: bytes | BinaryIO, *, sha256: str | None = None) -> ObjectInfo:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         # partial writes live apart from the objects (same filesystem, so rename is atomic)
         tmp = self._tmp / (uuid.uuid4().hex + _PARTIAL)
         digest = hashlib.sha256()
         size = 0
         try:
-            with open(tmp, "wb") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            with os.fdopen(fd, "wb") as fh:
                 if isinstance(data, bytes | bytearray | memoryview):
                     view = memoryview(data)
                     digest.update(view)

@@ -8,12 +8,24 @@ from cloudfilm.cli import main
 from cloudfilm.synth import synthesize_study
 
 
+def _region_with_user(data: Path, subject: str = "op", role: str = "admin") -> list[str]:
+    """``init`` a region in ``data`` with hospital H1 and ``subject`` registered there as
+    ``role``; returns the token command for that user."""
+    assert main(["init", "--data", str(data)]) == 0
+    assert main(["hospitals", "add", "H1", "--name", "City Hospital", "--data", str(data)]) == 0
+    assert main(["users", "add", subject, "--hospital", "H1", "--role", role,
+                 "--data", str(data)]) == 0  # fmt: skip
+    return ["token", "--data", str(data), "--hospital", "H1", "--role", role, "--subject", subject]
+
+
 def test_token_command_prints_a_token_the_api_accepts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from viewer_api.auth import TokenSigner, load_or_create_secret
 
-    assert main(["token", "--data", str(tmp_path), "--hospital", "H1", "--role", "admin"]) == 0
+    token_cmd = _region_with_user(tmp_path)
+    capsys.readouterr()
+    assert main(token_cmd) == 0
     token = capsys.readouterr().out.strip()
     signer = TokenSigner(load_or_create_secret(tmp_path / "secrets" / "api.key"))
     principal = signer.verify(token)
@@ -23,7 +35,9 @@ def test_token_command_prints_a_token_the_api_accepts(
 def test_token_with_a_bad_hospital_is_a_cli_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["token", "--data", str(tmp_path), "--hospital", "../x", "--role", "admin"])
+    assert main(["init", "--data", str(tmp_path)]) == 0
+    code = main(["token", "--data", str(tmp_path), "--hospital", "../x", "--role", "admin",
+                 "--subject", "op"])  # fmt: skip
     assert code == 2
     assert "hospital id" in capsys.readouterr().err
 
@@ -50,7 +64,9 @@ def test_audit_verify_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     from image_store.audit import AuditEvent, SqliteAuditLog
 
-    log = SqliteAuditLog(tmp_path / "audit.sqlite")
+    assert main(["init", "--data", str(tmp_path)]) == 0
+    key = (tmp_path / "secrets" / "audit.key").read_bytes()
+    log = SqliteAuditLog(tmp_path / "audit.sqlite", head_key=key)
     for i in range(3):
         log.append(AuditEvent(time.time(), "a", "H1", "admin", "GET", f"/x/{i}", 200, "127.0.0.1"))
     log.close()
@@ -73,6 +89,7 @@ def test_store_scrub_reports_missing_and_corrupt_objects(
     from image_store.records import InstanceQuery
 
     paths = synthesize_study(tmp_path / "s", modality="MR", images=3, seed=2)
+    assert main(["init", "--data", str(tmp_path)]) == 0
     index = SqliteIndex(tmp_path / "index.sqlite")
     LocalIngest(FilesystemObjectStore(tmp_path / "objects"), index).ingest(
         "HOSP1", [p.read_bytes() for p in paths]
@@ -97,7 +114,9 @@ def test_keys_commands_rotate_retire_and_revoke(
     from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret, retired_keys
     from viewer_api.errors import Unauthorized
 
-    assert main(["token", "--data", str(tmp_path), "--hospital", "H1", "--role", "admin"]) == 0
+    token_cmd = _region_with_user(tmp_path)
+    capsys.readouterr()
+    assert main(token_cmd) == 0
     token = capsys.readouterr().out.strip()
     assert main(["keys", "rotate", "--data", str(tmp_path)]) == 0
     key = tmp_path / "secrets" / "api.key"
@@ -122,6 +141,7 @@ def test_users_and_hospitals_commands_and_tokens_for_registered_users(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = str(tmp_path)
+    assert main(["init", "--data", data]) == 0
     assert main(["hospitals", "add", "H1", "--name", "City Hospital", "--data", data]) == 0
     assert main(["users", "add", "dr.wang", "--hospital", "H1", "--role", "clinician",
                  "--data", data]) == 0  # fmt: skip
@@ -145,6 +165,7 @@ def test_audit_verify_detects_records_cut_from_the_end(
     from image_store.audit import AuditEvent, SqliteAuditLog
     from viewer_api.auth import load_or_create_secret
 
+    assert main(["init", "--data", str(tmp_path)]) == 0
     key = load_or_create_secret(tmp_path / "secrets" / "audit.key")  # as the stack makes it
     log = SqliteAuditLog(tmp_path / "audit.sqlite", head_key=key)
     for i in range(4):

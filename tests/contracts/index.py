@@ -240,6 +240,43 @@ class IndexContract:
         assert [x.patient for x in index.linked_patients("k" * 64)] == [a, b]
         assert index.find_studies(StudyQuery(person_key="z" * 64), limit=10) == []
 
+    def test_held_links_wait_for_a_decision_and_an_approval_applies_them(
+        self, index: Index
+    ) -> None:
+        load_two_hospitals(index)
+        a, b = PatientRef("H1", "P1", "ISS"), PatientRef("H2", "P1", "ISS")
+        index.link_patient(a, "a" * 64, "gateway")
+        first = index.hold_link(a, "b" * 64, "a" * 64, "gateway", "linked to another person")
+        again = index.hold_link(a, "b" * 64, "a" * 64, "gateway", "linked to another person")
+        other = index.hold_link(b, "a" * 64, "", "gateway", "birth date differs")
+        assert first.id == again.id != other.id and first.state == "pending"
+        assert [r.id for r in index.link_reviews()] == [first.id, other.id]
+        rejected = index.decide_link_review(other.id, approve=False, by="admin:X:ops")
+        assert rejected is not None and rejected.state == "rejected"
+        assert index.person_link(b) is None
+        assert index.decide_link_review(other.id, approve=True, by="admin:X:ops") is None
+        approved = index.decide_link_review(first.id, approve=True, by="admin:X:ops")
+        assert approved is not None and approved.state == "approved"
+        assert approved.decided_by == "admin:X:ops"
+        link = index.person_link(a)
+        assert link is not None and link.person_key == "b" * 64 and link.trusted
+        assert index.link_reviews() == []
+        assert {r.state for r in index.link_reviews(pending_only=False)} == {
+            "approved",
+            "rejected",
+        }
+        assert index.decide_link_review(10**9, approve=True, by="admin:X:ops") is None
+
+    def test_only_the_gateway_and_administrators_are_trusted_link_sources(
+        self, index: Index
+    ) -> None:
+        load_two_hospitals(index)
+        a = PatientRef("H1", "P1", "ISS")
+        for source, trusted in (("gateway", True), ("admin:x", True), ("dicom", False)):
+            index.link_patient(a, "k" * 64, source)
+            link = index.person_link(a)
+            assert link is not None and link.trusted is trusted, source
+
     def test_unlink_and_merge_persons(self, index: Index) -> None:
         load_two_hospitals(index)
         a, b = PatientRef("H1", "P1", "ISS"), PatientRef("H2", "P1", "ISS")

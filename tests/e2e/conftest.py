@@ -43,7 +43,28 @@ class Server:
         return out.stdout.strip()
 
     def token(self, hospital: str = "HOSP1", role: str = "clinician") -> str:
-        return self.cli("token", "--data", str(self.data), "--hospital", hospital, "--role", role)
+        """A token from `cloudfilm token` for a user registered as ``role`` at ``hospital``."""
+        subject = f"t.{role}.{hospital}"
+        register_user(self.data / "registry.sqlite", subject, hospital, role)
+        return self.cli(
+            "token", "--data", str(self.data), "--hospital", hospital, "--role", role,
+            "--subject", subject,
+        )  # fmt: skip
+
+
+def register_user(registry_path: Path, subject: str, hospital: str, role: str) -> None:
+    """Register ``hospital`` and ``subject`` there as ``role`` in a region's registry (each if
+    new): the API honours tokens of registered users only."""
+    from viewer_api.registry import SqliteRegistry
+
+    registry = SqliteRegistry(registry_path)
+    try:
+        if hospital not in registry.hospital_names():
+            registry.add_hospital(hospital, hospital)
+        if registry.user(subject) is None:
+            registry.add_user(subject, hospital, role)
+    finally:
+        registry.close()
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,11 @@ def test_the_cloud_keeps_the_study_losslessly_compressed_at_most_40_percent_of_r
     server: Server, ct_study: list[Path]
 ) -> None:
     study_uid = pydicom.dcmread(ct_study[0], stop_before_pixels=True).StudyInstanceUID
-    r = http(f"{server.base}/dicom-web/studies/{study_uid}", token=server.token())
+    r = http(
+        f"{server.base}/dicom-web/studies/{study_uid}",
+        token=server.token(),
+        accept='multipart/related; type="application/dicom"; transfer-syntax=*',
+    )
     parts = parse_multipart(r)
     stored = sum(len(payload) for _, payload in parts)
     raw = sum(p.stat().st_size for p in ct_study)
@@ -260,7 +264,13 @@ def test_bad_input_gets_clear_errors(server: Server, ct_study: list[Path]) -> No
         r = http(f"{base}/studies/{bad}", token=tok)
         assert r.status == 400 and "error" in r.json(), bad  # type: ignore[operator]
     other = server.token(hospital="HOSP2")
-    assert http(f"{base}/studies/{ds.StudyInstanceUID}/metadata", token=other).status == 403
+    # another hospital's study answers exactly as a study that does not exist
+    theirs = http(f"{base}/studies/{ds.StudyInstanceUID}/metadata", token=other)
+    unknown = http(f"{base}/studies/1.2.3.999/metadata", token=other)
+    assert theirs.status == unknown.status == 404
+    assert theirs.body.replace(ds.StudyInstanceUID.encode(), b"") == unknown.body.replace(
+        b"1.2.3.999", b""
+    )
     share = http(
         f"{server.base}/api/shares",
         token=tok,

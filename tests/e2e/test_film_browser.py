@@ -242,3 +242,45 @@ def test_the_patient_makes_a_link_for_a_doctor_on_the_page(
     phone.wait_for_selector("#history table")
     shot(phone, "07-share-with-doctor")
     assert phone.errors == []
+
+
+def test_the_patient_answers_a_request_gives_consent_and_shows_a_code_on_the_page(
+    server: Server, study: str, phone: Any
+) -> None:
+    meta = http(f"{server.base}/dicom-web/studies/{study}/metadata", token=server.token())
+    pid = meta.json()[0]["00100020"]["Value"][0]  # type: ignore[index]
+    patient = {"patient_id": pid, "issuer": "CLOUDFILM-SYNTH"}
+    admin = server.token(role="admin")
+    for h, name in (("HOSP1", "市第一人民医院"), ("HOSP2", "市中医院")):
+        r = http(f"{server.base}/api/admin/hospitals", token=admin, method="POST",
+                 body={"id": h, "name": name})  # fmt: skip
+        assert r.status == 201, r.body
+    r = http(f"{server.base}/api/patients/links", token=admin, method="POST",
+             body={"hospital": "HOSP1", **patient, "id_issuer": "CN_RESIDENT_ID",
+                   "id": "44030519800101555X"})  # fmt: skip
+    assert r.status == 201, r.body
+    r = http(f"{server.base}/api/consent-requests", token=server.token(), method="POST",
+             body={"patient": patient})  # fmt: skip
+    assert r.status == 201, r.body
+    link = share(server, "", scope="patient", **patient)
+    phone.goto(link["url"])
+    phone.wait_for_selector("#viewer.ready")
+    phone.wait_for_selector("#requests.pending")
+    phone.click("#requests summary")
+    phone.click("#requests button.approve")
+    phone.wait_for_selector("#requests >> text=已同意 approved")
+    phone.click("#grant summary")
+    phone.select_option("#grant select[name=hospital]", "HOSP2")
+    phone.click("#grant button[type=submit]")
+    phone.wait_for_selector("#grant-out >> text=已授权 Consent given: 市中医院")
+    phone.click("#consents summary")
+    phone.wait_for_selector("#consents >> text=市中医院")
+    phone.click("#code summary")
+    phone.click("#consent-code button[type=submit]")
+    code = phone.locator("#code-out .code").inner_text().replace(" ", "")
+    assert len(code) == 8 and code.isdigit()
+    shot(phone, "08-consent")
+    r = http(f"{server.base}/api/consents", token=server.token(role="radiologist"),
+             method="POST", body={"patient": patient, "code": code})  # fmt: skip
+    assert r.status == 201, r.body
+    assert phone.errors == []

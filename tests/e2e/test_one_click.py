@@ -1,6 +1,8 @@
 """The master patient index end to end: a modality at hospital 1 (DCMTK storescu) and a STOW-RS
-upload at hospital 2 carry the same resident ID; a clinician at hospital 1 opens everything in
-one click once the patient consents, and the gateway's C-FIND finds the prior."""
+upload at hospital 2 carry the same resident ID. The gateway's delivery links hospital 1's
+patient; the upload links nothing until an administrator links it; a clinician at hospital 1
+opens everything in one click once the patient consents on their own link, and the gateway's
+C-FIND finds the prior."""
 
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, P
             data=body,
             method="POST",
             headers={
-                "Authorization": f"Bearer {server.token(hospital='HOSP2')}",
+                "Authorization": f"Bearer {server.token(hospital='HOSP2', role='radiologist')}",
                 "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             },
         )
@@ -65,16 +67,58 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, P
         stop_server(proc)
 
 
+def _admin_links_hospital_2(server: Server) -> None:
+    r = http(
+        f"{server.base}/api/patients/links",
+        method="POST",
+        token=server.token(role="admin"),
+        body={
+            "hospital": "HOSP2",
+            "patient_id": "B-0777",
+            "issuer": "CLOUDFILM-SYNTH",
+            "id_issuer": "CN_RESIDENT_ID",
+            "id": RESIDENT_ID,
+        },
+    )
+    assert r.status == 201, r.body
+
+
+def _patient_grants_hospital_1(server: Server) -> None:
+    """The patient's own link (made by hospital 2) grants hospital 1 consent."""
+    r = http(
+        f"{server.base}/api/admin/hospitals",
+        method="POST",
+        token=server.token(role="admin"),
+        body={"id": "HOSP1", "name": "市第一人民医院"},
+    )
+    assert r.status == 201, r.body
+    link = http(
+        f"{server.base}/api/shares",
+        method="POST",
+        token=server.token(hospital="HOSP2"),
+        body={"scope": "patient", "patient_id": "B-0777", "issuer": "CLOUDFILM-SYNTH"},
+    )
+    assert link.status == 201, link.body
+    token = link.json()["token"]  # type: ignore[index]
+    grant = http(
+        f"{server.base}/film/{token}/api/consents", method="POST", body={"hospital": "HOSP1"}
+    )
+    assert grant.status == 201, grant.body
+
+
 def test_one_click_withholds_the_other_hospital_until_the_patient_consents(
     region: tuple[Server, Path, str],
 ) -> None:
     server, _, mr_study = region
     url = f"{server.base}/patients/A-0001/studies"
     before = http(url, token=server.token()).json()
-    assert before["linked"] is True  # type: ignore[index]
+    assert before["linked"] is True  # type: ignore[index]  # by the gateway's delivery
     assert [s["hospital"] for s in before["studies"]] == ["HOSP1"]  # type: ignore[index]
-    assert before["withheld"] == 1  # type: ignore[index]
-    grant = http(
+    assert before["withheld"] == 0  # type: ignore[index]  # the STOW-RS upload linked nothing
+    _admin_links_hospital_2(server)
+    linked = http(url, token=server.token()).json()
+    assert linked["withheld"] == 1  # type: ignore[index]
+    staff = http(
         f"{server.base}/api/consents",
         method="POST",
         token=server.token(hospital="HOSP2"),
@@ -83,7 +127,10 @@ def test_one_click_withholds_the_other_hospital_until_the_patient_consents(
             "grantee_hospital": "HOSP1",
         },
     )
-    assert grant.status == 201, grant.body
+    assert staff.status == 403, staff.body  # staff do not grant consent
+    meta = http(f"{server.base}/dicom-web/studies/{mr_study}/metadata", token=server.token())
+    assert meta.status == 404
+    _patient_grants_hospital_1(server)
     after = http(url, token=server.token()).json()
     assert {s["hospital"] for s in after["studies"]} == {"HOSP1", "HOSP2"}  # type: ignore[index]
     meta = http(f"{server.base}/dicom-web/studies/{mr_study}/metadata", token=server.token())
@@ -94,15 +141,8 @@ def test_the_gateway_finds_the_consented_prior_for_a_workstation(
     region: tuple[Server, Path, str], tmp_path: Path
 ) -> None:
     server, _, mr_study = region
-    http(
-        f"{server.base}/api/consents",
-        method="POST",
-        token=server.token(hospital="HOSP2"),
-        body={
-            "patient": {"hospital": "HOSP2", "patient_id": "B-0777", "issuer": "CLOUDFILM-SYNTH"},
-            "grantee_hospital": "HOSP1",
-        },
-    )
+    _admin_links_hospital_2(server)  # both idempotent, whichever test ran first
+    _patient_grants_hospital_1(server)
     out = subprocess.run(
         [
             "findscu", "-S", "-aet", "WS1", "-aec", server.ae, "-X", "-od", str(tmp_path),

@@ -218,3 +218,34 @@ def test_movescu_sends_the_study_to_a_known_destination(
         timeout=60,
     )
     assert "Refused: MoveDestinationUnknown" in out.stdout + out.stderr
+
+
+def test_movescu_of_every_patient_is_refused(
+    qr_server: tuple[Server, list[Path]], workstation: tuple[int, list[Any]]
+) -> None:
+    srv, _ = qr_server
+    _, received = workstation
+    received.clear()
+    out = subprocess.run(
+        [
+            "movescu",
+            "-aet",
+            "WS1",
+            "-aec",
+            srv.ae,
+            "-P",
+            "-aem",
+            "WS1",
+            "-k",
+            "QueryRetrieveLevel=PATIENT",
+            "-k",
+            "PatientID=*",
+            srv.dicom_host,
+            str(srv.dicom_port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "DataSetDoesNotMatchSOPClass" in out.stdout + out.stderr  # 0xA900
+    assert received == []

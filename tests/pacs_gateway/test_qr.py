@@ -53,7 +53,13 @@ def test_study_level_returns_the_asked_keys_of_visible_studies(index: SqliteInde
 def test_patient_level_groups_studies(index: SqliteIndex) -> None:
     got = list(
         find_matches(
-            _ident("PATIENT", PatientName="*", PatientID="", NumberOfPatientRelatedStudies=""),
+            _ident(
+                "PATIENT",
+                PatientName="*",
+                PatientID="",
+                StudyDate="20000101-20991231",
+                NumberOfPatientRelatedStudies="",
+            ),
             index,
             H1,
         )
@@ -91,6 +97,50 @@ def test_bad_identifiers_are_refused(index: SqliteIndex, level: str, keys: dict[
         ident = _ident(level, **keys)
     with pytest.raises(BadIdentifier):
         list(find_matches(ident, index, H1))
+
+
+@pytest.mark.parametrize(
+    ("level", "keys"),
+    [
+        ("PATIENT", {"PatientName": "*", "PatientID": "*"}),
+        ("PATIENT", {"PatientID": "", "NumberOfPatientRelatedStudies": ""}),
+        ("STUDY", {"PatientID": "**", "PatientName": "?*"}),
+        ("STUDY", {"ModalitiesInStudy": "CT", "StudyInstanceUID": ""}),
+        ("STUDY", {"StudyDate": "", "AccessionNumber": "*"}),
+    ],
+)
+def test_find_over_the_whole_hospital_is_refused(
+    index: SqliteIndex, level: str, keys: dict[str, str]
+) -> None:
+    with pytest.raises(BadIdentifier, match="universal"):
+        list(find_matches(_ident(level, **keys), index, H1))
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"StudyDate": "20230610"},
+        {"StudyDate": "20230101-"},
+        {"PatientName": "Wang*"},
+        {"AccessionNumber": "ACC2"},
+    ],
+)
+def test_find_narrowed_by_a_date_name_or_accession_answers(
+    index: SqliteIndex, keys: dict[str, str]
+) -> None:
+    got = list(find_matches(_ident("STUDY", StudyInstanceUID="", **keys), index, H1))
+    assert "1.3.1" in [g.StudyInstanceUID for g in got]
+
+
+@pytest.mark.parametrize("patient_id", ["*", "", "P*", "?1", "P1\\P2"])
+def test_patient_level_retrieve_without_one_exact_patient_id_is_refused(
+    index: SqliteIndex, patient_id: str
+) -> None:
+    with pytest.raises(BadIdentifier):
+        retrieve_matches(_ident("PATIENT", PatientID=patient_id), index, H1)
+    with pytest.raises(BadIdentifier):
+        retrieve_matches(_ident("STUDY", PatientID=patient_id, StudyInstanceUID=""), index, H1)
+    assert len(retrieve_matches(_ident("PATIENT", PatientID="P1"), index, H1)) == 6
 
 
 def test_retrieve_names_instances_of_visible_studies_only(index: SqliteIndex) -> None:
@@ -173,4 +223,25 @@ def test_the_patients_consent_lets_the_gateway_serve_another_hospitals_priors(
     assert [str(s.SeriesInstanceUID) for s in series] == ["2.1.1"]
     consents.revoke(grant.id)
     assert studies() == ["1.2.1"] and h2_study() == []
+    consents.close()
+
+
+def test_a_consent_through_an_untrusted_person_link_serves_no_priors(
+    index: SqliteIndex, tmp_path: Path
+) -> None:
+    """A link no trusted source made (e.g. from an instance a user uploaded) opens nothing,
+    even with a consent grant on the person."""
+    consents = SqliteConsents(tmp_path / "consents.sqlite")
+    settings = QrSettings(
+        ae_title="GW",
+        hospitals=frozenset({"H1"}),
+        hospital="H1",
+        consents_path=tmp_path / "consents.sqlite",
+    )
+    index.link_patient(PatientRef("H1", "P1", "ISS"), "k" * 64, "admin:test")
+    index.link_patient(PatientRef("H2", "P1", "ISS"), "k" * 64, "dicom")  # untrusted
+    consents.grant("k" * 64, "H1", created_by="t", ttl_s=3600)
+    found = find_matches(_ident("STUDY", PatientID="P1", StudyInstanceUID=""), index, settings)
+    assert sorted(str(d.StudyInstanceUID) for d in found) == ["1.2.1"]
+    assert retrieve_matches(_ident("STUDY", StudyInstanceUID="2.1"), index, settings) == []
     consents.close()

@@ -14,6 +14,7 @@ import pydicom.data
 import pytest
 from pydicom.dataset import FileMetaDataset
 
+from pacs_gateway.access import Rights
 from pacs_gateway.metrics import StoreCounters
 from pacs_gateway.scp import STATUS_SUCCESS, handle_store
 from pacs_gateway.spool import Spool
@@ -29,6 +30,7 @@ class _Requestor:
 @dataclass
 class _Assoc:
     requestor: _Requestor = field(default_factory=_Requestor)
+    rights: Rights = Rights.BOTH  # what the gateway's ACSE grants an allowed calling AE
 
 
 @dataclass

@@ -69,9 +69,23 @@ class Api:
     shares: SqliteShareLinks
     audit: SqliteAuditLog
     files: dict[str, bytes]
+    registry: SqliteRegistry | None = None
 
     def token(self, hospital: str = "H1", role: Role = "clinician") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.signer.issue(hospital, role, subject='t')}"}
+        """A bearer token of a user registered (here, on first use) as ``role`` at ``hospital``:
+        the API honours tokens of registered users only."""
+        subject = f"t.{role}.{hospital}"
+        if self.registry is not None:
+            register_user(self.registry, subject, hospital, role)
+        return {"Authorization": f"Bearer {self.signer.issue(hospital, role, subject=subject)}"}
+
+
+def register_user(registry: SqliteRegistry, subject: str, hospital: str, role: str) -> None:
+    """Register ``hospital`` (if new) and ``subject`` there as ``role`` (if new)."""
+    if hospital not in registry.hospital_names():
+        registry.add_hospital(hospital, hospital)
+    if registry.user(subject) is None:
+        registry.add_user(subject, hospital, role)
 
 
 def _bytes(name: str) -> bytes:
@@ -105,6 +119,7 @@ async def make_api(
     shares = SqliteShareLinks(tmp_path / "shares.sqlite")
     audit = SqliteAuditLog(tmp_path / "audit.sqlite")
     spy_store, spy_index = Spy(store), Spy(index)
+    registry = SqliteRegistry(tmp_path / "registry.sqlite")
     app = create_app(
         settings or ViewerSettings(public_base_url=BASE),
         spy_store,
@@ -115,10 +130,10 @@ async def make_api(
         consents=SqliteConsents(tmp_path / "consents.sqlite"),
         persons=PersonKeyer(b"p" * 32),
         reports=SqliteReports(tmp_path / "reports.sqlite"),
-        registry=SqliteRegistry(tmp_path / "registry.sqlite"),
+        registry=registry,
     )
     client = await aiohttp_client(app)
-    return Api(client, signer, spy_store, spy_index, shares, audit, files)
+    return Api(client, signer, spy_store, spy_index, shares, audit, files, registry)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ async def test_admins_register_hospitals_and_users_and_disabling_cuts_access(api
     )
     assert r.status == 201
     users = await (await api.client.get("/api/admin/users", headers=admin)).json()
-    assert users == [{"subject": "dr.li", "hospital": "H1", "role": "radiologist", "enabled": True}]
+    assert {"subject": "dr.li", "hospital": "H1", "role": "radiologist", "enabled": True} in users
     li = _as(api, "H1", "radiologist", "dr.li")
     assert (await api.client.get("/dicom-web/studies", headers=li)).status == 200
     # a token claiming another role than the registered one is refused

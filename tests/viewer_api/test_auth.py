@@ -172,3 +172,25 @@ def test_a_revoked_token_is_refused_before_it_expires(tmp_path: Path) -> None:
     assert signer.verify(other).hospital == "H1"
     with pytest.raises(ValueError):
         revoked.revoke("../../etc", exp)
+
+
+def test_a_signer_from_files_follows_rotation_and_retirement_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    from viewer_api.auth import load_or_create_secret, retire_keys, rotate_key
+
+    key = tmp_path / "secrets" / "api.key"
+    load_or_create_secret(key)
+    running = TokenSigner.from_files(key)
+    old = running.issue("H1", "clinician", subject="dr-wu")
+    rotate_key(key)
+    new = TokenSigner.from_files(key).issue("H1", "clinician", subject="dr-wu")
+    assert running.verify(new).subject == "dr-wu"  # the new key, seen without a restart
+    assert running.verify(old).subject == "dr-wu"  # retired, still verifies
+    assert TokenSigner.from_files(key).verify(running.issue("H1", "admin")).role == "admin"
+    retire_keys(key, older_than_s=-1)
+    with pytest.raises(Unauthorized):
+        running.verify(old)
+    key.unlink()  # as in the middle of a rotation: the last keys stay, none is made
+    assert running.verify(new).subject == "dr-wu"
+    assert not key.exists()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from image_store.records import PatientRef
 from tests.viewer_api.conftest import Api, Regional
+from viewer_api.auth import Role
 
 RESIDENT_ID = "11010519491231002X"
 ISSUER = "CLOUDFILM-SYNTH"
@@ -44,16 +46,43 @@ async def _one_click(api: Api, pid: str, **headers: str) -> dict[str, Any]:
     return body
 
 
-async def _grant(api: Api, mr_pid: str, **extra: object) -> str:
+async def patient_link(api: Api, hospital: str, patient_id: str) -> str:
+    """The patient's own cloud-film link to all their studies (made by their hospital): the
+    base path ``/film/<token>`` of its patient API."""
     r = await api.client.post(
-        "/api/consents",
-        json={
-            "patient": {"hospital": "H2", "patient_id": mr_pid, "issuer": ISSUER},
-            "grantee_hospital": "H1",
-            **extra,
-        },
-        headers=api.token(hospital="H2"),
+        "/api/shares",
+        json={"scope": "patient", "patient_id": patient_id, "issuer": ISSUER},
+        headers=api.token(hospital=hospital),
     )
+    assert r.status == 201, await r.text()
+    return f"/film/{(await r.json())['token']}"
+
+
+async def register_hospitals(api: Api, *hospitals: str, named: bool = True) -> None:
+    """Register hospitals in the region (by their Chinese names, or, ``named=False``, by
+    their ids when they are not registered yet)."""
+    admin = api.token(role="admin")
+    have = {
+        h["id"] for h in await (await api.client.get("/api/admin/hospitals", headers=admin)).json()
+    }
+    for h in hospitals:
+        if not named and h in have:
+            continue
+        name = HOSPITAL_NAMES.get(h, h) if named else h
+        r = await api.client.post(
+            "/api/admin/hospitals", json={"id": h, "name": name}, headers=admin
+        )
+        assert r.status == 201, await r.text()
+
+
+HOSPITAL_NAMES = {"H1": "市第一人民医院", "H2": "市中医院", "H3": "第三医院"}
+
+
+async def _grant(api: Api, mr_pid: str, hospital: str = "H1", **extra: object) -> str:
+    """The patient (of the MR at H2) grants ``hospital`` consent on their own link."""
+    await register_hospitals(api, hospital, named=False)
+    base = await patient_link(api, "H2", mr_pid)
+    r = await api.client.post(f"{base}/api/consents", json={"hospital": hospital, **extra})
     assert r.status == 201, await r.text()
     consent_id: str = (await r.json())["id"]
     return consent_id
@@ -67,7 +96,7 @@ async def test_without_consent_other_hospitals_studies_are_withheld(regional: Re
     assert body["studies"][0]["access"] == "own"
     assert body["withheld"] == 1
     r = await api.client.get(f"/dicom-web/studies/{mr_study}/metadata", headers=api.token())
-    assert r.status == 403
+    assert r.status == 404
     assert "consent" in (await r.json())["error"]
 
 
@@ -88,22 +117,24 @@ async def test_a_consent_grant_opens_the_persons_studies_in_one_click(regional: 
         assert r.status == 200, url
     events = [e for e in api.audit.iter_events() if mr_study in e.resource and e.status == 200]
     assert events and all(e.via == f"consent:{consent_id}" for e in events)
-    # revoked: closed again
-    r = await api.client.delete(f"/api/consents/{consent_id}", headers=api.token(hospital="H2"))
+    # revoked by the hospital it was granted to: closed again
+    r = await api.client.delete(f"/api/consents/{consent_id}", headers=api.token())
     assert r.status == 200
     r = await api.client.get(f"/dicom-web/studies/{mr_study}/metadata", headers=api.token())
-    assert r.status == 403
+    assert r.status == 404
 
 
 async def test_a_grant_for_one_study_or_one_clinician_covers_only_that(
     regional: Regional,
 ) -> None:
     api, ct_pid, mr_pid, mr_study = await _linked(regional)
-    await _grant(api, mr_pid, study_uid="1.2.3.4", grantee_subject="someone-else")
+    ct_study = str(regional.ct[0].StudyInstanceUID)
+    await _grant(api, mr_pid, study_uid=ct_study)
+    await _grant(api, mr_pid, study_uid=mr_study, subject="someone-else")
     body = await _one_click(api, ct_pid)
     assert body["withheld"] == 1
     r = await api.client.get(f"/dicom-web/studies/{mr_study}/metadata", headers=api.token())
-    assert r.status == 403
+    assert r.status == 404
 
 
 async def test_break_glass_needs_a_reason_and_is_flagged_in_the_audit(regional: Regional) -> None:
@@ -117,6 +148,99 @@ async def test_break_glass_needs_a_reason_and_is_flagged_in_the_audit(regional: 
     assert event.via.startswith("break-glass:") and "emergency" in event.via
     body = await _one_click(api, ct_pid, **BREAK_GLASS)
     assert {s["access"] for s in body["studies"]} == {"own", "break-glass"}
+
+
+async def test_break_glass_through_one_click_is_flagged_in_the_audit(regional: Regional) -> None:
+    api, ct_pid, _, mr_study = await _linked(regional)
+    r = await api.client.get(
+        f"/patients/{ct_pid}/studies", headers={**api.token(), "X-Break-Glass-Reason": "short"}
+    )
+    assert r.status == 400
+    await _one_click(api, ct_pid, **BREAK_GLASS)
+    calls = [e for e in api.audit.iter_events() if e.resource.startswith("/patients/")]
+    call = next(e for e in calls if e.resource == f"/patients/{ct_pid}/studies" and e.status == 200)
+    assert call.via == "break-glass:" + BREAK_GLASS["X-Break-Glass-Reason"]
+    shown = [e for e in calls if e.resource.endswith(f"/studies/{mr_study}")]
+    assert len(shown) == 1 and shown[0].via.startswith("break-glass:")
+    # without break-glass, the same call is not flagged
+    await _one_click(api, ct_pid)
+    last = [e for e in api.audit.iter_events() if e.resource == f"/patients/{ct_pid}/studies"]
+    assert last[-1].via == ""
+
+
+async def test_auditors_list_break_glass_reads_for_review(regional: Regional) -> None:
+    api, ct_pid, _, mr_study = await _linked(regional)
+    await register_hospitals(api, "H1", "H2")
+    await _one_click(api, ct_pid, **BREAK_GLASS)
+    await api.client.get(
+        f"/dicom-web/studies/{mr_study}/metadata", headers={**api.token(), **BREAK_GLASS}
+    )
+    for role in ("clinician", "radiologist"):
+        r = await api.client.get("/api/audit/break-glass", headers=api.token(role=role))
+        assert r.status == 403, role
+    r = await api.client.get("/api/audit/break-glass", headers=api.token(role="auditor"))
+    assert r.status == 200
+    reads = [x for x in await r.json() if x["study_uid"] == mr_study]
+    assert len(reads) == 2 and all(x["status"] == 200 for x in reads)
+    for x in reads:
+        assert x["hospital"] == "H1" and x["hospital_name"] == HOSPITAL_NAMES["H1"]
+        assert x["study_hospital"] == "H2" and x["role"] == "clinician"
+        assert x["reason"] == BREAK_GLASS["X-Break-Glass-Reason"] and x["ts"] > 0
+    r = await api.client.get("/api/audit/break-glass", headers=api.token(role="admin"))
+    assert r.status == 200
+
+
+async def test_staff_cannot_grant_consent_themselves(regional: Regional) -> None:
+    api, ct_pid, mr_pid, mr_study = await _linked(regional)
+    attempts: tuple[tuple[str, Role, str], ...] = (
+        ("H2", "clinician", mr_pid),
+        ("H1", "clinician", ct_pid),
+        ("H1", "radiologist", ct_pid),
+        ("H1", "admin", ct_pid),
+    )
+    for hospital, role, pid in attempts:
+        r = await api.client.post(
+            "/api/consents",
+            json={
+                "patient": {"hospital": hospital, "patient_id": pid, "issuer": ISSUER},
+                "grantee_hospital": "H1",
+            },
+            headers=api.token(hospital=hospital, role=role),
+        )
+        assert r.status == 403, (hospital, role)
+        assert "consent-requests" in (await r.json())["error"]
+    r = await api.client.get(f"/dicom-web/studies/{mr_study}/metadata", headers=api.token())
+    assert r.status == 404
+
+
+async def test_held_identity_links_are_listed_and_decided_by_admins(regional: Regional) -> None:
+    api, _, mr_pid, _ = await _linked(regional)
+    ref = PatientRef("H2", mr_pid, ISSUER)
+    link = api.index.person_link(ref)
+    held = api.index.hold_link(ref, "e" * 64, link.person_key, "gateway", "test reason")
+    for role in ("clinician", "radiologist", "auditor"):
+        r = await api.client.get("/api/admin/identity-reviews", headers=api.token(role=role))
+        assert r.status == 403, role
+        r = await api.client.post(
+            f"/api/admin/identity-reviews/{held.id}/approve", headers=api.token(role=role)
+        )
+        assert r.status == 403, role
+    admin = api.token(role="admin")
+    (listed,) = await (await api.client.get("/api/admin/identity-reviews", headers=admin)).json()
+    assert listed["id"] == held.id and listed["reason"] == "test reason"
+    assert listed["linked_now"] is True and listed["state"] == "pending"
+    r = await api.client.post(f"/api/admin/identity-reviews/{held.id}/reject", headers=admin)
+    assert r.status == 200 and (await r.json())["state"] == "rejected"
+    assert api.index.person_link(ref).person_key == link.person_key
+    r = await api.client.post(f"/api/admin/identity-reviews/{held.id}/approve", headers=admin)
+    assert r.status == 404
+    again = api.index.hold_link(ref, "e" * 64, link.person_key, "gateway", "test reason")
+    r = await api.client.post(f"/api/admin/identity-reviews/{again.id}/approve", headers=admin)
+    assert r.status == 200
+    assert api.index.person_link(ref).person_key == "e" * 64
+    assert await (await api.client.get("/api/admin/identity-reviews", headers=admin)).json() == []
+    decided = [e for e in api.audit.iter_events() if "/identity-reviews/" in e.resource]
+    assert [e.status for e in decided if e.role == "admin"] == [200, 404, 200]
 
 
 async def test_the_patients_hospital_sees_who_opened_the_studies(regional: Regional) -> None:
@@ -140,9 +264,10 @@ async def test_auditors_read_no_patient_data(regional: Regional) -> None:
     api, ct_pid, _, _ = await _linked(regional)
     auditor = api.token(role="auditor")
     study = regional.ct[0].StudyInstanceUID
-    for url in (f"/dicom-web/studies/{study}/metadata", f"/patients/{ct_pid}/studies"):
-        r = await api.client.get(url, headers=auditor)
-        assert r.status == 403, url
+    r = await api.client.get(f"/dicom-web/studies/{study}/metadata", headers=auditor)
+    assert r.status == 404  # as for a study that does not exist
+    r = await api.client.get(f"/patients/{ct_pid}/studies", headers=auditor)
+    assert r.status == 403
     r = await api.client.get("/dicom-web/studies", headers=auditor)
     assert r.status == 200 and await r.json() == []
 

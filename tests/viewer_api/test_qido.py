@@ -266,6 +266,36 @@ async def test_empty_results_are_an_empty_array(api: Api) -> None:
     assert r.status == 200 and await r.json() == []
 
 
+async def test_a_search_under_an_unknown_or_unreadable_study_is_the_same_empty_array(
+    api: Api,
+) -> None:
+    # SC_rgb_rle.dcm is H2's: an H1 clinician may not read it (no consent, no break-glass)
+    answers = []
+    for study, series in (
+        (SC.StudyInstanceUID, SC.SeriesInstanceUID),
+        ("1.2.3.4.5", "1.2.3.4.6"),
+        (CT_SMALL.StudyInstanceUID, "1.2.3.4.6"),  # a readable study, a series not in it
+    ):
+        for path in (
+            f"/dicom-web/studies/{study}/series",
+            f"/dicom-web/studies/{study}/instances",
+            f"/dicom-web/studies/{study}/series/{series}/instances",
+        ):
+            r = await api.client.get(path + "?limit=5", headers=api.token())
+            if study == CT_SMALL.StudyInstanceUID and path.endswith("/series"):
+                continue  # that study has series: not an empty search
+            if study == CT_SMALL.StudyInstanceUID and path.endswith(f"{study}/instances"):
+                continue
+            answers.append((r.status, r.headers["Content-Type"], await r.read()))
+    assert answers == [(200, "application/dicom+json; charset=utf-8", b"[]")] * 7
+    # H2 itself finds its study's series and instances there
+    r = await api.client.get(
+        f"/dicom-web/studies/{SC.StudyInstanceUID}/series/{SC.SeriesInstanceUID}/instances",
+        headers=api.token(hospital="H2"),
+    )
+    assert r.status == 200 and len(await r.json()) == 1
+
+
 async def test_includefield_adds_named_attributes_from_the_stored_headers(
     regional: Regional,
 ) -> None:

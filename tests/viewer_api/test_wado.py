@@ -21,17 +21,19 @@ from tests.viewer_api.conftest import Api, Regional, uids
 CT_SMALL = uids("CT_small.dcm")
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+RLE = "1.2.840.10008.1.2.5"
 
 
-async def _parts(response: aiohttp.ClientResponse) -> list[bytes]:
-    """The bodies of a multipart/related response, checking each part's type."""
+async def _parts(response: aiohttp.ClientResponse, syntax: str = EXPLICIT_LE) -> list[bytes]:
+    """The bodies of a multipart/related response, checking that each part's type names the
+    transfer syntax ``syntax``."""
     ctype = response.headers["Content-Type"]
     assert ctype.startswith('multipart/related; type="application/dicom"; boundary=')
     reader = MultipartReader.from_response(response)
     out = []
     while (part := await reader.next()) is not None:
         assert isinstance(part, BodyPartReader)
-        assert part.headers["Content-Type"] == "application/dicom"
+        assert part.headers["Content-Type"] == f"application/dicom; transfer-syntax={syntax}"
         out.append(bytes(await part.read()))
     return out
 
@@ -142,27 +144,31 @@ async def test_series_thumbnails_are_jpegs(regional: Regional) -> None:
         assert (await r.read())[:3] == b"\xff\xd8\xff"
 
 
-async def test_another_hospitals_study_is_403_at_every_level(regional: Regional) -> None:
+async def test_another_hospitals_study_is_404_to_retrieve_and_empty_to_search(
+    regional: Regional,
+) -> None:
     api, mr = regional.api, regional.mr_h2[0]
     study = f"/dicom-web/studies/{mr.StudyInstanceUID}"
     series = f"{study}/series/{mr.SeriesInstanceUID}"
-    urls = [
+    retrievals = [
         study,
         f"{study}/metadata",
-        f"{study}/series",
-        f"{study}/instances",
         series,
         f"{series}/metadata",
         f"{series}/thumbnail",
-        f"{series}/instances",
         f"{series}/instances/{mr.SOPInstanceUID}",
         f"{series}/instances/{mr.SOPInstanceUID}/metadata",
     ]
-    for url in urls:
+    searches = [f"{study}/series", f"{study}/instances", f"{series}/instances"]
+    for url in retrievals:
         r = await api.client.get(url, headers=api.token())
-        assert r.status == 403, url
-        assert (await r.json())["status"] == 403
-    for url in urls:
+        assert r.status == 404, url
+        assert (await r.json())["status"] == 404
+    for url in searches:
+        r = await api.client.get(url, headers=api.token())
+        assert r.status == 200, url
+        assert await r.json() == []
+    for url in retrievals + searches:
         r = await api.client.get(url, headers=api.token(role="admin"))
         assert r.status == 200, url
         r = await api.client.get(url, headers=api.token(hospital="H2"))
@@ -174,7 +180,6 @@ async def test_unknown_or_mismatched_uids_are_404_json(regional: Regional) -> No
     study = _study_url(regional)
     urls = [
         "/dicom-web/studies/1.2.3.4.5/metadata",
-        "/dicom-web/studies/1.2.3.4.5/series",
         f"{study}/series/1.2.3.4.5",
         f"{study}/series/1.2.3.4.5/thumbnail",
         f"{study}/series/{CT_SMALL.SeriesInstanceUID}",  # a series of another study
@@ -229,7 +234,7 @@ async def test_every_access_is_audited_with_its_status(regional: Regional) -> No
     for url, headers in calls:
         await api.client.get(url, headers=headers)
     events = list(api.audit.iter_events())
-    assert [e.status for e in events] == [200, 403, 404, 400, 401]
+    assert [e.status for e in events] == [200, 404, 404, 400, 401]
     assert [e.actor for e in events][-1] == "anonymous"
     assert all(e.hospital == "H1" and e.role == "clinician" for e in events[:4])
     assert all(e.action == "GET" for e in events)
@@ -296,22 +301,103 @@ async def test_frames_are_served_without_decoding(api: Api, tmp_path: Path) -> N
         ds.PixelData[size : 2 * size],
         ds.PixelData[3 * size : 4 * size],
     ]
-    assert (await api.client.get(f"{base}/9", headers=api.token())).status == 404
+    assert (await api.client.get(f"{base}/9", headers=api.token())).status == 400
     assert (await api.client.get(f"{base}/x", headers=api.token())).status == 400
     assert (await api.client.get(f"{base}/0", headers=api.token())).status == 400
 
 
-async def test_an_encapsulated_frame_comes_out_as_stored(api: Api) -> None:
+async def test_an_encapsulated_frame_comes_out_as_stored_for_any_syntax(api: Api) -> None:
     sc = uids("SC_rgb_rle.dcm")
     ds = pydicom.dcmread(io.BytesIO(api.files["SC_rgb_rle.dcm"]))
     url = (
         f"/dicom-web/studies/{sc.StudyInstanceUID}/series/{sc.SeriesInstanceUID}"
         f"/instances/{sc.SOPInstanceUID}/frames/1"
     )
-    r = await api.client.get(url, headers=api.token("H2"))
+    accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    r = await api.client.get(url, headers=api.token("H2") | {"Accept": accept})
     assert r.status == 200
-    (frame,) = _frame_parts(await r.read(), r.headers["Content-Type"])
+    body = await r.read()
+    assert f"Content-Type: application/octet-stream; transfer-syntax={RLE}\r\n".encode() in body
+    (frame,) = _frame_parts(body, r.headers["Content-Type"])
     assert frame == get_frame(ds.PixelData, 0, number_of_frames=1)
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None,
+        "*/*",
+        'multipart/related; type="*/*"',
+        "multipart/related; type=application/octet-stream",
+        f"multipart/related; type=application/octet-stream; transfer-syntax={EXPLICIT_LE}",
+        f"multipart/related; type=image/jls; transfer-syntax={JPEG_BASELINE}, "
+        "multipart/related; type=application/octet-stream; q=0.5",
+    ],
+)
+async def test_frames_and_pixel_bulk_data_come_uncompressed_by_default(
+    api: Api, accept: str | None
+) -> None:
+    sc = uids("SC_rgb_rle.dcm")
+    ds = pydicom.dcmread(io.BytesIO(api.files["SC_rgb_rle.dcm"]))
+    inst = (
+        f"/dicom-web/studies/{sc.StudyInstanceUID}/series/{sc.SeriesInstanceUID}"
+        f"/instances/{sc.SOPInstanceUID}"
+    )
+    headers = api.token("H2") | ({"Accept": accept} if accept else {})
+    for url in (f"{inst}/frames/1", f"{inst}/bulkdata/7FE00010"):
+        r = await api.client.get(url, headers=headers)
+        assert r.status == 200, (url, accept)
+        assert r.headers["Content-Type"].startswith(
+            'multipart/related; type="application/octet-stream"; boundary='
+        )
+        body = await r.read()
+        part_type = f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+        assert f"Content-Type: {part_type}\r\n".encode() in body
+        (frame,) = _frame_parts(body, r.headers["Content-Type"])
+        assert frame == ds.pixel_array.tobytes()
+
+
+async def test_a_compressed_frame_comes_under_its_image_type(api: Api) -> None:
+    sc = uids("SC_rgb_rle.dcm")
+    ds = pydicom.dcmread(io.BytesIO(api.files["SC_rgb_rle.dcm"]))
+    url = (
+        f"/dicom-web/studies/{sc.StudyInstanceUID}/series/{sc.SeriesInstanceUID}"
+        f"/instances/{sc.SOPInstanceUID}/frames/1"
+    )
+    for accept in ("multipart/related; type=image/dicom-rle", "image/x-dicom-rle"):
+        r = await api.client.get(url, headers=api.token("H2") | {"Accept": accept})
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith('multipart/related; type="image/dicom-rle"')
+        body = await r.read()
+        assert f"Content-Type: image/dicom-rle; transfer-syntax={RLE}\r\n".encode() in body
+        assert _frame_parts(body, r.headers["Content-Type"]) == [
+            get_frame(ds.PixelData, 0, number_of_frames=1)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("frames/1", f"multipart/related; type=image/jpeg; transfer-syntax={JPEG_BASELINE}"),
+        ("frames/1", "multipart/related; type=image/jp2"),
+        ("frames/1", "multipart/related; type=application/octet-stream; q=0"),
+        ("bulkdata/7FE00010", "multipart/related; type=image/jpeg"),
+        ("", f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}'),
+        ("rendered", "image/gif"),
+    ],
+)
+async def test_a_syntax_that_cannot_be_produced_is_406_json_for_every_resource(
+    api: Api, path: str, accept: str
+) -> None:
+    sc = uids("SC_rgb_rle.dcm")
+    url = (
+        f"/dicom-web/studies/{sc.StudyInstanceUID}/series/{sc.SeriesInstanceUID}"
+        f"/instances/{sc.SOPInstanceUID}/{path}"
+    ).rstrip("/")
+    r = await api.client.get(url, headers=api.token("H2") | {"Accept": accept})
+    assert r.status == 406, (path, accept)
+    body = await r.json()
+    assert body["status"] == 406 and body["error"]
 
 
 async def test_bulkdata_of_a_missing_attribute_is_404_and_a_bad_tag_400(regional: Regional) -> None:
@@ -322,4 +408,4 @@ async def test_bulkdata_of_a_missing_attribute_is_404_and_a_bad_tag_400(regional
     r = await api.client.get(f"{inst}/bulkdata/xyz", headers=api.token())
     assert r.status == 400
     r = await api.client.get(f"{inst}/bulkdata/7FE00010", headers=api.token(hospital="H2"))
-    assert r.status == 403
+    assert r.status == 404

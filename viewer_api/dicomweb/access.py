@@ -1,4 +1,5 @@
-"""Resolving path UIDs to records the caller may see (404 unknown, 403 another hospital)."""
+"""Resolving path UIDs to records the caller may see. A study that does not exist and a study
+the caller may not read get the same 404, so study UIDs cannot be probed."""
 
 from __future__ import annotations
 
@@ -8,56 +9,76 @@ from image_store.records import (
     InstanceQuery,
     InstanceSummary,
     PatientRef,
+    PersonLink,
     SeriesQuery,
     SeriesRecord,
     StudyRecord,
 )
 from viewer_api.context import VIA, blocking, principal, services
-from viewer_api.errors import BadRequest, Forbidden, NotFound
+from viewer_api.errors import BadRequest, NotFound
 
 BREAK_GLASS = "X-Break-Glass-Reason"
 """Header with which a clinician reads another hospital's study without a consent grant, in
 an emergency: the reason is required and the access is flagged in the audit."""
 
+NOT_VISIBLE = (
+    "no study {uid} you may read; another hospital's study needs the patient's consent "
+    f"(or, in an emergency, a {BREAK_GLASS} header)"
+)
+"""The one answer for a study that does not exist and for one the caller may not read."""
+
+
+def break_glass_reason(request: web.Request) -> str:
+    """The request's break-glass reason ('' without the header); BadRequest when it does not
+    say why (under 10 characters), checked before any study is looked up."""
+    reason = request.headers.get(BREAK_GLASS, "").strip()
+    if reason and len(reason) < 10:
+        raise BadRequest(f"{BREAK_GLASS} must say why (at least 10 characters)")
+    return reason[:200]
+
+
+async def trusted_link(request: web.Request, patient: PatientRef) -> PersonLink | None:
+    """The patient's person link when a trusted source (the hospital's gateway, an
+    administrator) made it; an untrusted link counts as none."""
+    link = await blocking(services(request).index.person_link, patient)
+    return link if link is not None and link.trusted else None
+
 
 async def visible_study(request: web.Request, study_uid: str) -> StudyRecord:
+    """The study if the caller may read it (setting the audit's VIA for a cross-hospital
+    read); the same NotFound whether it does not exist or may not be read."""
+    break_glass_reason(request)
     study = await blocking(services(request).index.get_study, study_uid)
     if study is None:
-        raise NotFound(f"no study {study_uid}")
+        raise NotFound(NOT_VISIBLE.format(uid=study_uid))
     if principal(request).may_see(study.hospital):
         return study
     via = await cross_hospital_access(request, study)
     if via is None:
-        raise Forbidden(
-            f"study {study_uid} belongs to another hospital: it needs the patient's consent "
-            f"(or, in an emergency, a {BREAK_GLASS} header)"
-        )
+        raise NotFound(NOT_VISIBLE.format(uid=study_uid))
     request[VIA] = via
     return study
 
 
 async def cross_hospital_access(request: web.Request, study: StudyRecord) -> str | None:
     """'consent:<id>' or 'break-glass:<reason>' when the caller may read another hospital's
-    study, None otherwise. Only radiologists and clinicians read under consent."""
+    study, None otherwise. Only radiologists and clinicians read under consent, and only
+    through a trusted person link of the study's patient."""
     who = principal(request)
     if who.role not in ("radiologist", "clinician"):
         return None
     svc = services(request)
     if svc.consents is not None:
         ref = PatientRef(study.hospital, study.patient.patient_id, study.patient.issuer)
-        link = await blocking(svc.index.person_link, ref)
+        link = await trusted_link(request, ref)
         if link is not None:
             grant = await blocking(
                 svc.consents.covering, link.person_key, who.hospital, who.subject, study.study_uid
             )
             if grant is not None:
                 return f"consent:{grant.id}"
-    reason = request.headers.get(BREAK_GLASS, "").strip()
-    if reason:
-        if len(reason) < 10:
-            raise BadRequest(f"{BREAK_GLASS} must say why (at least 10 characters)")
-        return "break-glass:" + reason[:200]
-    return None
+    reason = break_glass_reason(request)
+    return "break-glass:" + reason if reason else None
 
 
 async def series_of(request: web.Request, study_uid: str, series_uid: str) -> SeriesRecord:

@@ -237,3 +237,55 @@ def instance_query(
         sop_class_uid=classes[0] if classes else "",
         instance_number=_int(values, "InstanceNumber"),
     )
+
+
+MAX_FRAMES = 256
+"""Most frames one WADO-RS frames request may name (after duplicates are dropped)."""
+MAX_VIEWPORT = 2048
+"""Largest rendered viewport side: a bigger picture is not for a screen, and its cost grows
+with the square of the side."""
+
+
+def frame_list(
+    text: str, number_of_frames: int | None = None, *, max_frames: int = MAX_FRAMES
+) -> tuple[int, ...]:
+    """The 1-based frame numbers of a ``{frames}`` path segment ('1,3,5'), duplicates dropped
+    (first mention kept, so the order asked for stays); BadRequest for a malformed list, more
+    than ``max_frames`` distinct frames, or a frame past ``number_of_frames`` (when known)."""
+    items = text.split(",")
+    if len(items) > 4 * max_frames:  # dropping duplicates of a huge list is work too
+        raise BadRequest(f"a frame list names at most {max_frames} frames")
+    numbers: dict[int, None] = {}
+    for item in items:
+        item = item.strip()
+        if not re.fullmatch(r"\d{1,9}", item) or int(item) < 1:
+            raise BadRequest(
+                f"frame list must be numbers from 1 separated by commas, got {text[:40]!r}"
+            )
+        numbers[int(item)] = None
+    if len(numbers) > max_frames:
+        raise BadRequest(f"a frame list names at most {max_frames} distinct frames")
+    last = max(numbers)
+    if number_of_frames is not None and last > max(number_of_frames, 1):
+        raise BadRequest(
+            f"frame {last} is past the end: the instance has {max(number_of_frames, 1)} frame(s)"
+        )
+    return tuple(numbers)
+
+
+def viewport(
+    text: str, image_size: tuple[int, int] | None = None, *, max_side: int = MAX_VIEWPORT
+) -> tuple[int, int]:
+    """A rendered ``viewport`` parameter 'WIDTH,HEIGHT' as integers; BadRequest unless each is
+    1..``max_side``, or 1..the image's own side (``image_size`` as columns, rows) when that is
+    larger (a picture is never enlarged past that)."""
+    m = re.fullmatch(r"(\d{1,5}),(\d{1,5})", text.strip())
+    width_cap = height_cap = max_side
+    if image_size is not None:
+        width_cap = max(max_side, image_size[0])
+        height_cap = max(max_side, image_size[1])
+    if not m or not (1 <= int(m[1]) <= width_cap and 1 <= int(m[2]) <= height_cap):
+        raise BadRequest(
+            f"viewport must be WIDTH,HEIGHT, at most {width_cap},{height_cap}, got {text[:40]!r}"
+        )
+    return int(m[1]), int(m[2])

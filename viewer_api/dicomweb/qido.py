@@ -1,4 +1,9 @@
-"""QIDO-RS: search for studies, series and instances (PS3.18 10.6)."""
+"""QIDO-RS: search for studies, series and instances (PS3.18 10.6).
+
+A search is answered 200 with a JSON array, empty when nothing matches (PS3.18 as clarified
+by CP-2473) and also when the path names a study that does not exist or that the caller may
+not read, or a series that is not in it: the answer is the same either way, so a search never
+tells which UIDs exist elsewhere."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from viewer_api.context import blocking, principal, services, uid_param
 from viewer_api.dicomweb import include, params
 from viewer_api.dicomweb.access import visible_study
 from viewer_api.dicomweb.json import instance_json, series_json, study_json
+from viewer_api.errors import NotFound
 
 DICOM_JSON = "application/dicom+json"
 
@@ -43,10 +49,10 @@ async def search_studies(request: web.Request) -> web.Response:
 async def search_series(request: web.Request) -> web.Response:
     svc = services(request)
     study_uid = uid_param(request, "study") if "study" in request.match_info else ""
-    if study_uid:
-        await visible_study(request, study_uid)
     values = params.normalise(request.query, params.SERIES_KEYS)
     page = _paging(request, values)
+    if study_uid and not await _may_search(request, study_uid):
+        return _reply([])
     # inside a study the caller was allowed to see (own hospital, consent or break-glass)
     hospitals = None if study_uid else principal(request).visible_hospitals()
     q = params.series_query(values, hospitals, study_uid)
@@ -61,11 +67,11 @@ async def search_instances(request: web.Request) -> web.Response:
     svc = services(request)
     study_uid = uid_param(request, "study") if "study" in request.match_info else ""
     series_uid = uid_param(request, "series") if "series" in request.match_info else ""
-    if study_uid:
-        await visible_study(request, study_uid)
     allowed = params.INSTANCE_KEYS if series_uid else params.INSTANCE_KEYS | {"SeriesInstanceUID"}
     values = params.normalise(request.query, allowed)
     page = _paging(request, values)
+    if study_uid and not await _may_search(request, study_uid):
+        return _reply([])
     hospitals = None if study_uid else principal(request).visible_hospitals()
     q = params.instance_query(values, hospitals, study_uid, series_uid)
     found = await blocking(svc.index.find_instances, q, limit=page.limit, offset=page.offset)
@@ -73,6 +79,16 @@ async def search_instances(request: web.Request) -> web.Response:
     docs = [instance_json(i, base) for i in found]
     await _include(request, docs, page, "instance", "00080018")
     return _reply(docs)
+
+
+async def _may_search(request: web.Request, study_uid: str) -> bool:
+    """True when the caller may read the study the path names; False, alike, when it does not
+    exist or is another hospital's without consent or break-glass."""
+    try:
+        await visible_study(request, study_uid)
+    except NotFound:
+        return False
+    return True
 
 
 async def _include(

@@ -20,7 +20,9 @@ from image_store.verified import read_verified
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb.access import instances_of, series_of, visible_study
 from viewer_api.dicomweb.multipart import closing, content_type, new_boundary, part_header
-from viewer_api.errors import BadRequest, NotAcceptable, NotFound
+from viewer_api.dicomweb.negotiation import Resource, choose, parse_accept
+from viewer_api.dicomweb.params import viewport as parse_viewport
+from viewer_api.errors import BadRequest, NotFound
 from viewer_api.thumbnails import series_jpeg
 
 _NUMBER = r"-?\d{1,9}(?:\.\d{1,6})?"
@@ -40,20 +42,10 @@ class RenderRequest:
 
 
 def _media(accept: str | None, query_accept: str) -> str:
-    """JPEG unless the client prefers PNG; 406 when it takes neither."""
-    text = query_accept or accept or ""
-    if not text.strip():
-        return "JPEG"
-    for item in text.split(","):
-        media, _, params = item.strip().partition(";")
-        media = media.strip().lower()
-        if re.search(r"\bq\s*=\s*0(?:\.0*)?\s*(?:;|$)", params):
-            continue
-        if media in _MEDIA:
-            return _MEDIA[media]
-        if media in ("*/*", "image/*"):
-            return "JPEG"
-    raise NotAcceptable("rendered images come as image/jpeg or image/png")
+    """JPEG unless the client prefers PNG (``negotiation``); 406 when it takes neither."""
+    ranges = parse_accept(accept, [query_accept] if query_accept else [])
+    choice = choose(ranges, Resource.RENDERED, "", lambda _stored, _syntax: True)
+    return _MEDIA[choice.media_type]
 
 
 def parse_render_request(query: web.Request, extra: frozenset[str] = frozenset()) -> RenderRequest:
@@ -73,10 +65,7 @@ def parse_render_request(query: web.Request, extra: frozenset[str] = frozenset()
         quality = int(text)
     viewport = None
     if "viewport" in params:
-        m = re.fullmatch(r"(\d{1,5}),(\d{1,5})", params["viewport"].strip())
-        if not m or not (1 <= int(m[1]) <= 8192 and 1 <= int(m[2]) <= 8192):
-            raise BadRequest("viewport must be WIDTH,HEIGHT, each 1..8192")
-        viewport = (int(m[1]), int(m[2]))
+        viewport = parse_viewport(params["viewport"])
     window = None
     if "window" in params:
         m = re.fullmatch(

@@ -1,4 +1,7 @@
-"""WADO-RS: instances as stored (multipart/related), their metadata, and series thumbnails."""
+"""WADO-RS: instances (multipart/related, in the syntax negotiated by ``negotiation``: the
+PS3.18 default Explicit VR Little Endian, as stored for ``transfer-syntax=*``, or a syntax we
+encode), their metadata, frames, bulk data and series thumbnails. Each part's Content-Type
+names the transfer syntax actually sent."""
 
 from __future__ import annotations
 
@@ -8,28 +11,39 @@ import re
 
 from aiohttp import web
 
-from dicom_codecs.frames import FrameError, frame_bytes
-from dicom_codecs.transcode import TARGETS, choose_syntax, transcode
+from dicom_codecs.frames import NATIVE, FrameError, all_frames, frames_in
+from dicom_codecs.transcode import TranscodeError, can_transcode, transcode
 from image_store.errors import IntegrityError
 from image_store.metadata import bulk_value
 from image_store.ports import ObjectStore
 from image_store.records import InstanceQuery, InstanceSummary
 from image_store.verified import read_verified
 from viewer_api.context import blocking, services, uid_param
+from viewer_api.dicomweb import params
 from viewer_api.dicomweb.access import instances_of, series_of, visible_study
-from viewer_api.dicomweb.multipart import (
-    DicomAccept,
-    closing,
-    content_type,
-    negotiate_dicom,
-    new_boundary,
-    part_header,
+from viewer_api.dicomweb.multipart import closing, content_type, new_boundary, part_header
+from viewer_api.dicomweb.negotiation import (
+    EXPLICIT_LE,
+    OCTETS,
+    Choice,
+    MediaRange,
+    Resource,
+    choose,
+    parse_accept,
 )
 from viewer_api.errors import BadRequest, NotAcceptable, NotFound
 from viewer_api.thumbnails import series_jpeg
 
 READ_AHEAD = 8
+"""Objects read (and, when asked, decoded) in worker threads ahead of the one being sent:
+decoding releases the GIL, so they decode on every core while parts go out in order."""
 READ_AHEAD_BYTES = 64 << 20
+"""Bound on the bytes those objects hold (decoded sizes estimated from rows and columns)."""
+
+
+def accepted(request: web.Request) -> list[MediaRange]:
+    """The request's acceptable media ranges (the ``accept`` query parameter wins)."""
+    return parse_accept(request.headers.get("Accept"), request.query.getall("accept", []))
 
 
 async def _targets(request: web.Request) -> tuple[str, str, str]:
@@ -43,47 +57,71 @@ async def _targets(request: web.Request) -> tuple[str, str, str]:
     return study_uid, series_uid, sop_uid
 
 
+def _estimate(inst: InstanceSummary, choice: Choice) -> int:
+    """Bytes an object holds while in flight: its stored size, or its decoded size."""
+    if choice.transfer_syntax == inst.transfer_syntax_uid:
+        return inst.size
+    pixels = (inst.rows or 0) * (inst.columns or 0) * (inst.number_of_frames or 1) * 2
+    return inst.size + pixels
+
+
 async def retrieve(request: web.Request) -> web.StreamResponse:
-    """A study, a series or an instance as multipart/related; type="application/dicom"."""
-    wanted = negotiate_dicom(request.headers.get("Accept"))
+    """A study, a series or an instance as multipart/related; type="application/dicom", each
+    instance in the syntax negotiated for the syntax it is stored in."""
+    ranges = accepted(request)
     study_uid, series_uid, sop_uid = await _targets(request)
     instances = await instances_of(request, study_uid, series_uid, sop_uid)
     if not instances:
         raise NotFound("no instances to retrieve")
-    _check_syntax(instances, wanted)
+    choices = {
+        ts: choose(ranges, Resource.INSTANCES, ts, can_transcode)
+        for ts in sorted({i.transfer_syntax_uid for i in instances})
+    }
     store = services(request).store
     boundary = new_boundary()
+    ctype = content_type(boundary)
     # The first object is read before the headers go out, so a store that fails at once still
     # gets a JSON error; a failure later drops the connection (the middleware re-raises).
-    data = await blocking(_read, store, instances[0], wanted)
-    resp = web.StreamResponse(headers={"Content-Type": content_type(boundary)})
-    if all(_as_stored(i, wanted) for i in instances):
+    first = choices[instances[0].transfer_syntax_uid]
+    data = await blocking(_read, store, instances[0], first.transfer_syntax)
+    resp = web.StreamResponse(headers={"Content-Type": ctype})
+    as_stored = all(ts == c.transfer_syntax for ts, c in choices.items())
+    if as_stored:
         # the stored bytes (sizes in the index, checked by sha256): the length is known, so the
         # body goes without chunked framing and clients can show progress
-        resp.content_length = _multipart_length(boundary, [i.size for i in instances])
+        heads = [part_header(boundary, first.part_type(), first=True)] + [
+            part_header(boundary, choices[i.transfer_syntax_uid].part_type(), first=False)
+            for i in instances[1:]
+        ]
+        resp.content_length = (
+            sum(map(len, heads)) + sum(i.size for i in instances) + len(closing(boundary))
+        )
     await resp.prepare(request)
-    # The next objects are read (and their hashes checked) in worker threads while this one is
-    # written to the socket, a few at once (an S3 GET waits on the network): at most
-    # READ_AHEAD objects and READ_AHEAD_BYTES in flight, at least one.
+    # The next objects are read (hashes checked, decoded if asked) in worker threads while
+    # this one is written to the socket: at most READ_AHEAD objects and READ_AHEAD_BYTES in
+    # flight, at least one, sent in order as each is ready.
     ahead: collections.deque[tuple[asyncio.Future[bytes], int]] = collections.deque()
     queued = 1
     try:
-        for n in range(len(instances)):
+        for n, inst in enumerate(instances):
             if n:
                 future, _ = ahead.popleft()
                 data = await future
             in_flight = sum(size for _, size in ahead)
             while queued < len(instances) and len(ahead) < READ_AHEAD:
-                size = instances[queued].size
+                nxt = instances[queued]
+                choice = choices[nxt.transfer_syntax_uid]
+                size = _estimate(nxt, choice)
                 if ahead and in_flight + size > READ_AHEAD_BYTES:
                     break
-                task = asyncio.ensure_future(blocking(_read, store, instances[queued], wanted))
+                task = asyncio.ensure_future(blocking(_read, store, nxt, choice.transfer_syntax))
                 ahead.append((task, size))
                 in_flight += size
                 queued += 1
-            if resp.content_length is not None and len(data) != instances[n].size:
-                raise IntegrityError(f"object of {instances[n].sop_uid} is not its indexed size")
-            await resp.write(part_header(boundary, first=n == 0))
+            if as_stored and len(data) != inst.size:
+                raise IntegrityError(f"object of {inst.sop_uid} is not its indexed size")
+            part = choices[inst.transfer_syntax_uid].part_type()
+            await resp.write(part_header(boundary, part, first=n == 0))
             await resp.write(data)
             del data
     finally:
@@ -97,38 +135,13 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _as_stored(inst: InstanceSummary, wanted: DicomAccept) -> bool:
-    syntax = choose_syntax(inst.transfer_syntax_uid, wanted.transfer_syntaxes)
-    return syntax is None or syntax == inst.transfer_syntax_uid
-
-
-def _multipart_length(boundary: str, sizes: list[int]) -> int:
-    heads = len(part_header(boundary, first=True)) + (len(sizes) - 1) * len(
-        part_header(boundary, first=False)
-    )
-    return heads + sum(sizes) + len(closing(boundary))
-
-
-def _read(store: ObjectStore, inst: InstanceSummary, wanted: DicomAccept) -> bytes:
-    """The stored bytes, or the instance transcoded into the first syntax the client accepts
-    that we can produce (checked by ``_check_syntax`` before the response started)."""
+def _read(store: ObjectStore, inst: InstanceSummary, syntax: str) -> bytes:
+    """The stored bytes, or the instance transcoded into ``syntax`` (negotiated before the
+    response started, so producible)."""
     data = read_verified(store, inst.object_key, inst.sha256)  # never serve damaged bytes
-    syntax = choose_syntax(inst.transfer_syntax_uid, wanted.transfer_syntaxes)
-    if syntax is None or syntax == inst.transfer_syntax_uid:
+    if syntax == inst.transfer_syntax_uid:
         return data
     return transcode(data, syntax)
-
-
-def _check_syntax(instances: list[InstanceSummary], wanted: DicomAccept) -> None:
-    """406 unless every instance can be sent in a syntax the client accepts."""
-    stored = {i.transfer_syntax_uid for i in instances}
-    refused = sorted(ts for ts in stored if choose_syntax(ts, wanted.transfer_syntaxes) is None)
-    if refused:
-        asked = ", ".join(wanted.transfer_syntaxes)
-        raise NotAcceptable(
-            f"transfer syntax {asked} is not available (stored: {', '.join(sorted(stored))}); "
-            f"ask for transfer-syntax=* (as stored) or one of {', '.join(TARGETS)}"
-        )
 
 
 async def metadata(request: web.Request) -> web.Response:
@@ -147,24 +160,69 @@ async def metadata(request: web.Request) -> web.Response:
 
 
 async def bulkdata(request: web.Request) -> web.Response:
-    """The value of a top-level attribute named by a BulkDataURI, as multipart/related;
-    type="application/octet-stream" (pixel data: the whole value as stored)."""
+    """The value of a top-level attribute named by a BulkDataURI as multipart/related. Pixel
+    Data is negotiated like frames: application/octet-stream uncompressed by default (every
+    frame, one part), as stored for transfer-syntax=*, or one part per frame under the image
+    type of a compressed syntax; any other attribute is its value as stored."""
     text = request.match_info["tag"]
     if not re.fullmatch(r"[0-9A-Fa-f]{8}", text):
         raise BadRequest("bulk data is named by an 8-digit hexadecimal tag")
+    tag = int(text, 16)
+    ranges = accepted(request)
     study_uid, series_uid, sop_uid = await _targets(request)
     (inst,) = await instances_of(request, study_uid, series_uid, sop_uid)
-    data = await blocking(_read, services(request).store, inst, DicomAccept(("*",)))
-    value = await blocking(bulk_value, data, int(text, 16))
-    if value is None:
-        raise NotFound(f"instance {sop_uid} has no bulk data {text.upper()}")
+    stored = inst.transfer_syntax_uid
+    resource = Resource.PIXELS if tag == 0x7FE00010 else Resource.BULK
+    choice = choose(ranges, resource, stored, can_transcode)
+    data = await blocking(read_verified, services(request).store, inst.object_key, inst.sha256)
+    if choice.media_type != OCTETS:
+        parts = await _frames_or_404(data, stored, choice.transfer_syntax, None)
+    else:
+        if resource is Resource.PIXELS and not _same_pixels(stored, choice.transfer_syntax):
+            data = await blocking(_transcoded, data, choice.transfer_syntax)
+        value = await blocking(bulk_value, data, tag)
+        if value is None:
+            raise NotFound(f"instance {sop_uid} has no bulk data {text.upper()}")
+        parts = [value]
+    return _multipart(parts, choice)
+
+
+def _same_pixels(stored: str, syntax: str) -> bool:
+    return syntax == stored or (syntax == EXPLICIT_LE and stored in NATIVE)
+
+
+def _transcoded(data: bytes, syntax: str) -> bytes:
+    try:
+        return transcode(data, syntax)
+    except TranscodeError as exc:
+        raise NotAcceptable(str(exc)) from exc
+
+
+async def _frames_or_404(
+    data: bytes, stored: str, syntax: str, numbers: list[int] | None
+) -> list[bytes]:
+    """Frames in ``syntax`` (all of them for None): 404 for a frame past the end or no pixel
+    data, 406 when the instance cannot be decoded after all."""
+    try:
+        if numbers is None:
+            if not _same_pixels(stored, syntax):
+                data = await blocking(_transcoded, data, syntax)
+            return await blocking(all_frames, data)
+        return await blocking(frames_in, data, stored, syntax, numbers)
+    except FrameError as exc:
+        raise NotFound(str(exc)) from exc
+    except TranscodeError as exc:
+        raise NotAcceptable(str(exc)) from exc
+
+
+def _multipart(parts: list[bytes], choice: Choice) -> web.Response:
     boundary = new_boundary()
-    part = "application/octet-stream"
-    if int(text, 16) == 0x7FE00010:
-        part += f"; transfer-syntax={inst.transfer_syntax_uid}"
-    body = part_header(boundary, part, first=True) + value + closing(boundary)
+    part = choice.part_type()
+    body = b"".join(
+        part_header(boundary, part, first=n == 0) + chunk for n, chunk in enumerate(parts)
+    ) + closing(boundary)
     return web.Response(
-        body=body, headers={"Content-Type": content_type(boundary, "application/octet-stream")}
+        body=body, headers={"Content-Type": content_type(boundary, choice.media_type)}
     )
 
 
@@ -175,31 +233,17 @@ async def thumbnail(request: web.Request) -> web.Response:
     return web.Response(body=jpeg, content_type="image/jpeg")
 
 
-async def frames(request: web.Request) -> web.StreamResponse:
-    """WADO-RS frames: the pixel data of frames (1-based, comma-separated) as
-    multipart/related; type="application/octet-stream", not decoded (transfer-syntax=*)."""
+async def frames(request: web.Request) -> web.Response:
+    """WADO-RS frames (1-based, comma-separated) as multipart/related: uncompressed
+    (application/octet-stream) by default, as stored for transfer-syntax=*, or under the image
+    type of a compressed syntax (image/jls, image/jp2, ...), decoded or re-encoded if needed."""
     text = request.match_info["frames"]
-    try:
-        numbers = [int(n) for n in text.split(",")]
-    except ValueError as exc:
-        raise BadRequest(
-            f"frame list must be numbers separated by commas, got {text[:40]!r}"
-        ) from exc
-    if not numbers or len(numbers) > 10_000 or min(numbers) < 1:
-        raise BadRequest("frame numbers start at 1")
+    params.frame_list(text)  # the list's form, before any file or index access
+    ranges = accepted(request)
     study_uid, series_uid, sop_uid = await _targets(request)
     (inst,) = await instances_of(request, study_uid, series_uid, sop_uid)
-    data = await blocking(_read, services(request).store, inst, DicomAccept(("*",)))
-    try:
-        syntax, chunks = await blocking(frame_bytes, data, numbers)
-    except FrameError as exc:
-        raise NotFound(str(exc)) from exc
-    part_type = f"application/octet-stream; transfer-syntax={syntax}"
-    boundary = new_boundary()
-    body = b"".join(
-        part_header(boundary, part_type, first=n == 0) + chunk for n, chunk in enumerate(chunks)
-    ) + closing(boundary)
-    return web.Response(
-        body=body,
-        headers={"Content-Type": content_type(boundary, "application/octet-stream")},
-    )
+    numbers = list(params.frame_list(text, inst.number_of_frames))
+    choice = choose(ranges, Resource.PIXELS, inst.transfer_syntax_uid, can_transcode)
+    data = await blocking(read_verified, services(request).store, inst.object_key, inst.sha256)
+    chunks = await _frames_or_404(data, inst.transfer_syntax_uid, choice.transfer_syntax, numbers)
+    return _multipart(chunks, choice)

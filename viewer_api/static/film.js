@@ -520,11 +520,17 @@
   async function fillHistory(box) {
     const rows = (await api("history")).map((h) => [
       `${h.day} ${fmtTime(h.last).slice(11)}`,
-      { staff: `${h.hospital} ${h.role}`, you: "本人 you", "doctor link": "医生链接 doctor link", link: "其他链接 other link" }[h.who] || h.who,
+      { staff: `${h.hospital_name || h.hospital} ${h.role}`, you: "本人 you", "doctor link": "医生链接 doctor link", link: "其他链接 other link" }[h.who] || h.who,
       h.requests,
-      h.break_glass ? el("span", { class: "flag", text: "紧急 break-glass" }) : "",
+      h.break_glass ? el("span", { class: "flag glass", text: `紧急调阅 break-glass: ${h.reason}` }) : "",
     ]);
     box.replaceChildren(rows.length ? table(["时间 When", "谁 Who", "次数 Requests", ""], rows) : el("p", { text: "无 None" }));
+  }
+
+  function scopeText(studyUid) {
+    if (!studyUid) return "全部检查 all studies";
+    const s = M.studies.find((x) => x.uid === studyUid);
+    return s ? `${s.date} ${s.modalities.join("/")} ${s.description || ""}` : "一次检查 one study";
   }
 
   async function fillConsents(box) {
@@ -536,12 +542,108 @@
         await api(`consents/${g.id}/revoke`, { method: "POST" });
         fillConsents(box);
       });
-      return [g.grantee_hospital + (g.grantee_subject ? ` ${g.grantee_subject}` : ""), g.study_uid ? "一次检查 one study" : "全部 all", fmtTime(g.expires_at), g.active ? "有效 active" : "无效 inactive", revoke];
+      return [(g.hospital_name || g.grantee_hospital) + (g.grantee_subject ? ` ${g.grantee_subject}` : ""), scopeText(g.study_uid), fmtTime(g.expires_at), g.active ? "有效 active" : "无效 inactive", revoke];
     });
     box.replaceChildren(rows.length ? table(["授权给 Granted to", "范围 Scope", "到期 Expires", "", ""], rows) : el("p", { text: "无 None" }));
   }
 
-  function buildMine() {
+  const REQUEST_STATES = { approved: "已同意 approved", declined: "已拒绝 declined", expired: "已过期 expired" };
+
+  async function fillRequests(box) {
+    const rows = (await api("consent-requests")).map((q) => {
+      const cell = el("span");
+      if (q.state === "pending") {
+        for (const [action, text] of [["approve", "同意 Approve"], ["decline", "拒绝 Decline"]]) {
+          const b = el("button", { type: "button", class: action, text });
+          b.addEventListener("click", async () => {
+            await api(`consent-requests/${q.id}/${action}`, { method: "POST" });
+            await fillRequests(box);
+          });
+          cell.append(b, " ");
+        }
+      } else cell.textContent = REQUEST_STATES[q.state] || q.state;
+      return [fmtTime(q.created_at), q.hospital_name + (q.subject ? ` ${q.subject}` : ""), scopeText(q.study_uid), cell];
+    });
+    box.replaceChildren(rows.length ? table(["时间 When", "申请方 Asked by", "范围 Scope", ""], rows) : el("p", { text: "无 None" }));
+  }
+
+  function choices(name, options) {
+    const sel = el("select", { name });
+    for (const [value, text] of options) sel.append(el("option", { value, text }));
+    return sel;
+  }
+
+  function studyChoice() {
+    return choices("study", [["", "全部检查 All my studies"], ...M.studies.map((s) => [s.uid, scopeText(s.uid)])]);
+  }
+
+  function daysChoice() {
+    return choices("days", [1, 7, 30, 90].map((d) => [String(d * 24), `${d} 天 days`]));
+  }
+
+  const post = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+
+  async function fillGrant(box) {
+    const hospitals = await api("hospitals");
+    const form = el("form", { id: "grant" });
+    const hospital = choices("hospital", hospitals.map((h) => [h.id, h.name]));
+    const subject = el("input", { type: "text", name: "subject", placeholder: "医生账号（可选）doctor's user (optional)" });
+    const study = studyChoice();
+    const days = daysChoice();
+    form.append(
+      el("label", {}, "医院 Hospital ", hospital),
+      el("label", {}, "医生 Doctor ", subject),
+      el("label", {}, "检查 Studies ", study),
+      el("label", {}, "有效期 Valid for ", days),
+      el("button", { type: "submit", text: "授权 Give consent" }),
+    );
+    const out = el("div", { id: "grant-out" });
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const body = { hospital: hospital.value, ttl_hours: Number(days.value) };
+      if (subject.value.trim()) body.subject = subject.value.trim();
+      if (study.value) body.study_uid = study.value;
+      try {
+        const g = await post("consents", body);
+        out.replaceChildren(el("p", { text: `已授权 Consent given: ${g.hospital_name}` }));
+      } catch (e) {
+        out.replaceChildren(el("p", { class: "flag", text: String(e.message || e) }));
+      }
+    });
+    box.replaceChildren(form, out);
+  }
+
+  async function fillCode(box) {
+    const form = el("form", { id: "consent-code" });
+    const only = el("input", { type: "checkbox", name: "only" });
+    const study = studyChoice();
+    const days = daysChoice();
+    form.append(
+      el("p", { text: "医生输入授权码后，其医院可调阅您的检查。 A doctor who enters the code lets their hospital read your studies." }),
+      el("label", {}, only, " 仅限输入的医生本人 Only that doctor"),
+      el("label", {}, "检查 Studies ", study),
+      el("label", {}, "有效期 Valid for ", days),
+      el("button", { type: "submit", text: "显示授权码 Show a consent code" }),
+    );
+    const out = el("div", { id: "code-out" });
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const body = { only_that_clinician: only.checked, ttl_hours: Number(days.value) };
+      if (study.value) body.study_uid = study.value;
+      try {
+        const c = await post("consent-code", body);
+        out.replaceChildren(
+          el("p", { class: "code", text: c.code.replace(/(\d{4})(\d{4})/, "$1 $2") }),
+          el("p", { text: `${Math.round(c.valid_s / 60)} 分钟内有效，仅可使用一次 Valid ${Math.round(c.valid_s / 60)} minutes, once` }),
+        );
+      } catch (e) {
+        out.replaceChildren(el("p", { class: "flag", text: String(e.message || e) }));
+      }
+    });
+    box.replaceChildren(form, out);
+  }
+
+  async function buildMine() {
     if (!M.self_service) return;
     const mine = $("#mine");
     mine.classList.add("mine");
@@ -552,13 +654,24 @@
       section("访问记录 Who opened my studies", "history", fillHistory),
       section("授权管理 My consents", "consents", fillConsents),
     );
+    // giving consent: only the patient's own link to all their studies may (the API says so)
+    const me = await api("me");
+    if (!me.may_give_consent) return;
+    const pending = me.pending_requests;
+    const asked = section(`授权申请 Consent requests${pending ? ` (${pending})` : ""}`, "requests", fillRequests);
+    if (pending) asked.classList.add("pending");
+    mine.append(
+      asked,
+      section("授权医院 Give consent", "grant", fillGrant),
+      section("授权码 Consent code", "code", fillCode),
+    );
   }
 
   // ---- start --------------------------------------------------------------------------------
 
   function start() {
     buildStudyPicker();
-    buildMine();
+    buildMine().catch((e) => $("#mine").append(el("p", { class: "flag", text: String(e.message || e) })));
     showStudyHeader(state.study);
     buildStrip();
     buildReport();
