@@ -1,12 +1,8 @@
 """Event-driven reactors for pynetdicom's acceptor associations.
 
 pynetdicom 3.0.4 polls: its DUL thread sleeps 1 ms whenever the socket has nothing to read,
-and the association thread sleeps 1 ms before each look at its message queue. Per instance
-that is up to ~2 ms of pure waiting, which caps one association at ~200 instances/s whatever
-the machine (see bench/ingest_compare.py). Profiling showed the SCP holding the GIL only ~30 %
-of the time while storescu waited on it.
-
-Reading PDUs 4 KiB at a time cost another ~2 ms of kernel time per CT slice.
+and the association thread sleeps 1 ms before each look at its message queue, so every
+message waits for the next poll; and it reads PDUs 4 KiB at a time.
 
 These subclasses keep pynetdicom's state machine, PDU handling and DIMSE code, and change only
 how the two threads wait: the DUL blocks in ``select`` on the socket and a wake-up eventfd
@@ -354,7 +350,7 @@ class LargeReadSocket(AssociationSocket):
     """Reads a PDU with as few ``recv`` calls as the kernel allows, straight into one buffer.
 
     pynetdicom reads at most 4096 bytes per call and extends a bytearray each time: about 130
-    system calls and as many copies for a 512 KiB CT slice, 2 ms of kernel time per instance.
+    system calls and as many copies for a 512 KiB CT slice.
     """
 
     def recv(self, nr_bytes: int) -> bytearray:
