@@ -54,7 +54,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   if [ "$dev" = 1 ]; then extra='.[dev]'; else extra='.'; fi
   set +e
   .venv/bin/python -m pip install -e "$extra" 2>&1 \
-    | grep -E --line-buffered -v '^(Requirement already satisfied|  )'
+    | grep -E --line-buffered -v "^(Requirement already satisfied|  |WARNING: Location '.*' is ignored)"
   status=${PIPESTATUS[0]}
   set -e
   [ "$status" = 0 ] || { echo "setup: pip failed (exit $status), see above" >&2; exit 1; }
