@@ -1,5 +1,6 @@
 """The cloud-film page on a phone, in Debian's headless Chromium (targets: first image painted
-<= 1 s after opening the link; scrolling a preloaded 300-slice CT >= 30 slices/s).
+<= 1 s after opening the link; window/level drag repaint <= 16 ms a frame once the values are
+in; a 300-slice CT's values <= 40 % of raw; scrolling a loaded 300-slice CT >= 30 slices/s).
 
     .venv/bin/python bench/film_page.py [--slices 300] [--opens 5] [--network none|4g|3g]
 
@@ -14,10 +15,13 @@ opens it --opens times, each in a new browser context (empty cache) on a phone v
 - bytes for the first image: the page, its script and style, and the first slice (resource
   timing ``transferSize``).
 
-Then, in the last context, it opens the axial series from the strip, waits until every slice is
-preloaded, and reports the bytes of the whole series and the scroll rate: one slice per
-animation frame, each drawn before the next frame (the display's frame rate, 60 Hz in headless
-Chromium, caps it).
+Then, in the last context, it waits until every slice's stored values have arrived and reports:
+the bytes of the whole series on the wire (gzip content coding) against the raw 16-bit values
+and, from the same files, a 16-bit greyscale PNG of each slice; the script's unpacking time per
+slice; the window/level drag repaint (one window change per animation frame, each repainted
+from the values in the page: the synchronous time of a change); and the scroll rate: one slice
+per animation frame, each drawn before the next frame (the display's frame rate, 60 Hz in
+headless Chromium, caps it).
 """
 
 from __future__ import annotations
@@ -72,11 +76,23 @@ FIRST_OPEN = """async () => {
 SERIES_BYTES = """(series) => {
   let bytes = 0, n = 0;
   for (const e of performance.getEntriesByType("resource")) {
-    if (e.name.includes(`/series/${series}/instances/`) && e.name.includes("/rendered")) {
+    if (e.name.includes(`/series/${series}/instances/`) && e.name.endsWith("/values")) {
       bytes += e.transferSize; n += 1;
     }
   }
   return { bytes, n };
+}"""
+
+WL_DRAG = """async () => {
+  const cf = window.cloudfilm, times = [];
+  for (let i = 0; i < 120; i += 1) {
+    const t0 = performance.now();
+    cf.setWindow([40 + (i % 40) * 5, 400 + (i % 30) * 20]);
+    times.push(performance.now() - t0);
+    await new Promise((r) => requestAnimationFrame(r));
+  }
+  times.sort((a, b) => a - b);
+  return { median: times[60], p95: times[113], max: times[119] };
 }"""
 
 SCROLL_RAF = """async () => {
@@ -115,7 +131,24 @@ NETWORKS = {
 }
 
 
-def _measure(url: str, opens: int, slices: int, network: str) -> None:
+def png16_bytes(folder: Path) -> int:
+    """Bytes of the axial slices as 16-bit greyscale PNGs (Pillow, the best compression)."""
+    import io
+
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    total = 0
+    for path in sorted(folder.glob("*.dcm"))[1:]:  # the first file is the scout
+        arr = pydicom.dcmread(path).pixel_array.astype(np.uint16)
+        out = io.BytesIO()
+        Image.fromarray(arr).save(out, format="PNG", compress_level=9)
+        total += out.tell()
+    return total
+
+
+def _measure(url: str, opens: int, slices: int, network: str, png_bytes: int) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -147,18 +180,26 @@ def _measure(url: str, opens: int, slices: int, network: str) -> None:
         print(f"bytes to the first image: {runs[-1]['bytes']} (page {runs[-1]['html']})")
 
         assert page is not None
-        page.locator("#strip button").nth(1).click()
         page.wait_for_function(f"() => window.cloudfilm.state().count === {slices}")
         t0 = time.perf_counter()
         page.wait_for_function(
             f"() => window.cloudfilm.state().loaded === {slices}", timeout=300_000
         )
         preload_s = time.perf_counter() - t0
-        series = page.evaluate("() => window.cloudfilm.state().series")
-        sb = page.evaluate(SERIES_BYTES, series)
+        st = page.evaluate("() => window.cloudfilm.state()")
+        sb = page.evaluate(SERIES_BYTES, st["series"])
+        raw = slices * 512 * 512 * 2
         print(
-            f"series of {slices} slices preloaded in {preload_s:.1f} s: {sb['n']} images, "
-            f"{sb['bytes'] / 1e6:.1f} MB ({sb['bytes'] / max(sb['n'], 1) / 1e3:.0f} kB/slice)"
+            f"series of {slices} slices' values in {preload_s:.1f} s: {sb['n']} slices, "
+            f"{sb['bytes'] / 1e6:.1f} MB on the wire = {100 * sb['bytes'] / raw:.1f} % of raw "
+            f"{raw / 1e6:.1f} MB; 16-bit PNG {100 * png_bytes / raw:.1f} % of raw"
+        )
+        dec = st["decoded"]
+        print(f"unpacking in the page: {dec['ms'] / max(dec['n'], 1):.1f} ms/slice ({dec['n']})")
+        wl = page.evaluate(WL_DRAG)
+        print(
+            f"window/level drag repaint: median {wl['median']:.1f} ms, p95 {wl['p95']:.1f} ms, "
+            f"max {wl['max']:.1f} ms per frame"
         )
         raf = page.evaluate(SCROLL_RAF)
         print(
@@ -177,9 +218,10 @@ def main() -> int:
     )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        data, _ = load_study(Path(d), modality="CT", images=args.slices, seed=5)
+        data, paths = load_study(Path(d), modality="CT", images=args.slices, seed=5)
+        png = png16_bytes(paths[0].parent)
         with serve(data) as (base, _ready_ms):
-            _measure(_share(base, data), args.opens, args.slices, args.network)
+            _measure(_share(base, data), args.opens, args.slices, args.network, png)
     return 0
 
 

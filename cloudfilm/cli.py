@@ -1,14 +1,24 @@
-"""The one ``cloudfilm`` command: synth, serve, token, demo, and the region's admin commands.
+"""The one ``cloudfilm`` command.
+
+Running: ``serve`` (the embedded stack: gateway, store, index and API in one process),
+``cloud`` (the regional cloud alone: API, DICOMweb, ingest), ``gateway run`` (a hospital
+gateway delivering to a regional cloud), ``demo`` (the stack plus a synthetic CT and its links).
+Administering a region: ``init``, ``hospitals`` (add, list), ``users`` (add, disable, enable,
+list), ``token``, ``keys`` (rotate, retire, revoke-token), ``audit`` (verify, export),
+``store scrub``, ``gateway credential`` (issue or revoke a gateway's credential) and
+``gateway backfill`` (copy an Orthanc PACS into the region). Test data: ``synth``.
 
 The process runs with umask 077: everything it writes under the data directory is readable by
 its own user only. Commands that read or change a region (token, keys, users, hospitals, audit,
-store) refuse a directory that is not one (exit 2); ``init``, ``serve`` and ``demo`` make one.
+store, gateway credential) refuse a directory that is not one (exit 2); ``init``, ``serve``,
+``cloud`` and ``demo`` make one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -21,6 +31,9 @@ from cloudfilm.config import ConfigError, StackSettings, load_settings, parse_ho
 from viewer_api.auth import ROLES
 
 logger = logging.getLogger("cloudfilm")
+
+
+DEFAULT_HOSPITAL = StackSettings().hospital
 
 
 class NoRegion(ConfigError):
@@ -40,14 +53,15 @@ def _region(data: str, config: Path | None = None, **overrides: Any) -> StackSet
 
 
 def init_region(settings: StackSettings) -> None:
-    """Create the data directory (mode 0700), its keys (0600) and an empty registry."""
+    """Create the data directory (mode 0700), its keys (0600) and the regional state's tables
+    (in the index's database)."""
+    from cloudfilm.stores import open_state
     from viewer_api.auth import load_or_create_secret
-    from viewer_api.registry import SqliteRegistry
 
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     for key in (settings.secret_path, settings.audit_key_path, settings.person_key_path):
         load_or_create_secret(key)
-    SqliteRegistry(settings.registry_path).close()
+    open_state(settings, audit_key=None).close()
 
 
 def _add_stack_flags(p: argparse.ArgumentParser, *, data_default: str | None = None) -> None:
@@ -72,7 +86,11 @@ def _settings(args: argparse.Namespace) -> StackSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloudfilm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="cloudfilm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -83,9 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frames per image (US default 10)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--patient-id", default=None)
+    p.add_argument("--calibration", action="store_true", help="CT: add a 50 mm +100 HU disc")
 
     p = sub.add_parser("serve", help="run the embedded stack (gateway + store + index + API)")
     _add_stack_flags(p)
+
+    p = sub.add_parser("cloud", help="run the regional cloud alone (API, DICOMweb, ingest)")
+    p.add_argument("--data", required=True, help="data directory of the region")
+    p.add_argument("--http", metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8080)")
+    p.add_argument("--config", type=Path, help="TOML file of settings (see README)")
 
     p = sub.add_parser("init", help="create a region's data directory, keys and registry")
     p.add_argument("--data", required=True, help="data directory of the stack")
@@ -163,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--user", help="Orthanc user (password from CLOUDFILM_ORTHANC_PASSWORD)")
     b.add_argument("--batch", type=int, default=32)
     b.add_argument("--config", type=Path)
+    r = gsub.add_parser("run", help="a hospital gateway delivering to a regional cloud")
+    r.add_argument("--data", required=True, help="the gateway's data directory (its spool)")
+    r.add_argument(
+        "--dicom", metavar="HOST:PORT", help="DICOM SCP address (default 127.0.0.1:11112)"
+    )
+    r.add_argument("--ae", help="the gateway's AE title (default CLOUDFILM)")
+    r.add_argument(
+        "--cloud", metavar="URL", help="the cloud's base URL (default: the credential's)"
+    )
+    r.add_argument("--credential", type=Path, help="credential file (cloudfilm gateway credential)")
+    r.add_argument("--cloud-ca", type=Path, help="PEM CA bundle the cloud's certificate chains to")
+    r.add_argument("--hospital", help="must match the credential's hospital if given")
+    r.add_argument("--http", metavar="HOST:PORT", help="serve /metrics here (default: none)")
+    r.add_argument("--config", type=Path, help="TOML file of settings (see README)")
+    c = gsub.add_parser("credential", help="issue or revoke a gateway's credential (region side)")
+    c.add_argument("--data", required=True, help="data directory of the region")
+    c.add_argument("--hospital", help="the registered hospital the gateway delivers for")
+    c.add_argument("--out", type=Path, help="where to write the credential file (mode 0600)")
+    c.add_argument("--cloud-url", default="", help="the cloud's URL, recorded in the file")
+    c.add_argument("--revoke", metavar="ID", help="revoke this credential instead (at once)")
 
     p = sub.add_parser("demo", help="start the stack, send a synthetic CT, print the links")
     _add_stack_flags(p, data_default="cloudfilm-data")
@@ -182,6 +226,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         frames=args.frames,
         patient_id=args.patient_id,
+        calibration=args.calibration,
     )
     size = sum(p.stat().st_size for p in paths)
     print(
@@ -205,18 +250,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    from cloudfilm.stores import open_state
     from viewer_api.auth import TokenSigner
-    from viewer_api.registry import SqliteRegistry, token_problem
+    from viewer_api.registry import token_problem
 
     settings = _region(args.data, args.config, hospital=args.hospital)
     if not 1 <= args.ttl_hours <= 24 * 366:
         raise ConfigError(f"--ttl-hours must be 1..8784, got {args.ttl_hours}")
     subject = args.subject.strip()
-    registry = SqliteRegistry(settings.registry_path)
+    state = open_state(settings, audit_key=None)
     try:
-        user = registry.user(subject) if subject else None
+        user = state.registry.user(subject) if subject else None
     finally:
-        registry.close()
+        state.close()
     problem = token_problem(user, subject, settings.hospital, args.role)
     if problem is not None:
         hint = (
@@ -232,10 +278,12 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from viewer_api.registry import RegistryError, SqliteRegistry
+    from cloudfilm.stores import open_state
+    from viewer_api.registry import RegistryError
 
     settings = _region(args.data)
-    registry = SqliteRegistry(settings.registry_path)
+    state = open_state(settings, audit_key=None)
+    registry = state.registry
     try:
         if args.command == "hospitals":
             if args.hospitals_command == "add":
@@ -260,11 +308,12 @@ def cmd_registry(args: argparse.Namespace) -> int:
         print(f"cloudfilm {args.command}: {exc}", file=sys.stderr)
         return 2
     finally:
-        registry.close()
+        state.close()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from viewer_api.auth import RevokedTokens, TokenSigner, retire_keys, rotate_key
+    from cloudfilm.stores import open_state
+    from viewer_api.auth import TokenSigner, retire_keys, rotate_key
     from viewer_api.errors import Unauthorized
 
     settings = _region(args.data)
@@ -285,7 +334,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     except Unauthorized as exc:
         print(f"cloudfilm keys revoke-token: not a token of this region: {exc}", file=sys.stderr)
         return 2
-    RevokedTokens(settings.revoked_tokens_path).revoke(jti, exp)
+    state = open_state(settings, audit_key=None)
+    try:
+        state.revocations.revoke(jti, exp)
+    finally:
+        state.close()
     print(f"token {jti} revoked")
     return 0
 
@@ -302,9 +355,91 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_cloud(args: argparse.Namespace) -> int:
+    from cloudfilm.stack import serve_until_signal
+
+    overrides: dict[str, Any] = {"data_dir": args.data}
+    if args.http:
+        overrides["http_host"], overrides["http_port"] = parse_hostport(args.http, "--http")
+    settings = load_settings(overrides, config_file=args.config)
+    return asyncio.run(serve_until_signal(settings, embedded_gateway=False))
+
+
+def cmd_gateway_run(args: argparse.Namespace) -> int:
+    from cloudfilm.gateway import check_gateway_hospital, run_gateway_until_signal
+    from pacs_gateway.credential import load_credential
+
+    overrides: dict[str, Any] = {"data_dir": args.data, "ae_title": args.ae}
+    if args.dicom:
+        overrides["dicom_host"], overrides["dicom_port"] = parse_hostport(args.dicom, "--dicom")
+    if args.http:
+        overrides["http_host"], overrides["http_port"] = parse_hostport(args.http, "--http")
+    overrides["cloud_url"] = args.cloud
+    overrides["gateway_credential_file"] = str(args.credential) if args.credential else None
+    overrides["cloud_ca_file"] = str(args.cloud_ca) if args.cloud_ca else None
+    settings = load_settings(overrides, config_file=args.config)
+    if not settings.gateway_credential_file:
+        raise ConfigError("a gateway needs --credential FILE (cloudfilm gateway credential)")
+    credential = load_credential(Path(settings.gateway_credential_file))
+    # a hospital named by the flag, the environment or the config file must be the credential's
+    configured = args.hospital or (
+        settings.hospital if settings.hospital != DEFAULT_HOSPITAL else None
+    )
+    hospital = check_gateway_hospital(configured, credential)
+    settings = dataclasses.replace(settings, hospital=hospital)
+    return asyncio.run(run_gateway_until_signal(settings, credential, metrics=bool(args.http)))
+
+
+def cmd_gateway_credential(args: argparse.Namespace) -> int:
+    import time
+
+    from cloudfilm.stores import open_state
+    from image_store.gateway_assertion import check_credential_id
+    from viewer_api.gateway_auth import issue_credential
+    from viewer_api.registry import RegistryError
+
+    settings = _region(args.data)
+    if args.revoke and (args.hospital or args.out):
+        raise ConfigError("--revoke takes no --hospital or --out")
+    if not args.revoke and (not args.hospital or not args.out):
+        raise ConfigError("give --hospital H --out FILE (or --revoke ID)")
+    state = open_state(settings, audit_key=None)  # the region's registry and credentials
+    try:
+        if args.revoke:
+            check_credential_id(args.revoke)
+            if not state.gateway_credentials.revoke(args.revoke, at=time.time()):
+                print(
+                    f"cloudfilm gateway credential: no live credential {args.revoke}",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"credential {args.revoke} revoked: its tokens are refused at once")
+            return 0
+        try:
+            cred_id = issue_credential(
+                state.gateway_credentials,
+                state.registry,
+                args.hospital,
+                args.out,
+                cloud_url=args.cloud_url,
+            )
+        except RegistryError as exc:
+            print(f"cloudfilm gateway credential: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        state.close()
+    print(cred_id)
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     import os
     import urllib.parse
+
+    if args.gateway_command == "run":
+        return cmd_gateway_run(args)
+    if args.gateway_command == "credential":
+        return cmd_gateway_credential(args)
 
     import orthanc_rest_client
     import requests
@@ -358,16 +493,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from image_store.audit import SqliteAuditLog
+    from cloudfilm.stores import open_state
 
     settings = _region(args.data)
-    if not settings.audit_path.is_file():
-        raise ConfigError(f"no audit log at {settings.audit_path}")
     try:
         head_key: bytes | None = settings.audit_key_path.read_bytes()  # never created here
     except FileNotFoundError:
         head_key = None
-    log = SqliteAuditLog(settings.audit_path, head_key=head_key)
+    regional = open_state(settings, audit_key=head_key)
+    log = regional.audit
     try:
         if args.audit_command == "export":
             for event in log.iter_events():
@@ -375,7 +509,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return 0
         verdict = log.check()
     finally:
-        log.close()
+        regional.close()
     if verdict.ok:
         print(f"audit log intact: {verdict.records} records, sealed by the signed head")
         return 0
@@ -420,6 +554,7 @@ COMMANDS = {
     "synth": cmd_synth,
     "init": cmd_init,
     "serve": cmd_serve,
+    "cloud": cmd_cloud,
     "token": cmd_token,
     "keys": cmd_keys,
     "hospitals": cmd_registry,

@@ -1,4 +1,5 @@
-"""Settings of the embedded stack: one frozen dataclass, built once in the CLI.
+"""Settings of every ``cloudfilm`` process (serve, cloud, gateway run, demo and the admin
+commands): one frozen dataclass, built once in the CLI.
 
 Sources, later ones winning: defaults, a TOML file (``--config`` or ``DATA/cloudfilm.toml``),
 environment variables ``CLOUDFILM_<FIELD>`` (upper case), then command-line flags.
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_codecs.upload_compression import UploadCompression
+from image_store.crypto import Algorithm
+from image_store.errors import KeyConfigError
 from image_store.keys import check_hospital
 from pacs_gateway.access import AeRule, Rights, parse_ae_rules, parse_networks
 
@@ -42,11 +46,10 @@ class StackSettings:
     """SCP processes sharing the DICOM port (parallel associations use several cores)."""
     upload_workers: int = 2
     upload_batch: int = 32
-    upload_compression: str = "jpeg-ls"
-    """Lossless re-encoding before upload, checked bit-exact: 'jpeg-ls' (34 % of raw for CT;
-    its 55 MB/s per core keeps a 2-core gateway ahead of uplinks up to about 300 Mbit/s), 'rle'
-    (43 % of raw, 4x cheaper: ahead of uplinks up to about 1.5 Gbit/s) or 'none'. Figures from
-    bench/codec_table.py."""
+    upload_compression: UploadCompression = UploadCompression.JPEG_LS
+    """Lossless re-encoding of pixel data before upload, decoded again and compared
+    bit-exact before it is sent: 'jpeg-ls', 'rle' (smaller gain, less CPU per byte) or 'none'
+    (the bytes as received). Ratios and speeds: bench/codec_table.py and the README."""
     fsync: bool = True
     share_ttl_hours: int = 720
     cors_origins: str = ""
@@ -73,9 +76,9 @@ class StackSettings:
     """Empty for AWS; e.g. http://127.0.0.1:8333 for SeaweedFS, http://host:9000 for MinIO.
     Credentials come from the usual boto3 sources (AWS_ACCESS_KEY_ID, ~/.aws, roles)."""
     s3_region: str = ""
-    encryption: str = "none"
+    encryption: Algorithm | None = None
     """Encryption at rest of every object (envelope: a data key per object, wrapped by the
-    hospital's key): 'none', 'aes-256-gcm' or 'sm4-gcm' (GB/T 32907 SM4 in GCM mode)."""
+    hospital's key): 'none' (None), 'aes-256-gcm' or 'sm4-gcm' (GB/T 32907 SM4 in GCM mode)."""
     encryption_key_file: str = ""
     """JSON or TOML key file of hospital -> key ids and base64 keys (mode 0600); empty: keys
     from CLOUDFILM_KEK_<HOSPITAL> / CLOUDFILM_KEK environment variables."""
@@ -106,6 +109,14 @@ class StackSettings:
     """Seconds a new connection has to send its A-ASSOCIATE-RQ."""
     dicom_idle_timeout_s: float = 60.0
     """Seconds an established association may stay silent before it is aborted."""
+    cloud_url: str = ""
+    """``gateway run``: the regional cloud's base URL (default: the credential file's)."""
+    gateway_credential_file: str = ""
+    """``gateway run``: the credential file the region issued (``cloudfilm gateway
+    credential``); ``serve`` keeps its own in ``data_dir/gateway/credential.json``."""
+    cloud_ca_file: str = ""
+    """``gateway run``: PEM CA certificates the cloud's TLS certificate must chain to (a
+    private CA); empty: the system's."""
 
     def dicom_ae_rules(self) -> tuple[AeRule, ...]:
         return tuple(parse_ae_rules(self.dicom_allowed_aes).values())
@@ -185,6 +196,16 @@ class StackSettings:
     def secret_path(self) -> Path:
         return self.data_dir / "secrets" / "api.key"
 
+    @property
+    def gateways_path(self) -> Path:
+        """The region's register of gateway credentials (public keys, token hashes)."""
+        return self.data_dir / "gateways.sqlite"
+
+    @property
+    def embedded_credential_path(self) -> Path:
+        """The credential ``serve``'s own gateway delivers with."""
+        return self.data_dir / "gateway" / "credential.json"
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -203,7 +224,33 @@ def parse_hostport(value: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _upload_compression(raw: Any) -> UploadCompression:
+    try:
+        return UploadCompression(str(raw))
+    except ValueError:
+        raise ConfigError(
+            f"upload_compression must be jpeg-ls, rle or none, got {str(raw)!r}"
+        ) from None
+
+
+def _encryption(raw: Any) -> Algorithm | None:
+    if isinstance(raw, Algorithm):
+        return raw
+    if str(raw) == "none":
+        return None
+    try:
+        return Algorithm.from_name(str(raw))
+    except KeyConfigError:
+        raise ConfigError(
+            f"encryption must be none, aes-256-gcm or sm4-gcm, got {str(raw)!r}"
+        ) from None
+
+
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    if kind in (UploadCompression, "UploadCompression"):
+        return _upload_compression(raw)
+    if kind in ("Algorithm | None",):
+        return _encryption(raw)
     try:
         if kind in (bool, "bool"):
             if isinstance(raw, bool):
@@ -287,18 +334,14 @@ def load_settings(
         for path in filter(None, (cert, key)):
             if not Path(path).is_file():
                 raise ConfigError(f"{what}: no such file {path}")
+    if settings.cloud_ca_file and not Path(settings.cloud_ca_file).is_file():
+        raise ConfigError(f"cloud_ca_file: no such file {settings.cloud_ca_file}")
+    if settings.cloud_url and not settings.cloud_url.startswith(("http://", "https://")):
+        raise ConfigError(f"cloud_url must be an http(s) URL, got {settings.cloud_url!r}")
     if settings.dicom_tls_ca_file and not settings.dicom_tls_cert_file:
         raise ConfigError("dicom_tls_ca_file needs dicom_tls_cert_file and dicom_tls_key_file")
-    if settings.upload_compression not in ("jpeg-ls", "rle", "none"):
-        raise ConfigError(
-            f"upload_compression must be jpeg-ls, rle or none, got {settings.upload_compression!r}"
-        )
     if settings.object_store not in ("filesystem", "s3"):
         raise ConfigError(f"object_store must be filesystem or s3, got {settings.object_store!r}")
-    if settings.encryption not in ("none", "aes-256-gcm", "sm4-gcm"):
-        raise ConfigError(
-            f"encryption must be none, aes-256-gcm or sm4-gcm, got {settings.encryption!r}"
-        )
     if settings.encryption_key_file and not Path(settings.encryption_key_file).is_file():
         raise ConfigError(f"encryption_key_file: no such file {settings.encryption_key_file}")
     if settings.object_store == "s3" and not settings.s3_bucket:

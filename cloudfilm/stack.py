@@ -1,7 +1,12 @@
-"""The embedded all-in-one stack: gateway + store + index + API in one process.
+"""The regional cloud (API, DICOMweb, film, the gateways' ingest endpoint) and the embedded
+all-in-one stack.
 
-It wires the same interfaces a region runs on several machines (filesystem store and SQLite
-index here), so the demo and the end-to-end tests exercise the real code paths.
+``cloudfilm cloud`` runs the cloud alone: no DICOM listener, gateways deliver through
+``POST /api/ingest/batch`` with their credentials. ``cloudfilm serve`` runs the same cloud plus
+a hospital gateway node (cloudfilm.gateway) in one process, joined by the same HTTP wire on
+127.0.0.1 with a credential of its own (``DATA/gateway/credential.json``), so the demo and the
+end-to-end tests exercise the real paths. The cloud renders the thumbnails of the series the
+ingest endpoint committed once commits pause.
 """
 
 from __future__ import annotations
@@ -13,42 +18,92 @@ import signal
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from requests.adapters import HTTPAdapter
 
 from cloudfilm.config import StackSettings
-from cloudfilm.stores import open_index, open_object_store
-from dicom_codecs.edge import UploadCompression
+from cloudfilm.gateway import GatewayNode, QrSources, gateway_scp_settings, metrics_response
+from cloudfilm.stores import open_index, open_object_store, open_state, open_state_db
 from dicom_codecs.render import render_thumbnail
-from image_store.audit import SqliteAuditLog
-from image_store.consents import SqliteConsents
+from image_store.audit import SqlAuditLog
 from image_store.derived import series_thumbnail
+from image_store.fsutil import make_dirs
+from image_store.gateway_assertion import TOKEN_PATH, CredentialFileError
+from image_store.gateway_credentials import GatewayCredentials
 from image_store.ingest import LocalIngest
-from image_store.objects.filesystem import make_dirs
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
-from pacs_gateway.metrics import RateMeter, StoreCounters, render_metrics
-from pacs_gateway.process import GatewayProcess, GatewaySpec
+from image_store.state.ports import AuditLog, Consents, RegionalState, Registry, Reports, ShareLinks
+from pacs_gateway.cloud_sink import CloudSinkSettings, HttpIngestSink
+from pacs_gateway.credential import GatewayCredential, load_credential
+from pacs_gateway.priors_http import HttpPriorsFactory
 from pacs_gateway.qr import QrSettings
-from pacs_gateway.scp import ScpSettings, TlsSettings
 from pacs_gateway.spool import Spool
-from pacs_gateway.uploader import Uploader, UploaderSettings
+from pacs_gateway.uploader import Uploader
 from viewer_api.app import ViewerSettings, create_app
-from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret
-from viewer_api.registry import SqliteRegistry
-from viewer_api.report_store import SqliteReports
-from viewer_api.share import SqliteShareLinks
+from viewer_api.auth import TokenSigner, load_or_create_secret
+from viewer_api.gateway_auth import GatewayAuth, issue_credential
+from viewer_api.ingest_api import IngestCounters, IngestSettings, add_ingest_routes
+from viewer_api.priors_api import add_priors_routes
+from viewer_api.route_table import Auth, Route, add_routes
+
+__all__ = ["Stack", "gateway_scp_settings", "serve_until_signal"]
 
 logger = logging.getLogger(__name__)
 
 HTTP_SHUTDOWN_S = 2.0
 """How long a stopping API lets requests in flight finish (aiohttp's default is 60 s)."""
-UPLOADER_STOP_S = 3.0
-"""How long a stop waits for the uploader's workers, all together."""
+THUMBNAIL_QUIET_S = 0.3
+"""The cloud renders thumbnails of committed series once no commit came for this long."""
+
+
+class SeriesWarmer:
+    """Renders the thumbnails of series the ingest endpoint committed, in one daemon thread,
+    once commits pause for ``quiet_s`` (a study still arriving leaves the CPU to ingest)."""
+
+    def __init__(self, warm: Callable[[set[str]], None], quiet_s: float = THUMBNAIL_QUIET_S):
+        self._warm = warm
+        self._quiet_s = quiet_s
+        self._pending: set[str] = set()
+        self._last = 0.0
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="thumbnails", daemon=True)
+        self._thread.start()
+
+    def add(self, series_uids: Iterable[str]) -> None:
+        with self._cond:
+            self._pending.update(series_uids)
+            self._last = time.monotonic()
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    wait = self._last + self._quiet_s - time.monotonic()
+                    if self._pending and wait <= 0:
+                        break
+                    self._cond.wait(wait if self._pending else None)
+                if self._stopped:
+                    return
+                todo, self._pending = self._pending, set()
+            try:
+                self._warm(todo)
+            except Exception:  # the edge of the thread: a thumbnail is redone on request
+                logger.exception("warming thumbnails failed")
 
 
 @dataclass(slots=True)
@@ -58,24 +113,41 @@ class Stack:
     settings: StackSettings
     store: ObjectStore
     index: Index
-    spool: Spool
-    uploader: Uploader
-    shares: SqliteShareLinks
-    audit: SqliteAuditLog
+    shares: ShareLinks
+    audit: AuditLog
     signer: TokenSigner
-    consents: SqliteConsents
+    consents: Consents
     persons: PersonKeyer
-    reports: SqliteReports
-    registry: SqliteRegistry
+    reports: Reports
+    registry: Registry
+    state: RegionalState
+    """Every kind of regional state, on the index's database (the fields above come from it)."""
+    embedded_gateway: bool = True
+    """``serve``: run a gateway node delivering to this cloud over HTTP on loopback."""
     runner: web.AppRunner | None = None
-    gateway: GatewayProcess | None = None
+    gateway: GatewayNode | None = None
+    gateway_credentials: GatewayCredentials | None = None
+    warmer: SeriesWarmer | None = None
+    ingest_counters: IngestCounters = field(default_factory=IngestCounters)
     http_port: int = 0
     dicom_port: int = 0
-    store_counters: StoreCounters = field(default_factory=StoreCounters)
-    rate_meter: RateMeter = field(default_factory=RateMeter)
+
+    @property
+    def uploader(self) -> Uploader:
+        """The embedded gateway's uploader (RuntimeError for a cloud without one)."""
+        if self.gateway is None:
+            raise RuntimeError("this stack runs no gateway")
+        return self.gateway.uploader
+
+    @property
+    def spool(self) -> Spool:
+        """The embedded gateway's spool (RuntimeError for a cloud without one)."""
+        if self.gateway is None:
+            raise RuntimeError("this stack runs no gateway")
+        return self.gateway.spool
 
     @classmethod
-    def open(cls, settings: StackSettings) -> Stack:
+    def open(cls, settings: StackSettings, *, embedded_gateway: bool = True) -> Stack:
         make_dirs(settings.data_dir)  # 0700
         store = open_object_store(settings)
         index = open_index(settings)
@@ -84,54 +156,36 @@ class Stack:
         persons = PersonKeyer(
             load_or_create_secret(settings.person_key_path), settings.mpi_issuers.split(",")
         )
-        spool = Spool(
-            settings.spool_dir,
-            high_water_bytes=settings.spool_high_water_mb * 1024**2,
-            min_free_bytes=settings.spool_min_free_mb * 1024**2,
-            fsync=settings.fsync,
-            no_plaintext_after_upload=settings.encryption != "none",
-        )
-
-        def warm_thumbnails(series_uids: set[str]) -> None:
-            for uid in sorted(series_uids):
-                series_thumbnail(store, index, uid, render_thumbnail)
-
-        uploader = Uploader(
-            spool,
-            LocalIngest(store, index, persons=persons, trusted_links=True),
-            settings.hospital,
-            UploaderSettings(
-                workers=settings.upload_workers,
-                batch_size=settings.upload_batch,
-                compression=UploadCompression(settings.upload_compression),
-                idle_poll_s=0.05,  # the SCP writes from another process: poll the spool
-            ),
-            on_idle=warm_thumbnails,
-        )
+        state = open_state(settings, audit_key=load_or_create_secret(settings.audit_key_path))
         return cls(
             settings=settings,
             store=store,
             index=index,
-            spool=spool,
-            uploader=uploader,
-            shares=SqliteShareLinks(settings.shares_path),
-            audit=SqliteAuditLog(
-                settings.audit_path, head_key=load_or_create_secret(settings.audit_key_path)
-            ),
+            shares=state.shares,
+            audit=state.audit,
             # follows `cloudfilm keys rotate|retire` while it runs
-            signer=TokenSigner.from_files(
-                settings.secret_path, revoked=RevokedTokens(settings.revoked_tokens_path)
-            ),
-            consents=SqliteConsents(settings.consents_path),
+            signer=TokenSigner.from_files(settings.secret_path, revoked=state.revocations),
+            consents=state.consents,
             persons=persons,
-            reports=SqliteReports(settings.reports_path),
-            registry=SqliteRegistry(settings.registry_path),
+            reports=state.reports,
+            registry=state.registry,
+            state=state,
+            embedded_gateway=embedded_gateway,
         )
 
     def base_url(self) -> str:
         s = self.settings
         scheme = "https" if s.https_cert_file else "http"
         return s.public_base_url.rstrip("/") or f"{scheme}://{s.http_host}:{self.http_port}"
+
+    def internal_url(self) -> str:
+        """The URL this process's own gateway reaches the API at (loopback)."""
+        s = self.settings
+        scheme = "https" if s.https_cert_file else "http"
+        wildcard = s.http_host in ("0.0.0.0", "", "localhost")  # noqa: S104 (a comparison)
+        host = "127.0.0.1" if wildcard else s.http_host
+        host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+        return f"{scheme}://{host}:{self.http_port}"
 
     async def start(self) -> None:
         s = self.settings
@@ -159,97 +213,194 @@ class Stack:
             reports=self.reports,
             registry=self.registry,
         )
-        app.router.add_get("/metrics", self._metrics)
+        self._add_ingest(app)
+        add_routes(
+            app,
+            [
+                Route(
+                    "GET",
+                    "/metrics",
+                    self._metrics,
+                    "Prometheus metrics: the gateway's spool and uploads, ingest per hospital",
+                    auth=Auth.NONE,
+                    ok={"200": {"description": "text/plain"}},
+                )
+            ],
+        )
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
         await self.runner.setup()
         await web.SockSite(self.runner, sock, ssl_context=_https_context(s)).start()
-        self.uploader.start()
-        self.gateway = GatewayProcess(
-            GatewaySpec(
-                scp=gateway_scp_settings(s),
-                spool_dir=s.spool_dir,
-                high_water_bytes=self.spool.high_water_bytes,
-                min_free_bytes=self.spool.min_free_bytes,
-                fsync=s.fsync,
-                log_level=logging.getLogger().getEffectiveLevel(),
-                # encrypted at rest: no journal, whose segments keep instances past upload
-                journal_bytes=0 if s.encryption != "none" else s.spool_journal_mb * 1024**2,
-                qr=QrSettings(
+        if self.embedded_gateway:
+            self.gateway = await asyncio.to_thread(self._open_gateway)
+            self.dicom_port = await asyncio.to_thread(self.gateway.start)
+            logger.info(
+                "CloudFilm up: http %s, DICOM %s@%s:%d",
+                self.base_url(),
+                s.ae_title,
+                s.dicom_host,
+                self.dicom_port,
+            )
+        else:
+            logger.info("CloudFilm cloud up: http %s", self.base_url())
+
+    def _add_ingest(self, app: web.Application) -> None:
+        """The gateways' ingest endpoint: credentials from the regional state; assertions
+        must name this API's public token URL (or, for the embedded gateway, the loopback one)."""
+        s = self.settings
+        self.gateway_credentials = self.state.gateway_credentials
+        audience = frozenset({self.base_url() + TOKEN_PATH, self.internal_url() + TOKEN_PATH})
+        store, index = self.store, self.index
+
+        def warm_thumbnails(series_uids: set[str]) -> None:
+            for uid in sorted(series_uids):
+                series_thumbnail(store, index, uid, render_thumbnail)
+
+        self.warmer = SeriesWarmer(warm_thumbnails)
+        self.ingest_counters = add_ingest_routes(
+            app,
+            GatewayAuth(self.gateway_credentials, audience),
+            LocalIngest(self.store, self.index, persons=self.persons, trusted_links=True),
+            settings=IngestSettings(
+                max_part_bytes=s.stow_max_part_mb * 1024**2,
+                max_request_bytes=s.stow_max_request_mb * 1024**2,
+                tmp_dir=s.data_dir / "tmp",
+            ),
+            counters=self.ingest_counters,
+            staff_verifier=self.signer.verify,
+            on_committed=self.warmer.add,
+        )
+        add_priors_routes(
+            app,
+            self.index,
+            self.store,
+            consents=self.state.consents,
+            audit=self.state.audit,
+        )
+
+    def _open_gateway(self) -> GatewayNode:
+        """The embedded gateway node, delivering to this API over the loopback wire."""
+        s = self.settings
+        credential = self._embedded_credential()
+        ca_bundle = Path(s.cloud_ca_file or s.https_cert_file) if s.https_cert_file else None
+        sink = HttpIngestSink(
+            credential,
+            CloudSinkSettings(
+                self.internal_url(),
+                ca_bundle=ca_bundle,
+                connections=max(2, s.upload_workers),
+            ),
+        )
+        if s.https_cert_file and not s.cloud_ca_file:
+            _pin_own_certificate(sink, Path(s.https_cert_file), max(2, s.upload_workers))
+        if s.https_cert_file and not s.cloud_ca_file:
+            # HTTPS with the API's own certificate pinned above: Q/R reads the index directly
+            qr = QrSources(
+                QrSettings(
                     ae_title=s.ae_title,
                     hospitals=s.qr_hospital_set(),
                     move_destinations=s.move_destination_map(),
                     hospital=s.hospital,
-                    consents_path=s.consents_path,
+                    consents_path=s.index_path if s.index != "postgres" else None,
                 ),
                 index_factory=functools.partial(open_index, s),
                 store_factory=functools.partial(open_object_store, s),
                 audit_factory=functools.partial(open_gateway_audit, s),
-            ),
-            self.spool.usage,
-            self.store_counters,
-            workers=s.dicom_workers,
-        )
-        self.dicom_port = await asyncio.to_thread(self.gateway.start)
-        logger.info(
-            "CloudFilm up: http %s, DICOM %s@%s:%d",
-            self.base_url(),
-            s.ae_title,
-            s.dicom_host,
-            self.dicom_port,
-        )
+            )
+        else:
+            # the same wire as a hospital's gateway: the cloud's priors API decides (own
+            # hospital, and other hospitals' studies under the patient's consent)
+            qr = QrSources(
+                QrSettings(
+                    ae_title=s.ae_title,
+                    hospitals=frozenset({credential.hospital}),
+                    move_destinations=s.move_destination_map(),
+                    hospital=credential.hospital,
+                ),
+                priors_factory=HttpPriorsFactory(
+                    s.embedded_credential_path,
+                    CloudSinkSettings(self.internal_url(), ca_bundle=ca_bundle),
+                ),
+                audit_factory=functools.partial(open_gateway_audit, s),
+            )
+        return GatewayNode.open(s, sink, credential.hospital, qr=qr)
+
+    def _embedded_credential(self) -> GatewayCredential:
+        """The embedded gateway's credential (``DATA/gateway/credential.json``): issued on first
+        start, the hospital registered if needed; issued anew if the file's credential is for
+        another hospital, revoked or unknown here (the old one is revoked)."""
+        s = self.settings
+        path = s.embedded_credential_path
+        creds = self.gateway_credentials
+        assert creds is not None
+        if path.is_file():
+            try:
+                cred = load_credential(path)
+            except CredentialFileError:
+                logger.warning("the embedded gateway's credential file is unreadable: reissued")
+                cred = None
+            known = creds.get(cred.credential_id) if cred is not None else None
+            live = cred is not None and known is not None and not known.revoked
+            if live and cred is not None and cred.hospital == s.hospital:
+                return cred
+            if cred is not None and known is not None:
+                creds.revoke(cred.credential_id, at=time.time())
+            path.unlink()
+        if s.hospital not in self.registry.hospital_names():
+            self.registry.add_hospital(s.hospital, s.hospital)
+        make_dirs(path.parent)
+        issue_credential(creds, self.registry, s.hospital, path)
+        return load_credential(path)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        text = await asyncio.to_thread(
-            render_metrics, self.spool, self.uploader, self.store_counters, self.rate_meter
-        )
-        return web.Response(
-            text=text,
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"Cache-Control": "no-store"},
-        )
+        gateway = self.gateway
+        text = self.ingest_counters.render()
+        if gateway is not None:
+            text = await asyncio.to_thread(gateway.metrics_text) + text
+        return metrics_response(text)
 
     async def stop(self) -> None:
-        """Release everything within ~5 s: the gateway processes (SIGTERM, SIGKILL past their
-        bound), the uploader (its batch in flight is redone at the next start: a spool entry
+        """Release everything within ~5 s: the gateway node (SCP processes: SIGTERM, SIGKILL past
+        their bound; the uploader's batch in flight is redone at the next start: a spool entry
         goes only once stored and indexed) and the HTTP server (in-flight requests get
         ``HTTP_SHUTDOWN_S``), all at once; then the stores."""
         gateway, self.gateway = self.gateway, None
-        workers = max(1, self.settings.upload_workers)
-        parts = [asyncio.to_thread(self.uploader.stop, UPLOADER_STOP_S / workers)]
+        parts = []
         if gateway is not None:
             parts.append(asyncio.to_thread(gateway.stop))
         if self.runner is not None:
             parts.append(self.runner.cleanup())
             self.runner = None
         await asyncio.gather(*parts)
+        if self.warmer is not None:
+            self.warmer.stop()
         self.index.close()
-        self.consents.close()
-        self.reports.close()
-        self.registry.close()
+        self.state.close()
 
 
-def open_gateway_audit(s: StackSettings) -> SqliteAuditLog:
-    """The API's audit log, opened by a gateway process for its Query/Retrieve records."""
-    return SqliteAuditLog(s.audit_path, head_key=load_or_create_secret(s.audit_key_path))
+def open_gateway_audit(s: StackSettings) -> SqlAuditLog:
+    """The region's audit log (one chain in the state database), opened by a gateway process
+    for its Query/Retrieve records."""
+    return SqlAuditLog(open_state_db(s), head_key=load_or_create_secret(s.audit_key_path))
 
 
-def gateway_scp_settings(s: StackSettings) -> ScpSettings:
-    """The gateway's SCP settings: listener, TLS and the access policy of the DICOM port."""
-    return ScpSettings(
-        ae_title=s.ae_title,
-        host=s.dicom_host,
-        port=s.dicom_port,
-        stream_to_disk=True,
-        tls=_dicom_tls(s),
-        maximum_associations=s.dicom_max_associations,
-        maximum_associations_per_host=s.dicom_max_associations_per_host,
-        acse_timeout_s=s.dicom_acse_timeout_s,
-        network_timeout_s=s.dicom_idle_timeout_s,
-        ae_rules=s.dicom_ae_rules(),
-        open_rights=s.dicom_open_rights(),
-        allowed_networks=s.dicom_network_list(),
-    )
+class _PinnedAdapter(HTTPAdapter):
+    """Trusts exactly one certificate (the API's own), whatever its chain and names."""
+
+    def __init__(self, cert_file: Path, connections: int) -> None:
+        self._ctx = ssl.create_default_context(cafile=str(cert_file))
+        self._ctx.check_hostname = False
+        self._ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        super().__init__(pool_connections=1, pool_maxsize=connections, max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._ctx
+        kwargs["assert_hostname"] = False
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _pin_own_certificate(sink: HttpIngestSink, cert_file: Path, connections: int) -> None:
+    """The embedded gateway reaches its own API over loopback HTTPS: trust that certificate."""
+    sink.session.mount("https://", _PinnedAdapter(cert_file, connections))
 
 
 def _https_context(s: StackSettings) -> ssl.SSLContext | None:
@@ -259,16 +410,6 @@ def _https_context(s: StackSettings) -> ssl.SSLContext | None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(s.https_cert_file, s.https_key_file)
     return ctx
-
-
-def _dicom_tls(s: StackSettings) -> TlsSettings | None:
-    if not s.dicom_tls_cert_file:
-        return None
-    return TlsSettings(
-        cert_file=Path(s.dicom_tls_cert_file),
-        key_file=Path(s.dicom_tls_key_file),
-        client_ca_file=Path(s.dicom_tls_ca_file) if s.dicom_tls_ca_file else None,
-    )
 
 
 async def _in_daemon_thread(fn: Callable[[], None]) -> None:
@@ -308,10 +449,14 @@ def warm_codecs() -> None:
 
 
 async def serve_until_signal(
-    settings: StackSettings, on_ready: Callable[[Stack], Awaitable[bool]] | None = None
+    settings: StackSettings,
+    on_ready: Callable[[Stack], Awaitable[bool]] | None = None,
+    *,
+    embedded_gateway: bool = True,
 ) -> int:
-    """Run the stack until SIGINT/SIGTERM (or until ``on_ready`` returns False); exit code."""
-    stack = Stack.open(settings)
+    """Run the stack (``embedded_gateway=False``: the cloud alone) until SIGINT/SIGTERM (or
+    until ``on_ready`` returns False); exit code."""
+    stack = Stack.open(settings, embedded_gateway=embedded_gateway)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # index, store and render calls run in worker threads; S3 reads wait on the network, so
@@ -334,11 +479,14 @@ async def serve_until_signal(
             keep_serving = await on_ready(stack)
             if not keep_serving:
                 return 0
-        print(
-            f"ready: http {stack.base_url()} dicom {settings.ae_title}@{settings.dicom_host}:"
-            f"{stack.dicom_port}",
-            flush=True,
-        )
+        if embedded_gateway:
+            print(
+                f"ready: http {stack.base_url()} dicom {settings.ae_title}@"
+                f"{settings.dicom_host}:{stack.dicom_port}",
+                flush=True,
+            )
+        else:
+            print(f"ready: cloud http {stack.base_url()}", flush=True)
         await stop.wait()
     finally:
         await stack.stop()

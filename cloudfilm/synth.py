@@ -423,7 +423,23 @@ def _hu_to_stored(hu: _F32) -> NDArray[np.uint16]:
     return hu.astype(np.uint16)
 
 
-def _ct(st: _Study, images: int, rows: int, cols: int) -> Iterator[Dataset]:
+CALIBRATION_DIAMETER_MM = 50.0
+CALIBRATION_HU = 100
+CALIBRATION_CENTER_MM = (0.0, -155.0)
+"""The calibration disc of ``synthesize_study(..., calibration=True)``: a uniform rod of
++100 HU, 50.0 mm across, anterior to the chest (x right, y posterior, mm from the centre of
+the reconstruction circle), in every axial slice."""
+
+
+def _calibration_mask(x: _F32, y: _F32) -> NDArray[np.bool_]:
+    cx, cy = CALIBRATION_CENTER_MM
+    r = CALIBRATION_DIAMETER_MM / 2
+    return np.asarray((x[None, :] - cx) ** 2 + (y[:, None] - cy) ** 2 <= r * r, dtype=np.bool_)
+
+
+def _ct(
+    st: _Study, images: int, rows: int, cols: int, calibration: bool = False
+) -> Iterator[Dataset]:
     rng = np.random.default_rng([st.seed, 1])
     vessels = _ct_vessels(rng)
     thk = _ct_thickness(images)
@@ -434,6 +450,7 @@ def _ct(st: _Study, images: int, rows: int, cols: int) -> Iterator[Dataset]:
     x, y = _axis(cols, sp), _axis(rows, sp)
     outside = (x[None, :] ** 2 + y[:, None] ** 2) > (_CT_FOV_MM / 2) ** 2  # reconstruction circle
     tex = _texture(rng, rows, cols) * np.float32(6.0)
+    disc = _calibration_mask(x, y) if calibration else None
     for i in range(images):
         z_mm = mid + (i - (images - 1) / 2) * thk
         cv = _Canvas(x, y, -1000.0)
@@ -442,6 +459,8 @@ def _ct(st: _Study, images: int, rows: int, cols: int) -> Iterator[Dataset]:
         hu += tex
         hu += _noise(rng, hu.shape, _CT_NOISE_HU)
         hu[outside] = -1024.0
+        if disc is not None:
+            hu[disc] = CALIBRATION_HU  # noise-free, so a probe anywhere in it reads the value
         ds = _base(st, CT_IMAGE_STORAGE, 2, i + 1, f"AXIAL {thk:g}mm", "CHEST")
         _ct_common(ds)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -702,6 +721,7 @@ def synthesize_study(
     patient_id: str | None = None,
     rows: int | None = None,
     columns: int | None = None,
+    calibration: bool = False,
 ) -> list[Path]:
     """Write a synthetic study as DICOM Part 10 files ``IM00001.dcm``... in ``out_dir``.
 
@@ -713,6 +733,8 @@ def synthesize_study(
     - US: ``images`` RGB 480x640 liver scans; cines of ``frames`` frames (default 10), single
       frame Ultrasound Image Storage when ``frames`` is 1.
 
+    ``calibration`` (CT only) adds a calibration disc to every axial slice: 50.0 mm across,
+    +100 HU, noise-free (``CALIBRATION_*``), for tests of measurements and the HU probe.
     ``frames`` applies to US only; ``rows``/``columns`` override the modality's size; the
     patient ID defaults to ``P`` and the seed in 8 digits. The same arguments give byte-identical
     files; UIDs derive from every argument, so another seed (or patient, size or count) gives
@@ -734,6 +756,8 @@ def synthesize_study(
         raise ValueError(
             f"patient_id must be 1..64 printable characters, no '\\', got {patient_id!r}"
         )
+    if calibration and modality != "CT":
+        raise ValueError(f"calibration applies to CT only, got {modality}")
     default_rows, default_cols = _DEFAULT_SIZE[modality]
     r = default_rows if rows is None else rows
     c = default_cols if columns is None else columns
@@ -741,11 +765,13 @@ def synthesize_study(
         if not _MIN_SIZE <= value <= _MAX_SIZE:
             raise ValueError(f"{name} must be {_MIN_SIZE}..{_MAX_SIZE}, got {value}")
     n_frames = (frames or 10) if modality == "US" else 1
-    key = (seed, modality, patient_id or "", images, n_frames, r, c)
+    key: tuple[object, ...] = (seed, modality, patient_id or "", images, n_frames, r, c)
+    if calibration:
+        key += ("calibration",)
     st = _study(key, seed, modality, patient_id)
     datasets: Iterator[Dataset]
     if modality == "CT":
-        datasets = _ct(st, images, r, c)
+        datasets = _ct(st, images, r, c, calibration)
     elif modality == "MR":
         datasets = _mr(st, images, r, c)
     elif modality == "DX":

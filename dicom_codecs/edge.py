@@ -9,6 +9,12 @@ ahead of uplinks up to about 300 Mbit/s (typical of hospital links): it is the d
 (our Numba codec, 43 % of raw, about 220 MB/s per core for the whole path) keeps ahead of
 uplinks up to about 1.5 Gbit/s: the choice for fast links or a busy CPU.
 
+An instance larger than ``STREAM_BYTES`` goes up as it arrived, streamed from its spool file
+(``compress_file_for_upload`` logs it with the reason): pydicom's encoders take the whole pixel
+data, so compressing means holding the instance, its pixel array and the re-encoded copy in
+memory, about three times its size, and the gateway's memory must stay bounded whatever a
+modality sends (a 2 GB tomosynthesis or a cine).
+
 The arrival syntax is kept in the file meta (Private Information, PS3.10 7.1, under
 ``image_store.metadata.ORIGINAL_SYNTAX_CREATOR``) so the index records it and retrieval can
 return the instance as it came.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from enum import StrEnum
+from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -27,27 +33,25 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, JPEGLSLossless, RLELossless
 
 from dicom_codecs.pydicom_plugin import register
+from dicom_codecs.upload_compression import UploadCompression
 from image_store.metadata import ORIGINAL_SYNTAX_CREATOR
 
 logger = logging.getLogger(__name__)
-
-
-class UploadCompression(StrEnum):
-    NONE = "none"
-    JPEG_LS = "jpeg-ls"
-    RLE = "rle"
 
 
 _SYNTAX = {UploadCompression.JPEG_LS: JPEGLSLossless, UploadCompression.RLE: RLELossless}
 _PLUGIN = {UploadCompression.JPEG_LS: "pyjpegls", UploadCompression.RLE: "cloudfilm"}
 MAX_COMPRESS_BYTES = 512 * 1024 * 1024
 """Instances above this go up as they came (held whole in memory to compress)."""
+STREAM_BYTES = 24 * 1024 * 1024
+"""Spooled instances above this go up as they arrived, streamed from the file (see above)."""
 
 
 @dataclass(frozen=True, slots=True)
 class EdgeResult:
-    data: bytes
-    """What to upload: the re-encoded instance, or the original bytes."""
+    data: bytes | Path
+    """What to upload: the re-encoded instance, the original bytes, or the original file
+    (an instance sent as it arrived, streamed)."""
     compressed: bool
     reason: str = ""
     """Why the original is sent (not compressible, or the check failed)."""
@@ -81,6 +85,25 @@ def compress_for_upload(part10: bytes, codec: UploadCompression) -> EdgeResult:
     except Exception as exc:  # pydicom and the encoders raise many types; send the original
         logger.debug("not compressed: %s", exc, exc_info=True)
         return EdgeResult(part10, False, f"cannot compress: {exc}")
+
+
+def compress_file_for_upload(
+    path: Path, codec: UploadCompression, *, stream_bytes: int = STREAM_BYTES
+) -> EdgeResult:
+    """A spooled instance to upload: the file itself when compression is off or the instance is
+    larger than ``stream_bytes`` (logged, with the reason), else :func:`compress_for_upload`
+    of its bytes (the original bytes if it cannot be compressed)."""
+    if codec is UploadCompression.NONE:
+        return EdgeResult(path, False, "compression off")
+    size = path.stat().st_size
+    if size > stream_bytes:
+        reason = (
+            f"{size} bytes, above {stream_bytes}: sent as it arrived, streamed from the spool "
+            "(compressing holds about three copies in memory)"
+        )
+        logger.info("%s not compressed: %s", path.name, reason)
+        return EdgeResult(path, False, reason)
+    return compress_for_upload(path.read_bytes(), codec)
 
 
 def _not_compressible(ds: Dataset) -> str:

@@ -3,38 +3,49 @@ hash chain.
 
 Each row stores the previous row's hash and ``hash = sha256(prev_hash + canonical JSON of the
 event)``, so editing or deleting a row breaks the chain from there on. With the region's audit
-key the log is also sealed outside the database (a signed head and signed anchors, see
-:class:`SqliteAuditLog`), so a cut tail, a rolled-back head or a chain recomputed without the key
-is caught too; :meth:`SqliteAuditLog.check` (``cloudfilm audit verify``) fails closed without
-the key or the head. Events name actors, UIDs and paths, never patient names or IDs.
+key the log is also sealed apart from the rows (a signed head row and signed anchor rows, see
+:class:`SqlAuditLog`), so a cut tail, a rolled-back head or a chain recomputed without the key is
+caught too; :meth:`SqlAuditLog.check` (``cloudfilm audit verify``) fails closed without the key
+or the head. Every API and gateway process appends to the one chain in the region's database.
+Events name actors, UIDs and paths, never patient names or IDs.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
-import os
-import threading
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from image_store.sqlite_db import SqliteDatabase
+from image_store.state.db import StateDb, as_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
     event TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    study_uid TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    mac TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_anchors (
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    mac TEXT NOT NULL
 );
 """
+STUDY_INDEX = "CREATE INDEX IF NOT EXISTS audit_study ON audit (study_uid)"
 GENESIS = "0" * 64
 ANCHOR_EVERY = 64
-"""Records between two signed anchors (see SqliteAuditLog)."""
+"""Records between two signed anchors (see SqlAuditLog)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,98 +81,90 @@ def chain_hash(prev_hash: str, event_json: str) -> str:
     return hashlib.sha256((prev_hash + event_json).encode()).hexdigest()
 
 
-class SqliteAuditLog:
-    """The log in SQLite. With ``head_key`` (the region's audit key), every append also seals
-    the log outside the database:
+def study_of(resource: str) -> str:
+    """The study UID a resource names (``.../studies/<uid>...``), '' for none."""
+    parts = resource.split("?", 1)[0].split("/")
+    if "studies" not in parts:
+        return ""
+    i = parts.index("studies")
+    return parts[i + 1] if i + 1 < len(parts) else ""
 
-    - ``<path>.head``: the last sequence number and hash, HMAC'd. It only moves forward (a
-      writer never replaces a newer head with an older one), so cutting records from the end,
-      which leaves a shorter chain that is intact, or recomputing the chain without the key,
-      no longer matches it.
-    - ``<path>.anchors``: one HMAC'd line per :data:`ANCHOR_EVERY` records, appended and never
-      rewritten (a second place to hold on to: ship or copy it elsewhere). A head replaced by an
-      older signed copy is caught by the anchors written after it.
 
-    Both are written after the row is committed, under an exclusive ``flock`` so processes
-    sharing the log (API and gateway) keep them in order; anchors missed by a crash are filled
-    in by the next append. Residual risk, documented in ``docs/security.md``: someone who can
-    write the data directory and kept an old copy of both the head and the anchors file can roll
-    the whole log back to that copy and drop up to the records after it; only a copy of the
-    anchors kept elsewhere (or write-once storage) catches that.
+def seal_mac(key: bytes, kind: str, seq: int, digest: str) -> str:
+    """The HMAC sealing a head (``kind='head'``) or an anchor at ``seq``."""
+    msg = f"{seq}:{digest}" if kind == "head" else f"{kind}:{seq}:{digest}"
+    return hmac.new(key, msg.encode(), hashlib.sha256).hexdigest()
+
+
+class SqlAuditLog:
+    """The log in the state database (the index's: SQLite or PostgreSQL), one chain for every
+    writer process. An append is one transaction serialised in the database (BEGIN IMMEDIATE on
+    SQLite, an advisory lock on PostgreSQL): it reads the last row, adds the next with its study
+    UID (indexed, for a patient's access history) and, with ``head_key`` (the region's audit
+    key), seals the log in the same transaction:
+
+    - ``audit_head``: one row, the last sequence number and hash, HMAC'd. Cutting records from
+      the end, which leaves a shorter chain that is intact, or recomputing the chain without the
+      key, no longer matches it.
+    - ``audit_anchors``: one HMAC'd row per :data:`ANCHOR_EVERY` records, inserted and never
+      updated. A head replaced by an older signed copy is caught by the anchors written after it.
+
+    Residual risk, documented in ``docs/security.md``: someone who can write the database and
+    kept an old copy of both the head and the anchors can roll the whole log back to that copy
+    and drop the records after it; only a copy of the anchors kept elsewhere (``cloudfilm audit
+    export``, or write-once storage) catches that.
     """
 
     def __init__(
-        self, path: Path, head_key: bytes | None = None, *, anchors_path: Path | None = None
+        self,
+        db: StateDb | Path,
+        head_key: bytes | None = None,
     ) -> None:
-        self.db = SqliteDatabase(path, SCHEMA)
-        self.head_path = Path(path).with_name(Path(path).name + ".head")
-        self.anchors_path = anchors_path or Path(path).with_name(Path(path).name + ".anchors")
-        self._lock_path = Path(path).with_name(Path(path).name + ".lock")
+        self.db = as_db(db)
         self._head_key = head_key
-        self._seal_lock = threading.Lock()
+        self.db.ensure_schema(SCHEMA)
+        if "study_uid" not in self.db.columns("audit"):
+            self._add_study_column()
+        self.db.ensure_schema(STUDY_INDEX)
+
+    def _add_study_column(self) -> None:
+        """Give a log written by an older version its study column, filled from the events."""
+        self.db.add_columns("audit", [("study_uid", "TEXT NOT NULL DEFAULT ''")])
+        with self.db.tx("audit") as conn:
+            rows = conn.execute("SELECT seq, event FROM audit WHERE study_uid = ''").fetchall()
+            for seq, text in rows:
+                uid = study_of(str(json.loads(text).get("resource", "")))
+                if uid:
+                    conn.execute("UPDATE audit SET study_uid = ? WHERE seq = ?", (uid, seq))
 
     def append(self, event: AuditEvent) -> None:
         text = _canonical(event)
-        with self.db.tx() as conn:
-            row = conn.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            prev = GENESIS if row is None else str(row[0])
-            digest = chain_hash(prev, text)
-            cur = conn.execute(
-                "INSERT INTO audit (event, prev_hash, hash) VALUES (?, ?, ?)",
-                (text, prev, digest),
+        with self.db.tx("audit") as conn:
+            row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            last, prev = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+            seq, digest = last + 1, chain_hash(prev, text)
+            conn.execute(
+                "INSERT INTO audit (seq, event, prev_hash, hash, study_uid) VALUES (?, ?, ?, ?, ?)",
+                (seq, text, prev, digest, study_of(event.resource)),
             )
-            seq = int(cur.lastrowid or 0)
-        if self._head_key is not None:
-            self._seal(seq, digest)
-
-    # -- the seal: signed head and anchors ---------------------------------------------------
+            key = self._head_key
+            if key is None:
+                return
+            if seq % ANCHOR_EVERY == 0:
+                conn.execute(
+                    "INSERT INTO audit_anchors (seq, hash, mac) VALUES (?, ?, ?)",
+                    (seq, digest, seal_mac(key, "anchor", seq, digest)),
+                )
+            conn.execute(
+                "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+                "mac = excluded.mac",
+                (seq, digest, seal_mac(key, "head", seq, digest)),
+            )
 
     def _mac(self, kind: str, seq: int, digest: str) -> str:
         assert self._head_key is not None
-        msg = f"{seq}:{digest}" if kind == "head" else f"{kind}:{seq}:{digest}"
-        return hmac.new(self._head_key, msg.encode(), hashlib.sha256).hexdigest()
-
-    def _seal(self, seq: int, digest: str) -> None:
-        """Move the head forward to ``seq`` (never back) and append the anchors due up to it."""
-        with self._seal_lock:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                head = _read_signed(self.head_path)
-                old = int(head["seq"]) if head is not None else 0
-                if seq <= old:
-                    return  # another writer already sealed past this record
-                due = list(range((old // ANCHOR_EVERY + 1) * ANCHOR_EVERY, seq + 1, ANCHOR_EVERY))
-                if due:
-                    self._append_anchors(due, seq, digest)
-                self._write_head(seq, digest)
-            finally:
-                os.close(fd)  # releases the flock
-
-    def _append_anchors(self, seqs: list[int], seq: int, digest: str) -> None:
-        lines = []
-        conn = self.db.conn()
-        for s in seqs:
-            if s == seq:
-                h = digest
-            else:
-                row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (s,)).fetchone()
-                if row is None:
-                    continue  # a gap left by a rolled-back append: nothing to vouch for
-                h = str(row[0])
-            lines.append(json.dumps({"seq": s, "hash": h, "mac": self._mac("anchor", s, h)}))
-        fd = os.open(self.anchors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a") as fh:
-            fh.write("".join(line + "\n" for line in lines))
-
-    def _write_head(self, seq: int, digest: str) -> None:
-        tmp = self.head_path.with_name(self.head_path.name + ".partial")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(
-                json.dumps({"seq": seq, "hash": digest, "mac": self._mac("head", seq, digest)})
-            )
-        os.replace(tmp, self.head_path)
+        return seal_mac(self._head_key, kind, seq, digest)
 
     # -- verification ------------------------------------------------------------------------
 
@@ -185,7 +188,7 @@ class SqliteAuditLog:
         """The whole verification, failing closed: once the log has records it needs the audit
         key, a valid signed head and every anchor due up to it, each matching its record; the
         chain must be intact from the first record to the last, and end at the newest signed
-        point (a head, or an anchor written just before a crash)."""
+        point."""
         hashes, bad = self._walk_chain()
         if bad is not None:
             return AuditVerdict(False, len(hashes), bad, "a record was edited or deleted")
@@ -196,9 +199,10 @@ class SqliteAuditLog:
             return AuditVerdict(
                 False, len(hashes), 0, "no audit key: the log cannot be vouched for"
             )
-        head = _read_signed(self.head_path)
+        head = self._head()
+        anchors, problem = self._read_anchors()
         if head is None:
-            if not hashes and not self.anchors_path.exists():
+            if not hashes and not anchors and problem is None:
                 return AuditVerdict(True, 0, None, "empty")
             return AuditVerdict(False, len(hashes), 0, "the signed head is missing or unreadable")
         seq, digest = int(head["seq"]), str(head["hash"])
@@ -207,7 +211,6 @@ class SqliteAuditLog:
         if hashes.get(seq) != digest:
             why = "records cut from the end" if seq > last else "the chain was rewritten"
             return AuditVerdict(False, len(hashes), seq, f"the signed head does not match: {why}")
-        anchors, problem = self._read_anchors()
         if problem is not None:
             return AuditVerdict(False, len(hashes), 0, problem)
         for a_seq in range(ANCHOR_EVERY, seq + 1, ANCHOR_EVERY):
@@ -227,28 +230,25 @@ class SqliteAuditLog:
                 False,
                 len(hashes),
                 sealed + 1,
-                f"{last - sealed} record(s) after the signed head (inserted, or a crash before "
-                "the head was written: the next append seals them)",
+                f"{last - sealed} record(s) after the signed head (inserted without the key)",
             )
         return AuditVerdict(True, len(hashes), None, "intact")
 
+    def _head(self) -> dict[str, Any] | None:
+        row = (
+            self.db.conn().execute("SELECT seq, hash, mac FROM audit_head WHERE id = 1").fetchone()
+        )
+        return (
+            None if row is None else {"seq": int(row[0]), "hash": str(row[1]), "mac": str(row[2])}
+        )
+
     def _read_anchors(self) -> tuple[dict[int, str], str | None]:
         anchors: dict[int, str] = {}
-        try:
-            text = self.anchors_path.read_text()
-        except FileNotFoundError:
-            return anchors, None
-        for n, line in enumerate(text.splitlines(), 1):
-            try:
-                item = json.loads(line)
-                seq, digest, mac = int(item["seq"]), str(item["hash"]), str(item["mac"])
-            except (ValueError, KeyError, TypeError):
-                return anchors, f"anchor line {n} is unreadable"
-            if not hmac.compare_digest(mac, self._mac("anchor", seq, digest)):
-                return anchors, f"anchor line {n} has a wrong signature"
-            if anchors.get(seq, digest) != digest:
-                return anchors, f"two anchors disagree about record {seq}"
-            anchors[seq] = digest
+        rows = self.db.conn().execute("SELECT seq, hash, mac FROM audit_anchors ORDER BY seq")
+        for seq, digest, mac in rows:
+            if not hmac.compare_digest(str(mac), self._mac("anchor", int(seq), str(digest))):
+                return anchors, f"the anchor of record {seq} has a wrong signature"
+            anchors[int(seq)] = str(digest)
         return anchors, None
 
     def verify(self) -> int | None:
@@ -265,20 +265,26 @@ class SqliteAuditLog:
         for (text,) in self.db.conn().execute("SELECT event FROM audit ORDER BY seq"):
             yield AuditEvent(**json.loads(text))
 
+    def study_reads(self, study_uids: Collection[str]) -> list[dict[str, Any]]:
+        """The events naming one of ``study_uids``, newest first (an indexed query)."""
+        uids = sorted(set(study_uids))
+        rows: list[tuple[int, str]] = []
+        for i in range(0, len(uids), 500):
+            part = uids[i : i + 500]
+            marks = ", ".join("?" * len(part))
+            rows += (
+                self.db.conn()
+                .execute(
+                    f"SELECT seq, event FROM audit WHERE study_uid IN ({marks})",  # noqa: S608
+                    part,
+                )
+                .fetchall()
+            )
+        rows.sort(reverse=True)
+        return study_reads((AuditEvent(**json.loads(text)) for _, text in rows[::-1]), uids)
+
     def close(self) -> None:
         self.db.close()
-
-
-def _read_signed(path: Path) -> dict[str, Any] | None:
-    """A head file's JSON ({"seq", "hash", "mac"}), or None if missing or unreadable."""
-    try:
-        item = json.loads(path.read_text())
-        if isinstance(item, dict) and {"seq", "hash", "mac"} <= item.keys():
-            int(item["seq"])
-            return item
-    except (OSError, ValueError, TypeError):
-        pass
-    return None
 
 
 def study_reads(events: Iterable[AuditEvent], study_uids: Collection[str]) -> list[dict[str, Any]]:
@@ -286,20 +292,21 @@ def study_reads(events: Iterable[AuditEvent], study_uids: Collection[str]) -> li
     first: who opened a patient's studies, for their access history."""
     out = []
     for event in events:
-        parts = event.resource.split("?", 1)[0].split("/")
-        if "studies" not in parts:
-            continue
-        i = parts.index("studies")
-        if i + 1 < len(parts) and parts[i + 1] in study_uids:
+        uid = study_of(event.resource)
+        if uid and uid in study_uids:
             out.append(
                 {
                     "ts": event.ts,
                     "actor": event.actor,
                     "hospital": event.hospital,
                     "role": event.role,
-                    "study_uid": parts[i + 1],
+                    "study_uid": uid,
                     "status": event.status,
                     "via": event.via,
                 }
             )
     return out[::-1]
+
+
+SqliteAuditLog = SqlAuditLog
+"""The name callers written for the SQLite-only log use."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image_store.sqlite_db import SqliteDatabase
+from image_store.state.db import StateDb, as_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS consents (
@@ -222,9 +222,12 @@ def _code_matches(code: str, stored: str) -> bool:
     return hmac.compare_digest(_scrypt(code, base64.b64decode(salt)), base64.b64decode(digest))
 
 
-class SqliteConsents:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.db = SqliteDatabase(path, SCHEMA)
+class SqlConsents:
+    """Consents, requests and codes in the state database (see image_store.state.db)."""
+
+    def __init__(self, db: StateDb | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = as_db(db)
+        self.db.ensure_schema(SCHEMA)
         self.clock = clock
 
     def grant(
@@ -249,7 +252,7 @@ class SqliteConsents:
             now + ttl_s,
             None,
         )
-        with self.db.tx() as conn:
+        with self.db.tx("consents") as conn:
             conn.execute(
                 f"INSERT INTO consents ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
@@ -274,7 +277,7 @@ class SqliteConsents:
         return None if row is None else _consent(row)
 
     def revoke(self, consent_id: str) -> bool:
-        with self.db.tx() as conn:
+        with self.db.tx("consents") as conn:
             cur = conn.execute(
                 "UPDATE consents SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (self.clock(), consent_id),
@@ -332,7 +335,7 @@ class SqliteConsents:
             None,
             "",
         )
-        with self.db.tx() as conn:
+        with self.db.tx("consents") as conn:
             conn.execute(
                 f"INSERT INTO consent_requests ({_REQ_COLS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, '')",
@@ -372,7 +375,7 @@ class SqliteConsents:
         """Approve (a grant as requested is made, created by ``by``) or decline a pending,
         unexpired request, in one transaction; None when there is no such request."""
         now = self.clock()
-        with self.db.tx() as conn:
+        with self.db.tx("consents") as conn:
             row = conn.execute(
                 f"SELECT {_REQ_COLS} FROM consent_requests WHERE id = ? AND state = 'pending' "
                 "AND expires_at > ?",
@@ -421,7 +424,7 @@ class SqliteConsents:
         ``bind_subject``) ``study_uid`` or all studies for ``ttl_s`` seconds."""
         code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
         now = self.clock()
-        with self.db.tx() as conn:
+        with self.db.tx("consents") as conn:
             conn.execute(
                 "INSERT INTO consent_codes (person_key, code_hash, bind_subject, study_uid, "
                 "ttl_s, created_by, created_at, expires_at, failures, used_at) "
@@ -450,7 +453,7 @@ class SqliteConsents:
         and uses the code up; a wrong code counts against it (burnt after ``CODE_MAX_TRIES``),
         all in one write transaction so parallel guesses cannot overrun the count."""
         now = self.clock()
-        with self.db.tx() as conn:
+        with self.db.tx("consents") as conn:
             row = conn.execute(
                 "SELECT code_hash, bind_subject, study_uid, ttl_s, created_by, failures "
                 "FROM consent_codes WHERE person_key = ? AND used_at IS NULL AND expires_at > ?",
@@ -499,3 +502,7 @@ class SqliteConsents:
 
     def close(self) -> None:
         self.db.close()
+
+
+SqliteConsents = SqlConsents
+"""The name callers written for the per-process SQLite file use."""

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 from image_store.errors import ObjectNotFound
+from image_store.frame_layout import first_frame_instance
 from image_store.keys import thumbnail_key
 from image_store.ports import Index, ObjectStore
 from image_store.records import InstanceQuery, InstanceSummary
@@ -40,6 +41,10 @@ def series_thumbnail(
         return store.get(key)
     except ObjectNotFound:
         pass
-    jpeg = render(store.get(inst.object_key))
+    layout = index.frame_layout(inst.sop_uid, inst.sha256)
+    if layout is not None and (inst.number_of_frames or 1) > 1:
+        jpeg = render(first_frame_instance(store, inst.object_key, layout))
+    else:
+        jpeg = render(store.get(inst.object_key))
     store.put(key, jpeg)
     return jpeg

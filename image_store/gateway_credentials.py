@@ -8,18 +8,17 @@ database every API process shares: a revocation takes effect at once everywhere.
 assertion ids (``jti``) are kept until the assertion would have expired, so each is
 exchanged once.
 
-SQLite for now (``DATA/gateways.sqlite``); the regional-state work moves it into the index's
-database behind the same Protocol.
+Kept in the region's state database (the index's: image_store.state.db), one SQL
+implementation for SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from image_store.sqlite_db import SqliteDatabase
+from image_store.state.db import StateDb, as_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_credentials (
@@ -112,12 +111,13 @@ def _credential(row: tuple[Any, ...]) -> GatewayCredential:
     )
 
 
-class SqliteGatewayCredentials:
-    def __init__(self, path: Path) -> None:
-        self.db = SqliteDatabase(path, SCHEMA)
+class SqlGatewayCredentials:
+    def __init__(self, db: StateDb | Path) -> None:
+        self.db = as_db(db)
+        self.db.ensure_schema(SCHEMA)
 
     def add(self, credential: GatewayCredential) -> None:
-        with self.db.tx() as conn:
+        with self.db.tx("gateway_credentials") as conn:
             try:
                 conn.execute(
                     f"INSERT INTO gateway_credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
@@ -129,7 +129,7 @@ class SqliteGatewayCredentials:
                         credential.revoked_at,
                     ),
                 )
-            except sqlite3.IntegrityError as exc:
+            except self.db.integrity_errors as exc:
                 raise ValueError(f"credential {credential.id!r} exists") from exc
 
     def get(self, credential_id: str) -> GatewayCredential | None:
@@ -152,7 +152,7 @@ class SqliteGatewayCredentials:
         return [_credential(r) for r in rows]
 
     def revoke(self, credential_id: str, *, at: float) -> bool:
-        with self.db.tx() as conn:
+        with self.db.tx("gateway_credentials") as conn:
             cur = conn.execute(
                 "UPDATE gateway_credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (at, credential_id),
@@ -160,7 +160,7 @@ class SqliteGatewayCredentials:
             return bool(cur.rowcount)
 
     def use_assertion(self, credential_id: str, jti: str, expires_at: float, *, now: float) -> bool:
-        with self.db.tx() as conn:
+        with self.db.tx("gateway_credentials") as conn:
             conn.execute("DELETE FROM gateway_assertions WHERE expires_at < ?", (now,))
             cur = conn.execute(
                 "INSERT INTO gateway_assertions (credential_id, jti, expires_at) VALUES (?, ?, ?) "
@@ -172,7 +172,7 @@ class SqliteGatewayCredentials:
     def add_token(
         self, token_sha256: str, credential_id: str, expires_at: float, *, now: float
     ) -> None:
-        with self.db.tx() as conn:
+        with self.db.tx("gateway_credentials") as conn:
             conn.execute("DELETE FROM gateway_tokens WHERE expires_at < ?", (now,))
             conn.execute(
                 "INSERT INTO gateway_tokens (token_sha256, credential_id, expires_at) "
@@ -195,3 +195,7 @@ class SqliteGatewayCredentials:
 
     def close(self) -> None:
         self.db.close()
+
+
+SqliteGatewayCredentials = SqlGatewayCredentials
+"""The name callers written for the per-process SQLite file use."""

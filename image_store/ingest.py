@@ -1,7 +1,11 @@
 """Committing instances to the regional store: bytes to the object store, then one index batch.
 
-This is the cloud side of the gateway's upload (and of STOW-RS). Each step is idempotent by SOP
-Instance UID and content hash, so a batch replayed after a crash stores every instance once.
+This is the cloud side of a gateway's upload (viewer_api/ingest_api.py commits each batch
+through LocalIngest), of STOW-RS and of ``cloudfilm gateway backfill``. Each step is idempotent
+by SOP Instance UID and content hash, so a batch replayed after a crash stores every instance
+once. An item is the instance's bytes or a file holding them: a file is hashed and copied into
+the object store in chunks (a multi-gigabyte instance is never held in memory). A multi-frame's
+frame layout is recorded with it, so one frame is later read by its byte range.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 from image_store.errors import ImageStoreError
+from image_store.frame_layout import frame_layout
 from image_store.keys import check_hospital, instance_key, prior_version_key
 from image_store.metadata import read_header
 from image_store.persons import PersonKeyer, link_verdict
@@ -23,6 +29,7 @@ from image_store.records import (
     InstanceHeader,
     InstanceQuery,
     InstanceRecord,
+    InstanceSummary,
     PatientInfo,
     PatientRef,
     StudyQuery,
@@ -43,14 +50,38 @@ class IngestOutcome:
     replaced: bool = False
 
 
+IngestItem = bytes | Path
+"""An instance to ingest: its Part 10 bytes, or a file holding them (read, never moved)."""
+
+_CHUNK = 1 << 20
+
+
+def item_size(item: IngestItem) -> int:
+    """The item's length in bytes."""
+    return item.stat().st_size if isinstance(item, Path) else len(item)
+
+
+def item_sha256(item: IngestItem) -> str:
+    """The item's sha256 (hex), a file read in chunks."""
+    if not isinstance(item, Path):
+        return hashlib.sha256(item).hexdigest()
+    digest = hashlib.sha256()
+    with open(item, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class IngestSink(Protocol):
-    """Where a gateway delivers instances: the embedded store, or the regional ingest API.
+    """Where instances are delivered: LocalIngest commits them to the region's ObjectStore and
+    Index; pacs_gateway.cloud_sink.HttpIngestSink, the gateway's sink, sends them to the
+    cloud's ingest API (viewer_api/ingest_api.py), which commits them through LocalIngest.
 
     Returns one outcome per item. Raises OSError (or a subclass) for transient failures that
     the caller retries: nothing of the batch may then be assumed stored.
     """
 
-    def ingest(self, hospital: str, items: Sequence[bytes]) -> list[IngestOutcome]: ...
+    def ingest(self, hospital: str, items: Sequence[IngestItem]) -> list[IngestOutcome]: ...
 
 
 class DuplicatePolicy(StrEnum):
@@ -83,7 +114,7 @@ class LocalIngest:
         """True for a hospital's gateway: its deliveries link patients to regional persons.
         False (STOW-RS, any user's upload): no delivery creates or changes a person link."""
 
-    def ingest(self, hospital: str, items: Sequence[bytes]) -> list[IngestOutcome]:
+    def ingest(self, hospital: str, items: Sequence[IngestItem]) -> list[IngestOutcome]:
         check_hospital(hospital)
         parsed: list[tuple[int, InstanceHeader, str] | IngestOutcome] = []
         seen: set[str] = set()
@@ -136,52 +167,90 @@ class LocalIngest:
     def _commit(
         self,
         hospital: str,
-        items: Sequence[bytes],
+        items: Sequence[IngestItem],
         parsed: list[tuple[int, InstanceHeader, str] | IngestOutcome],
     ) -> list[IngestOutcome]:
+        """Store the objects of a parsed batch, commit its index records in one transaction,
+        then settle each instance's outcome."""
         todo = [p for p in parsed if not isinstance(p, IngestOutcome)]
-        uids = tuple(h.sop_uid for _, h, _ in todo)
-        existing = (
-            {
-                s.sop_uid: s
-                for s in self.index.find_instances(InstanceQuery(sop_uids=uids), limit=len(uids))
-            }
-            if uids
-            else {}
-        )
+        existing = self._stored_versions(tuple(h.sop_uid for _, h, _ in todo))
         recs: list[InstanceRecord] = []
         refused: dict[str, str] = {}
         fresh: set[str] = set()  # keys that held nothing before this batch
         for i, header, key in todo:
-            data = items[i]
-            digest = hashlib.sha256(data).hexdigest()
-            old = existing.get(header.sop_uid)
-            if old is not None and old.sha256 != digest and old.object_key == key:
-                if self.duplicates is DuplicatePolicy.REJECT:
-                    refused[header.sop_uid] = (
-                        "SOP Instance UID already stored with different content (policy: reject)"
-                    )
-                    continue
-                prior = prior_version_key(key, old.sha256)
-                self.store.put(prior, self.store.get(key), sha256=old.sha256)
-                logger.warning(
-                    "instance %s received with new content; previous kept as %s",
-                    header.sop_uid,
-                    prior,
-                )
-            if old is None or old.object_key != key:
-                self.store.put(key, data, sha256=digest)
-                fresh.add(key)
-            elif old.sha256 != digest:
-                self.store.put(key, data, sha256=digest)
-            recs.append(
-                InstanceRecord(
-                    hospital=hospital, header=header, object_key=key, size=len(data), sha256=digest
-                )
+            rec_or_reason = self._store_object(
+                hospital, items[i], header, key, existing.get(header.sop_uid), fresh
             )
+            if isinstance(rec_or_reason, str):
+                refused[header.sop_uid] = rec_or_reason
+            else:
+                recs.append(rec_or_reason)
         result = self.index.add_instances(recs)
         refused.update(result.rejected)
-        replaced = set(result.replaced_uids)
+        outcomes, committed = self._settle(parsed, refused, fresh, set(result.replaced_uids))
+        self._link_persons(hospital, committed)
+        return outcomes
+
+    def _stored_versions(self, uids: tuple[str, ...]) -> dict[str, InstanceSummary]:
+        """What the index holds already for these SOP Instance UIDs."""
+        if not uids:
+            return {}
+        found = self.index.find_instances(InstanceQuery(sop_uids=uids), limit=len(uids))
+        return {s.sop_uid: s for s in found}
+
+    def _store_object(
+        self,
+        hospital: str,
+        item: IngestItem,
+        header: InstanceHeader,
+        key: str,
+        old: InstanceSummary | None,
+        fresh: set[str],
+    ) -> InstanceRecord | str:
+        """Put one instance's bytes under ``key`` (keeping different earlier bytes as a prior
+        version, or refusing them by policy); its index record, or the refusal's reason."""
+        digest = item_sha256(item)
+        if old is not None and old.sha256 != digest and old.object_key == key:
+            if self.duplicates is DuplicatePolicy.REJECT:
+                return "SOP Instance UID already stored with different content (policy: reject)"
+            prior = prior_version_key(key, old.sha256)
+            self.store.put(prior, self.store.get(key), sha256=old.sha256)
+            logger.warning(
+                "instance %s received with new content; previous kept as %s",
+                header.sop_uid,
+                prior,
+            )
+        if old is None or old.object_key != key:
+            self._put(key, item, digest)
+            fresh.add(key)
+        elif old.sha256 != digest:
+            self._put(key, item, digest)
+        multiframe = (header.number_of_frames or 1) > 1
+        return InstanceRecord(
+            hospital=hospital,
+            header=header,
+            object_key=key,
+            size=item_size(item),
+            sha256=digest,
+            frames=frame_layout(item) if multiframe else None,
+        )
+
+    def _put(self, key: str, item: IngestItem, digest: str) -> None:
+        if isinstance(item, Path):
+            with open(item, "rb") as fh:
+                self.store.put(key, fh, sha256=digest)
+        else:
+            self.store.put(key, item, sha256=digest)
+
+    def _settle(
+        self,
+        parsed: list[tuple[int, InstanceHeader, str] | IngestOutcome],
+        refused: dict[str, str],
+        fresh: set[str],
+        replaced: set[str],
+    ) -> tuple[list[IngestOutcome], list[InstanceHeader]]:
+        """Each item's outcome in order, and the headers committed; a new object the index
+        refused is deleted (no orphan)."""
         outcomes: list[IngestOutcome] = []
         committed: list[InstanceHeader] = []
         for p in parsed:
@@ -190,11 +259,11 @@ class LocalIngest:
                 continue
             _, h, key = p
             reason = refused.get(h.sop_uid)
-            if reason is not None and key in fresh:
-                self.store.delete(key)  # the index refused a new object: leave no orphan
             if reason is not None:
+                if key in fresh:
+                    self.store.delete(key)
                 logger.warning("instance %s refused: %s", h.sop_uid, reason)
-            if reason is None:
+            else:
                 committed.append(h)
             outcomes.append(
                 IngestOutcome(
@@ -206,5 +275,4 @@ class LocalIngest:
                     replaced=h.sop_uid in replaced,
                 )
             )
-        self._link_persons(hospital, committed)
-        return outcomes
+        return outcomes, committed

@@ -265,13 +265,15 @@ def _check(fp: BinaryIO, size: int, *, defer: bool) -> InstanceIdentity:
     return InstanceIdentity(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"])
 
 
-def read_header(data: bytes) -> InstanceHeader:
-    """Parse the header of a DICOM Part 10 file (or a raw dataset) held in memory.
+def read_header(data: bytes | Path) -> InstanceHeader:
+    """Parse the header of a DICOM Part 10 file (or a raw dataset) held in memory or on disk
+    (read up to the pixel data only).
 
     Raises InvalidDicom when the bytes are not DICOM or lack the UIDs every instance must have.
     """
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        source = data if isinstance(data, Path) else io.BytesIO(data)
+        ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
         raise InvalidDicom(f"cannot parse DICOM header: {exc}") from exc
     return header_from_dataset(ds)

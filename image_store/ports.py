@@ -12,6 +12,7 @@ from typing import BinaryIO, Protocol
 from image_store.records import (
     AddResult,
     ByteRange,
+    FrameLayout,
     InstanceQuery,
     InstanceRecord,
     InstanceSummary,
@@ -72,6 +73,11 @@ class Index(Protocol):
 
     def prior_versions(self, sop_uid: str) -> list[ObjectInfo]:
         """Earlier contents of an instance that was replaced by different bytes, oldest first."""
+        ...
+
+    def frame_layout(self, sop_uid: str, sha256: str) -> FrameLayout | None:
+        """Where the frames of this version (content hash) of an instance lie in its object,
+        as recorded at ingest; None when unknown."""
         ...
 
     def count_instances(self) -> int: ...

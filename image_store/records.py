@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 
@@ -61,6 +62,43 @@ class InstanceRecord:
     object_key: str
     size: int
     sha256: str
+    frames: FrameLayout | None = None
+    """Where its frames are in the object (None: unknown, the whole object is parsed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLayout:
+    """Where each frame of a stored instance lies in its object's bytes, so one frame is read
+    with a byte range. Native pixel data: ``pixel_offset`` (where the Pixel Data value starts)
+    and ``frame_bytes`` (every frame's length); encapsulated: one ``(offset, length)`` per frame
+    in ``fragments`` (one fragment per frame)."""
+
+    pixel_offset: int = 0
+    frame_bytes: int = 0
+    fragments: tuple[tuple[int, int], ...] = ()
+
+    def frame_range(self, number: int) -> ByteRange:
+        """The bytes of frame ``number`` (1-based, already checked against the frame count)."""
+        if self.fragments:
+            offset, length = self.fragments[number - 1]
+            return ByteRange(offset, offset + length)
+        start = self.pixel_offset + (number - 1) * self.frame_bytes
+        return ByteRange(start, start + self.frame_bytes)
+
+    def to_json(self) -> str:
+        if self.fragments:
+            return json.dumps({"fragments": [list(f) for f in self.fragments]})
+        return json.dumps({"pixel_offset": self.pixel_offset, "frame_bytes": self.frame_bytes})
+
+    @classmethod
+    def from_json(cls, text: str) -> FrameLayout:
+        """The layout :meth:`to_json` wrote (ValueError for anything else)."""
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("a frame layout is a JSON object")
+        if "fragments" in raw:
+            return cls(fragments=tuple((int(o), int(n)) for o, n in raw["fragments"]))
+        return cls(pixel_offset=int(raw["pixel_offset"]), frame_bytes=int(raw["frame_bytes"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ mode 0600 in a directory made 0700 (SQLite gives its -wal and -shm files the dat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -14,14 +15,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from image_store.objects.filesystem import make_dirs
+from image_store.fsutil import make_dirs
 
 
 class SqliteDatabase:
     def __init__(self, path: Path, schema: str) -> None:
         self.path = Path(path)
         make_dirs(self.path.parent)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # before SQLite makes it
+        # 0600 before SQLite makes it; never open (and close) a file SQLite may hold here:
+        # closing any descriptor drops this process's POSIX locks on it, and another process
+        # closing its last connection would then delete the WAL under our connections
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []

@@ -33,7 +33,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from image_store.gateway_assertion import BATCH_PATH
-from image_store.ingest import IngestOutcome
+from image_store.ingest import IngestItem, IngestOutcome, item_size
 from pacs_gateway.credential import GatewayCredential, token_url
 from pacs_gateway.errors import GatewayError
 
@@ -73,33 +73,65 @@ class _Token:
     max_request_bytes: int
 
 
-class _Body:
-    """A multipart/related body streamed from the items' bytes, with a known length."""
+_READ_BYTES = 1 << 20
+"""Chunk size of a part streamed from its file."""
 
-    def __init__(self, items: Sequence[bytes], boundary: str) -> None:
+
+def _digest(item: IngestItem) -> bytes:
+    if not isinstance(item, Path):
+        return hashlib.sha256(item).digest()
+    h = hashlib.sha256()
+    with open(item, "rb") as fh:
+        while chunk := fh.read(_READ_BYTES):
+            h.update(chunk)
+    return h.digest()
+
+
+class _Body:
+    """A multipart/related body streamed from the items (bytes, or files read a chunk at a
+    time: a large instance is never held in memory), with a known length."""
+
+    def __init__(self, items: Sequence[IngestItem], boundary: str) -> None:
         self.items = items
+        self.sizes = [item_size(data) for data in items]
         self.heads = [
             (
                 f"--{boundary}\r\nContent-Type: application/dicom\r\n"
-                f"Content-Length: {len(data)}\r\n"
+                f"Content-Length: {size}\r\n"
                 f"Content-Digest: sha-256=:"
-                f"{base64.b64encode(hashlib.sha256(data).digest()).decode()}:\r\n\r\n"
+                f"{base64.b64encode(_digest(data)).decode()}:\r\n\r\n"
             ).encode()
-            for data in items
+            for data, size in zip(items, self.sizes, strict=True)
         ]
         self.tail = f"--{boundary}--\r\n".encode()
-        self.length = sum(len(h) + len(d) + 2 for h, d in zip(self.heads, items, strict=True))
+        self.length = sum(len(h) + n + 2 for h, n in zip(self.heads, self.sizes, strict=True))
         self.length += len(self.tail)
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self) -> Iterator[bytes]:
-        for head, data in zip(self.heads, self.items, strict=True):
+        for head, data, size in zip(self.heads, self.items, self.sizes, strict=True):
             yield head
-            yield data
+            if isinstance(data, Path):
+                yield from _file_chunks(data, size)
+            else:
+                yield data
             yield b"\r\n"
         yield self.tail
+
+
+def _file_chunks(path: Path, size: int) -> Iterator[bytes]:
+    """The file's first ``size`` bytes in chunks; OSError if it is shorter (the body's length
+    was announced: a changed file must fail the request, not send other bytes)."""
+    left = size
+    with open(path, "rb") as fh:
+        while left:
+            chunk = fh.read(min(_READ_BYTES, left))
+            if not chunk:
+                raise CloudUnavailable(f"{path.name} shrank while it was being sent")
+            left -= len(chunk)
+            yield chunk
 
 
 class HttpIngestSink:
@@ -201,7 +233,7 @@ class HttpIngestSink:
 
     # -- batches -----------------------------------------------------------------------------
 
-    def ingest(self, hospital: str, items: Sequence[bytes]) -> list[IngestOutcome]:
+    def ingest(self, hospital: str, items: Sequence[IngestItem]) -> list[IngestOutcome]:
         """Deliver ``items`` as the credential's hospital (``hospital`` is what the gateway
         is configured as: a different one is logged, never sent; the cloud takes the hospital
         from the credential)."""
@@ -220,23 +252,24 @@ class HttpIngestSink:
         group_bytes = 0
         limit = token.max_request_bytes or (1 << 62)
         for i, data in enumerate(items):
-            if token.max_part_bytes and len(data) > token.max_part_bytes:
+            size = item_size(data)
+            if token.max_part_bytes and size > token.max_part_bytes:
                 outcomes[i] = IngestOutcome(
                     ok=False,
                     reason=f"larger than the {token.max_part_bytes} bytes the cloud accepts",
                 )
                 continue
-            if group and group_bytes + len(data) + 512 > limit:
+            if group and group_bytes + size + 512 > limit:
                 self._send(items, group, outcomes)
                 group, group_bytes = [], 0
             group.append(i)
-            group_bytes += len(data) + 512
+            group_bytes += size + 512
         if group:
             self._send(items, group, outcomes)
         return [o if o is not None else IngestOutcome(ok=False, reason="lost") for o in outcomes]
 
     def _send(
-        self, items: Sequence[bytes], which: list[int], outcomes: list[IngestOutcome | None]
+        self, items: Sequence[IngestItem], which: list[int], outcomes: list[IngestOutcome | None]
     ) -> None:
         batch = [items[i] for i in which]
         resp = self._post_batch(batch, renew=False)
@@ -267,7 +300,7 @@ class HttpIngestSink:
         for i, outcome in zip(which, mapped, strict=True):
             outcomes[i] = outcome
 
-    def _post_batch(self, batch: list[bytes], *, renew: bool) -> requests.Response:
+    def _post_batch(self, batch: list[IngestItem], *, renew: bool) -> requests.Response:
         token = self.token(renew=renew)
         boundary = "cfb-" + secrets.token_hex(12)
         return self._post(

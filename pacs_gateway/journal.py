@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from image_store.objects.filesystem import fsync_dir
+from image_store.fsutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 

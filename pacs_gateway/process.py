@@ -23,6 +23,7 @@ from typing import Any
 
 from image_store.ports import Index, ObjectStore
 from pacs_gateway.metrics import StoreCounters
+from pacs_gateway.priors import PriorsSource
 from pacs_gateway.qr import AuditLog, QrSettings
 from pacs_gateway.scp import QrContext, ScpSettings, start_scp
 from pacs_gateway.spool import Spool, SpoolUsage
@@ -52,6 +53,9 @@ class GatewaySpec:
     opened in the child)."""
     audit_factory: Callable[[], AuditLog] | None = None
     """The audit log Query/Retrieve appends to (a picklable factory, opened in the child)."""
+    priors_factory: Callable[[], PriorsSource] | None = None
+    """Where Q/R reads when set (e.g. the cloud over HTTP, opened in each SCP process);
+    otherwise the index and store factories."""
 
 
 def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: Connection) -> None:
@@ -86,9 +90,12 @@ def _serve(spec: GatewaySpec, usage: SpoolUsage, counters: StoreCounters, conn: 
         journal_bytes=spec.journal_bytes,
     )
     qr = None
-    if spec.qr is not None and spec.index_factory is not None and spec.store_factory is not None:
+    if spec.qr is not None:
         audit = spec.audit_factory() if spec.audit_factory is not None else None
-        qr = QrContext(spec.index_factory(), spec.store_factory(), spec.qr, audit)
+        if spec.priors_factory is not None:
+            qr = QrContext(None, None, spec.qr, audit, source=spec.priors_factory())
+        elif spec.index_factory is not None and spec.store_factory is not None:
+            qr = QrContext(spec.index_factory(), spec.store_factory(), spec.qr, audit)
     try:
         server = start_scp(spec.scp, spool, counters, qr)
     except OSError as exc:

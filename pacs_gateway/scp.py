@@ -52,7 +52,15 @@ from pacs_gateway.access import AccessPolicy, AeRule, Rights, host_allowed, pars
 from pacs_gateway.errors import SpoolFull
 from pacs_gateway.fast_store import StoreReceiver, StoreRequest
 from pacs_gateway.metrics import StoreCounters
-from pacs_gateway.qr import AuditLog, QrSettings, handle_find, handle_get, handle_move
+from pacs_gateway.qr import (
+    AuditLog,
+    PriorsSource,
+    QrSettings,
+    handle_find,
+    handle_get,
+    handle_move,
+    local_source,
+)
 from pacs_gateway.reactor import EventDrivenRequestHandler, ReceiverFactory, may
 from pacs_gateway.spool import Spool
 
@@ -368,13 +376,22 @@ def build_ae(settings: ScpSettings) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class QrContext:
-    """What Query/Retrieve answers from: the cloud's index and store, and who may see what."""
+    """What Query/Retrieve answers from: ``source`` (e.g. the cloud over HTTP) or else an
+    index and store on this machine, and who may see what."""
 
-    index: Index
-    store: ObjectStore
+    index: Index | None
+    store: ObjectStore | None
     settings: QrSettings
     audit: AuditLog | None = None
     """Where every C-FIND, C-GET and C-MOVE is recorded."""
+    source: PriorsSource | None = None
+
+    def priors(self) -> PriorsSource:
+        if self.source is not None:
+            return self.source
+        if self.index is None or self.store is None:
+            raise ValueError("QrContext needs a source, or an index and a store")
+        return local_source(self.index, self.store, self.settings)
 
 
 def start_scp(
@@ -402,10 +419,11 @@ def start_scp(
     if qr is not None:
         for model in QR_MODELS:
             ae.add_supported_context(model)
+        source = qr.priors()
         handlers += [
-            (evt.EVT_C_FIND, handle_find, [qr.index, qr.settings, qr.audit]),
-            (evt.EVT_C_GET, handle_get, [qr.index, qr.store, qr.settings, qr.audit]),
-            (evt.EVT_C_MOVE, handle_move, [qr.index, qr.store, qr.settings, qr.audit]),
+            (evt.EVT_C_FIND, handle_find, [source, qr.settings, qr.audit]),
+            (evt.EVT_C_GET, handle_get, [source, qr.settings, qr.audit]),
+            (evt.EVT_C_MOVE, handle_move, [source, qr.settings, qr.audit]),
         ]
     policy = settings.policy()
     server = ae.make_server(

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_store.fsutil import fsync_dir
 from image_store.keys import check_uid
-from image_store.objects.filesystem import fsync_dir
 from pacs_gateway.errors import SpoolFull
 from pacs_gateway.journal import (
     SEGMENT_BYTES,
@@ -165,9 +165,7 @@ class Spool:
         self._retry: dict[str, bytes] = {}
         """Copies of the unwritten entries whose write failed, to retry."""
         self._unwritten_lock = threading.Lock()
-        # partial files are never acknowledged: drop what a crash left behind
-        for leftover in self.incoming.iterdir():
-            leftover.unlink(missing_ok=True)
+        self._sweep_incoming()
         self.usage = usage or SpoolUsage()
         restored = self._replay_journals()
         if usage is None:
@@ -181,6 +179,16 @@ class Spool:
             self._work.set()
         if no_plaintext_after_upload:
             drop_journal_pool(self.journal_root)
+
+    def _sweep_incoming(self) -> None:
+        """Drop the partial files a crash left behind (never acknowledged). A file whose
+        writer is still running stays: another process of this spool (a second acceptor, a
+        restarted one) may be receiving a large instance into it right now."""
+        live = _live_pid_tags()
+        for leftover in self.incoming.iterdir():
+            if _writer_tag(leftover.name) in live:
+                continue
+            leftover.unlink(missing_ok=True)
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -474,3 +482,25 @@ class Spool:
         failed = sum(1 for n in os.listdir(self.failed) if n.endswith(".dcm"))
         depth, size = self.usage.get()
         return SpoolStats(depth=depth, bytes=size, oldest_age_s=age, failed=failed)
+
+
+_PID_TAG = 1_000_000
+"""Spool names carry the writer's pid modulo this (see Spool._new_name)."""
+
+
+def _live_pid_tags() -> set[int]:
+    """The running processes' pids modulo _PID_TAG (Linux /proc)."""
+    return {int(p) % _PID_TAG for p in os.listdir("/proc") if p.isdigit()}
+
+
+def _writer_tag(name: str) -> int | None:
+    """The pid tag of the process that writes an incoming/ file: ``<pid>-<seq>.part``
+    (:meth:`Spool.new_incoming`) or an entry name ``<ns>-<pid tag><seq>-<uid>.dcm``; None
+    for a name of neither form."""
+    head, _, rest = name.partition("-")
+    try:
+        if name.endswith(".part"):
+            return int(head) % _PID_TAG
+        return int(rest[:6])
+    except ValueError:
+        return None

@@ -1,7 +1,8 @@
 """Moves spooled instances to the cloud, retrying until they get there.
 
-Workers claim batches of the oldest ready entries, deliver them through an IngestSink (the
-embedded store or the regional ingest API), and remove an entry from the spool only after the
+Workers claim batches of the oldest ready entries, deliver them through an IngestSink
+(pacs_gateway.cloud_sink.HttpIngestSink: the cloud's ingest API, viewer_api/ingest_api.py, also
+for ``serve``'s own gateway over loopback), and remove an entry from the spool only after the
 sink reports it committed (object stored and checksummed, index committed). Transient failures
 back off exponentially with full jitter; refused instances move to ``failed/`` with the reason.
 """
@@ -16,8 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dicom_codecs.edge import EdgeResult, UploadCompression, compress_for_upload
-from image_store.ingest import IngestOutcome, IngestSink
+from dicom_codecs.edge import EdgeResult, compress_file_for_upload
+from dicom_codecs.upload_compression import UploadCompression
+from image_store.ingest import IngestOutcome, IngestSink, item_size
 from pacs_gateway.spool import Spool, SpoolEntry
 
 logger = logging.getLogger(__name__)
@@ -126,9 +128,10 @@ class Uploader:
             self._release(batch)
 
     def _prepare(self, entry: SpoolEntry) -> EdgeResult:
-        """The spooled bytes, re-encoded losslessly when the settings ask for it; the spool
-        entry itself is never changed (it stays the original until the cloud has the copy)."""
-        result = compress_for_upload(entry.path.read_bytes(), self.settings.compression)
+        """The spool file itself, or its bytes re-encoded losslessly when the settings ask for
+        it (a large instance always goes as the file, streamed: dicom_codecs.edge); the spool
+        entry is never changed (it stays the original until the cloud has the copy)."""
+        result = compress_file_for_upload(entry.path, self.settings.compression)
         if not result.compressed and self.settings.compression is not UploadCompression.NONE:
             logger.debug("%s goes up as it came: %s", entry.name, result.reason)
         return result
@@ -141,7 +144,7 @@ class Uploader:
         for entry, outcome, result in zip(batch, outcomes, sent, strict=True):
             if outcome.ok:
                 done.append(entry)
-                sent_bytes += len(result.data)
+                sent_bytes += item_size(result.data)
                 compressed += result.compressed
                 self._touched.add(outcome.series_uid)
             else:

@@ -11,19 +11,17 @@ from typing import Any
 
 from aiohttp import web
 
+from image_store.state.ports import Registry
 from viewer_api.auth import ROLES
 from viewer_api.context import blocking, json_object, principal, services
 from viewer_api.errors import BadRequest, Forbidden, NotFound
-from viewer_api.registry import RegistryError, SqliteRegistry, check_subject
+from viewer_api.registry import RegistryError, check_subject
 
 
-def _registry(request: web.Request) -> SqliteRegistry:
+def _registry(request: web.Request) -> Registry:
     if principal(request).role != "admin":
         raise Forbidden("the registry is managed by the region's administrators")
-    registry = services(request).registry
-    if registry is None:
-        raise NotFound("no registry here")
-    return registry
+    return services(request).registry
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -18,12 +18,13 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast, get_args
 
+from image_store.fsutil import fsync_dir, make_dirs
 from image_store.keys import check_hospital
-from image_store.objects.filesystem import fsync_dir, make_dirs
 from viewer_api.errors import Unauthorized
 
 Role = Literal["admin", "radiologist", "clinician", "auditor"]
@@ -100,8 +101,10 @@ class Principal:
 
 
 class RevokedTokens:
-    """Token ids (``jti``) revoked before they expire: a text file of ``jti expiry`` lines,
-    appended by ``cloudfilm keys revoke-token`` and re-read by the API whenever it changes."""
+    """Token ids (``jti``) revoked before they expire, in a text file of ``jti expiry`` lines
+    (a ``Container[str]`` for TokenSigner's ``revoked``). The region keeps revocations in its
+    database (image_store.state.revocations); image_store.state.migrate turns an older install's
+    file of this format into rows."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -186,7 +189,7 @@ class TokenSigner:
         secret: bytes,
         previous: tuple[bytes, ...] = (),
         *,
-        revoked: RevokedTokens | None = None,
+        revoked: Container[str] | None = None,
         key_files: SigningKeys | None = None,
     ) -> None:
         if len(secret) < 32 or any(len(k) < 32 for k in previous):
@@ -197,7 +200,7 @@ class TokenSigner:
         self._revoked = revoked
 
     @classmethod
-    def from_files(cls, secret_path: Path, *, revoked: RevokedTokens | None = None) -> TokenSigner:
+    def from_files(cls, secret_path: Path, *, revoked: Container[str] | None = None) -> TokenSigner:
         """A signer over ``secret_path`` and its retired keys, following their changes."""
         key_files = SigningKeys(secret_path)
         keys = key_files.keys()

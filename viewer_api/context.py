@@ -12,17 +12,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
 
-from image_store.audit import SqliteAuditLog
-from image_store.consents import SqliteConsents
 from image_store.ingest import IngestSink
 from image_store.keys import is_valid_uid
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
+from image_store.state.ports import AuditLog, Consents, Registry, Reports, ShareLinks
 from viewer_api.auth import Principal, TokenSigner
 from viewer_api.errors import BadRequest, PayloadTooLarge, Unauthorized
-from viewer_api.registry import SqliteRegistry
-from viewer_api.report_store import SqliteReports
-from viewer_api.share import SqliteShareLinks
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -51,13 +47,13 @@ class Services:
     settings: ViewerSettings
     store: ObjectStore
     index: Index
-    shares: SqliteShareLinks
-    audit: SqliteAuditLog
+    shares: ShareLinks
+    audit: AuditLog
     signer: TokenSigner
     ingest: IngestSink
-    consents: SqliteConsents | None = None
-    reports: SqliteReports | None = None
-    registry: SqliteRegistry | None = None
+    consents: Consents
+    reports: Reports
+    registry: Registry
     persons: PersonKeyer | None = None
     """Turns a person identifier given to the admin API into the master patient index's key."""
 
@@ -95,9 +91,8 @@ async def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 async def hospital_names(request: web.Request) -> dict[str, str]:
-    """Hospital code -> name from the registry ({} without one)."""
-    registry = request.app[SERVICES].registry
-    return {} if registry is None else await blocking(registry.hospital_names)
+    """Hospital code -> name from the registry."""
+    return await blocking(request.app[SERVICES].registry.hospital_names)
 
 
 MAX_JSON_DEPTH = 32

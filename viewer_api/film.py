@@ -78,8 +78,9 @@ def link_json(request: web.Request, link: ShareLink, code: str | None = None) ->
 
 
 async def create_share(request: web.Request) -> web.Response:
-    """POST /api/shares: ``{"study_uid"}`` or ``{"scope": "patient", "patient_id", "issuer"}``,
-    with optional ``ttl_hours``, ``allow_download``, ``code`` and ``audience``."""
+    """POST /api/shares: ``{"study_uid"}`` or ``{"scope": "patient", "patient_id"}`` (with
+    ``issuer`` when the hospital holds that patient ID under several issuers), with optional
+    ``ttl_hours``, ``allow_download``, ``code`` and ``audience``."""
     body = await json_object(request, 16_384)
     svc = services(request)
     who = principal(request)
@@ -126,14 +127,19 @@ async def _patient_of(
     request: web.Request, who: Principal, body: dict[str, Any]
 ) -> tuple[str, str, str]:
     """(hospital, patient_id, issuer) of a patient link: a patient of the caller's hospital
-    (an admin names the hospital) who has at least one study there."""
+    (an admin names the hospital) who has at least one study there. Without ``issuer``, the
+    one issuer under which that hospital holds the patient ID (BadRequest naming them when
+    there are several); NotFound names the issuers the ID is held under when ``issuer`` is
+    none of them."""
     hospital = body.get("hospital") or who.hospital
-    values = (hospital, body.get("patient_id"), body.get("issuer", ""))
-    for name, value in zip(("hospital", "patient_id"), values, strict=False):
+    values = (hospital, body.get("patient_id"))
+    for name, value in zip(("hospital", "patient_id"), values, strict=True):
         if not isinstance(value, str) or not _PATIENT_TEXT.fullmatch(value):
             raise BadRequest(f"{name} must be 1-64 letters, digits, spaces or - . ^ _")
-    issuer = values[2]
-    if not isinstance(issuer, str) or (issuer and not _PATIENT_TEXT.fullmatch(issuer)):
+    issuer = body.get("issuer")
+    if issuer is not None and (
+        not isinstance(issuer, str) or (issuer and not _PATIENT_TEXT.fullmatch(issuer))
+    ):
         raise BadRequest("issuer must be up to 64 letters, digits, spaces or - . ^ _")
     if not who.may_see(hospital):
         raise Forbidden("a patient link is made by the patient's own hospital")
@@ -141,11 +147,33 @@ async def _patient_of(
     studies = await blocking(
         services(request).index.find_studies,
         StudyQuery(hospitals=frozenset({hospital}), patient_id=patient_id),
-        limit=1,
+        limit=1000,
     )
-    if not [s for s in studies if s.patient.issuer == issuer]:
-        raise NotFound(f"hospital {hospital} holds no study of patient {patient_id}")
-    return hospital, patient_id, issuer
+    issuers = sorted({s.patient.issuer for s in studies if s.patient.patient_id == patient_id})
+    return hospital, patient_id, patient_issuer(hospital, patient_id, issuer, issuers)
+
+
+def patient_issuer(hospital: str, patient_id: str, issuer: str | None, held: list[str]) -> str:
+    """The issuer a patient link is made for: ``issuer`` when the hospital holds the patient ID
+    under it (``held``: the issuers it does hold it under), or the only one when ``issuer`` is
+    not given."""
+    named = ", ".join(repr(i) for i in held)
+    if issuer is None:
+        if len(held) == 1:
+            return held[0]
+        if held:
+            raise BadRequest(
+                f"hospital {hospital} holds patient {patient_id} under several issuers "
+                f"({named}): give issuer"
+            )
+    elif issuer in held:
+        return issuer
+    elif held:
+        raise NotFound(
+            f"hospital {hospital} holds no study of patient {patient_id} under issuer "
+            f"{issuer!r}; it holds that patient ID under issuer {named}"
+        )
+    raise NotFound(f"hospital {hospital} holds no study of patient {patient_id}")
 
 
 def link_id_param(request: web.Request) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from image_store.access_rules import Reader, decide_access
 from image_store.records import PatientRef, StudyQuery, StudyRecord
 from viewer_api.context import ACTOR, blocking, services
+from viewer_api.dicomweb.access import consent_for
 from viewer_api.errors import Forbidden, NotFound
 from viewer_api.share import ShareLink
 
@@ -49,10 +51,11 @@ async def open_link(request: web.Request, *, need_code: bool = True) -> ShareLin
     link = await blocking(svc.shares.get, link_id)
     if link is None:
         raise LinkClosed("invalid", 403)
-    state = link.state()
+    now = svc.shares.clock()
+    state = link.state(now)
     if state == "active" and link.parent_id is not None:
         parent = await blocking(svc.shares.get, link.parent_id)
-        state = "revoked" if parent is None else parent.state()
+        state = "revoked" if parent is None else parent.state(now)
         state = "revoked" if state == "blocked" else state
     if state != "active":
         raise LinkClosed(state, 403)
@@ -94,17 +97,16 @@ async def link_studies(request: web.Request, link: ShareLink) -> list[StudyRecor
     )
     found = {s.study_uid: s for s in own if s.patient.issuer == link.issuer}
     person = await blocking(svc.index.person_link, ref)
-    if person is not None and person.trusted and svc.consents is not None:
+    if person is not None and person.trusted:
+        reader = Reader(link.hospital, "link")
         linked = await blocking(
             svc.index.find_studies, StudyQuery(person_key=person.person_key), limit=1000
         )
         for study in linked:
             if study.study_uid in found or study.hospital == link.hospital:
                 continue
-            grant = await blocking(
-                svc.consents.covering, person.person_key, link.hospital, "", study.study_uid
-            )
-            if grant is not None:
+            consent_id = await consent_for(request, reader, study, person.person_key)
+            if decide_access(reader, study.hospital, consent_id=consent_id) is not None:
                 found[study.study_uid] = study
     return sorted(found.values(), key=lambda s: (s.study_date, s.study_time), reverse=True)
 

@@ -39,7 +39,6 @@ from typing import Any
 
 from aiohttp import web
 
-from image_store.audit import study_reads
 from image_store.consents import CODE_TTL_S
 from image_store.keys import is_valid_uid
 from image_store.records import PatientRef, StudyQuery
@@ -191,7 +190,7 @@ async def history(request: web.Request) -> web.Response:
     names = await hospital_names(request)
 
     def scan() -> list[dict[str, Any]]:
-        return summarise(study_reads(svc.audit.iter_events(), studies), own, names)
+        return summarise(svc.audit.study_reads(studies), own, names)
 
     return web.json_response(
         await blocking(scan), dumps=lambda o: json.dumps(o, ensure_ascii=False)
@@ -318,7 +317,7 @@ async def grant(request: web.Request) -> web.Response:
     ttl = ttl_hours_of(body, 720, most=MAX_GRANT_HOURS)
     study_uid = await _person_study(request, key, body)
     consent = await blocking(
-        services(request).consents.grant,  # type: ignore[union-attr]
+        services(request).consents.grant,
         key,
         hospital,
         grantee_subject=subject,
@@ -333,7 +332,7 @@ async def grant(request: web.Request) -> web.Response:
 async def consent_requests(request: web.Request) -> web.Response:
     """Staff's requests for the patient's consent, newest first, with the hospitals' names."""
     _, key = await _owner(request)
-    found = await blocking(services(request).consents.requests_of, key)  # type: ignore[union-attr]
+    found = await blocking(services(request).consents.requests_of, key)
     names = await hospital_names(request)
     out = [{**r.as_json(), "hospital_name": names.get(r.hospital, r.hospital)} for r in found]
     return web.json_response(out, dumps=lambda o: json.dumps(o, ensure_ascii=False))
@@ -372,7 +371,7 @@ async def consent_code(request: web.Request) -> web.Response:
     ttl = ttl_hours_of(body, 720, most=MAX_GRANT_HOURS)
     study_uid = await _person_study(request, key, body)
     code, expires_at = await blocking(
-        services(request).consents.issue_code,  # type: ignore[union-attr]
+        services(request).consents.issue_code,
         key,
         bind_subject=only,
         study_uid=study_uid,

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_store.fsutil import fsync_dir
 from image_store.gateway_assertion import (
     CredentialFile,
     InvalidAssertion,
@@ -43,7 +44,7 @@ from image_store.gateway_credentials import (
     GatewayCredentials,
     SqliteGatewayCredentials,
 )
-from image_store.objects.filesystem import fsync_dir
+from image_store.state.ports import Registry
 from viewer_api.errors import Forbidden, Unauthorized
 from viewer_api.registry import RegistryError, SqliteRegistry
 
@@ -168,7 +169,7 @@ def _write_private(path: Path, text: str) -> None:
 
 def issue_credential(
     credentials: GatewayCredentials,
-    registry: SqliteRegistry,
+    registry: Registry,
     hospital: str,
     out_file: Path,
     *,

@@ -47,6 +47,7 @@ from image_store.ingest import LocalIngest
 from image_store.keys import instance_key
 from image_store.metadata import check_instance
 from image_store.records import InstanceQuery
+from viewer_api import openapi_schemas as s
 from viewer_api.context import ACTOR
 from viewer_api.dicomweb.multipart import DICOM, part_files
 from viewer_api.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, ViewerError
@@ -56,6 +57,7 @@ from viewer_api.gateway_auth import (
     GatewayPrincipal,
     is_gateway_token,
 )
+from viewer_api.route_table import Auth, Route, add_routes
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +135,8 @@ class IngestService:
     settings: IngestSettings
     counters: IngestCounters
     staff_verifier: Callable[[str], object] | None = None
+    on_committed: Callable[[set[str]], None] | None = None
+    """Called (in a worker thread) with the Series Instance UIDs of each committed group."""
 
 
 INGEST = web.AppKey("gateway_ingest", IngestService)
@@ -146,17 +150,42 @@ def add_ingest_routes(
     settings: IngestSettings | None = None,
     counters: IngestCounters | None = None,
     staff_verifier: Callable[[str], object] | None = None,
+    on_committed: Callable[[set[str]], None] | None = None,
 ) -> IngestCounters:
     """Add ``POST /api/gateway/token`` and ``POST /api/ingest/batch`` to ``app``; returns the
     counters (for ``/metrics``). ``ingest`` should be built with ``trusted_links=True``;
     ``staff_verifier`` (e.g. ``TokenSigner.verify``) tells a staff token (403) from garbage
-    (401)."""
+    (401); ``on_committed`` hears the series each committed group touched (the cloud warms
+    their thumbnails)."""
     counters = counters or IngestCounters()
     app[INGEST] = IngestService(
-        auth, ingest, settings or IngestSettings(), counters, staff_verifier
+        auth, ingest, settings or IngestSettings(), counters, staff_verifier, on_committed
     )
-    app.router.add_post(TOKEN_PATH, token_endpoint)
-    app.router.add_post(BATCH_PATH, ingest_batch)
+    add_routes(
+        app,
+        [
+            Route(
+                "POST",
+                TOKEN_PATH,
+                token_endpoint,
+                "trade a gateway's signed client assertion (RFC 7523) for a short-lived token",
+                body=s.FORM_BODY,
+                auth=Auth.NONE,
+                ok={"200": s.json("the token")},
+                errors=(400, 401, 403, 413),
+            ),
+            Route(
+                "POST",
+                BATCH_PATH,
+                ingest_batch,
+                "a gateway's batch of instances (multipart/related, a sha-256 per part)",
+                body=s.MULTIPART_BODY,
+                auth=Auth.GATEWAY,
+                ok={"200": s.json("per-instance outcomes")},
+                errors=(413,),
+            ),
+        ],
+    )
     return counters
 
 
@@ -306,12 +335,12 @@ async def _receive(
 
 def _commit(svc: IngestService, hospital: str, parts: list[_Part]) -> None:
     """Check and commit verified parts (blocking); sets each part's result."""
-    todo: list[tuple[_Part, bytes]] = []
+    todo: list[tuple[_Part, Path]] = []
     uids: set[str] = set()
     for p in parts:
         if p.path is None:
             continue
-        data = p.path.read_bytes()
+        data = p.path  # checked and stored from the file: a large part is never read whole
         try:
             uids.add(check_instance(data).sop_instance_uid)
         except ImageStoreError as exc:
@@ -327,10 +356,12 @@ def _commit(svc: IngestService, hospital: str, parts: list[_Part]) -> None:
     }
     outcomes = svc.ingest.ingest(hospital, [d for _, d in todo])
     stored = duplicate = stored_bytes = 0
-    for (p, data), o in zip(todo, outcomes, strict=True):
+    series: set[str] = set()
+    for (p, _data), o in zip(todo, outcomes, strict=True):
         if not o.ok:
             p.result = _refused(o.reason or "refused", 409, o.sop_uid)
             continue
+        series.add(o.series_uid)
         key = instance_key(hospital, o.study_uid, o.series_uid, o.sop_uid)
         dup = before.get((o.sop_uid, key)) == p.sha256
         p.result = {
@@ -346,8 +377,13 @@ def _commit(svc: IngestService, hospital: str, parts: list[_Part]) -> None:
             duplicate += 1
         else:
             stored += 1
-            stored_bytes += len(data)
+            stored_bytes += p.size
     svc.counters.add(hospital, stored=stored, stored_bytes=stored_bytes, duplicate=duplicate)
+    if series and svc.on_committed is not None:
+        try:
+            svc.on_committed(series)
+        except Exception:  # a hook's failure never fails the committed batch
+            logger.exception("on_committed hook failed")
 
 
 class _Committer:

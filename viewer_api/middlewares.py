@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from image_store.audit import AuditEvent
+from image_store.gateway_assertion import BATCH_PATH, TOKEN_PATH
 from viewer_api.context import ACTOR, PRINCIPAL, VIA, blocking, services
 from viewer_api.errors import Unauthorized, ViewerError
 from viewer_api.registry import token_problem
@@ -16,6 +17,9 @@ from viewer_api.registry import token_problem
 logger = logging.getLogger(__name__)
 
 PROTECTED = ("/dicom-web", "/api/", "/patients/")
+GATEWAY_PATHS = frozenset({TOKEN_PATH, BATCH_PATH})
+"""Paths where hospital gateways authenticate themselves (viewer_api.ingest_api): no staff
+token is asked for there."""
 AUDITED = ("/dicom-web", "/api/", "/film/", "/patients/")
 
 
@@ -52,7 +56,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(PROTECTED):
+    if request.path.startswith(PROTECTED) and request.path not in GATEWAY_PATHS:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -9,6 +9,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 from image_store.records import StudyRecord
 
@@ -22,10 +23,12 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 FILM_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; frame-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
 )
-"""The viewer page: its script and style come from /static only, no inline code at all."""
+"""The viewer page: its script and style come from /static only, no inline code at all; it may
+frame only this origin (a PDF report of the link, shown inline)."""
 FILM_HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": FILM_CSP}
 
 STATIC = Path(__file__).parent / "static"
@@ -139,61 +142,91 @@ def _json_script(obj: object) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-PRESETS = (
-    ("", "默认 Default"),
-    ("-600,1500", "肺窗 Lung"),
-    ("50,350", "纵隔 Mediastinum"),
-    ("400,1800", "骨窗 Bone"),
-    ("40,80", "脑窗 Brain"),
-    ("40,400", "腹部 Abdomen"),
+OG_TITLE = "云胶片 Cloud film"
+OG_DESCRIPTION = (
+    "医学影像检查，点击查看图像和报告 A medical imaging study: open to see images and report"
+)
+"""What a chat preview of a link shows: nothing about the patient, the hospital or the study."""
+
+
+def _first_slice_url(manifest: dict[str, Any]) -> str:
+    study = manifest["study"]
+    series = study["series"]
+    if not series:
+        return ""
+    s = series[study["main"]]
+    sop, frame = s["images"][study["start"]]
+    return (
+        f"{manifest['base']}/studies/{study['uid']}/series/{s['uid']}/instances/{sop}"
+        f"/frames/{frame}/rendered"
+    )
+
+
+_TOOLS = (
+    ("stack", "翻页", "Stack"),
+    ("pan", "平移", "Pan"),
+    ("wl", "窗宽窗位", "W/L"),
+    ("length", "测距", "Length"),
+    ("angle", "角度", "Angle"),
+    ("roi", "椭圆ROI", "ROI"),
+    ("probe", "CT值", "Probe"),
 )
 
 
-def film_page(study: StudyRecord, names: dict[str, str], manifest: dict[str, object]) -> str:
-    """The viewer: header, the first slice as a plain <img> (painted before any script runs),
-    the canvas the script draws on, tools, the series strip and the report. The manifest
+def _bi(zh: str, en: str) -> str:
+    """A label in both languages; the page shows the Chinese one unless English is chosen."""
+    return f'<span lang="zh-CN">{html.escape(zh)}</span><span lang="en">{html.escape(en)}</span>'
+
+
+def film_page(study: StudyRecord, names: dict[str, str], manifest: dict[str, Any]) -> str:
+    """The viewer: header, the main series' middle slice as a plain <img> (painted before any
+    script runs, with a progress bar that moves before the script does), the canvas the script
+    draws on, tools, the report, the series strip and the patient's own tools. The manifest
     travels in the page, so the first image needs no other request than its own."""
     e = html.escape
     head = study_header(study, names)
-    first = ""
-    series = manifest["study"]["series"]  # type: ignore[index]
-    if series:
-        s0 = series[0]
-        sop, frame = s0["images"][0]
-        first = (
-            f"{manifest['base']}/studies/{study.study_uid}/series/{s0['uid']}/instances/{sop}"
-            f"/frames/{frame}/rendered"
-        )
-    presets = "".join(f'<option value="{v}">{e(label)}</option>' for v, label in PRESETS)
+    first = _first_slice_url(manifest)
+    tools = "".join(
+        f'<button type="button" data-mode="{m}" aria-pressed="{str(m == "stack").lower()}">'
+        f"{_bi(zh, en)}</button>"
+        for m, zh, en in _TOOLS
+    )
     body = (
+        '<div id="progress" role="progressbar" aria-label="加载 Loading"><span></span></div>'
         '<header id="hdr"><div class="who">'
         f'<b id="pname">{e(str(head["patient"]))}</b> <span id="pinfo">{e(str(head["age"]))} '
         f"{e(str(head['sex']))}</span></div>"
         f'<div class="where" id="sinfo">{e(str(head["hospital"]))} · {e(str(head["date"]))} · '
         f"{e(study.study_description) or '-'}</div>"
-        '<select id="study" hidden aria-label="检查 Study"></select></header>'
+        '<div class="hbtn"><button type="button" id="lang" aria-label="Language">EN</button>'
+        f'<button type="button" id="copy">{_bi("复制链接", "Copy link")}</button>'
+        f'<button type="button" id="share" hidden>{_bi("分享", "Share")}</button></div>'
+        "</header>"
+        '<div id="studies" hidden></div>'
         '<section id="viewer" tabindex="0" aria-label="图像 Image">'
         + (f'<img id="first" elementtiming="first-image" alt="" src="{e(first)}">' if first else "")
         + '<canvas id="view"></canvas>'
-        '<div id="overlay"><span id="slice"></span><span id="wl"></span></div></section>'
-        '<nav id="tools">'
-        '<button type="button" data-mode="stack" aria-pressed="true">翻页 Stack</button>'
-        '<button type="button" data-mode="pan" aria-pressed="false">平移 Pan</button>'
-        '<button type="button" data-mode="wl" aria-pressed="false">窗宽窗位 W/L</button>'
-        f'<select id="preset" aria-label="窗 Window">{presets}</select>'
-        '<button type="button" id="reset">复位 Reset</button>'
-        '<a id="dl-image" hidden download>下载图像 JPEG</a>'
-        '<a id="dl-zip" hidden download>下载 DICOM ZIP</a></nav>'
-        '<div id="strip"></div>'
+        '<div id="overlay"><span id="slice"></span><span id="note"></span><span id="wl"></span>'
+        "</div></section>"
+        f'<nav id="tools">{tools}'
+        f'<button type="button" id="reset">{_bi("复位", "Reset")}</button></nav>'
+        '<nav id="presets" aria-label="窗 Window"></nav>'
         '<section id="report"></section>'
+        '<div id="strip"></div>'
+        '<nav id="downloads">'
+        f'<a id="dl-image" hidden download>{_bi("下载图像", "Image")} JPEG</a>'
+        f'<a id="dl-zip" hidden download>{_bi("下载", "Download")} DICOM ZIP</a></nav>'
         '<section id="mine" hidden></section>'
         f'<script type="application/json" id="manifest">{_json_script(manifest)}</script>'
     )
     assets = (
+        f'<meta property="og:title" content="{e(OG_TITLE)}">'
+        f'<meta property="og:description" content="{e(OG_DESCRIPTION)}">'
+        '<meta property="og:type" content="website">'
         f'<link rel="stylesheet" href="{static_url("film.css")}">'
         f'<script src="{static_url("film.js")}" defer></script>'
     )
-    return _doc("云胶片 Cloud film", body, assets)
+    return _doc(OG_TITLE, body, assets)
 
 
 def code_page(
@@ -237,12 +270,21 @@ def code_page(
 
 
 MESSAGES = {
-    "invalid": ("链接无效", "This link is not valid."),
-    "expired": ("链接已过期", "This link has expired. Ask the hospital for a new one."),
-    "revoked": ("链接已被撤销", "This link was revoked."),
-    "missing": ("检查不存在", "The study of this link is no longer available."),
+    "invalid": ("链接无效", "请检查链接是否完整。", "This link is not valid."),
+    "expired": (
+        "链接已过期",
+        "请联系医院重新获取链接。",
+        "This link has expired. Ask the hospital for a new one.",
+    ),
+    "revoked": ("链接已被撤销", "请联系医院或分享人。", "This link was revoked."),
+    "missing": (
+        "检查不存在",
+        "该链接的检查已不可用。",
+        "The study of this link is no longer available.",
+    ),
     "blocked": (
         "链接已锁定",
+        "提取码错误次数过多，链接已锁定，请联系医院重新获取。",
         "Too many wrong extraction codes were entered: this link is blocked. Ask the hospital "
         "for a new one.",
     ),
@@ -250,5 +292,6 @@ MESSAGES = {
 
 
 def message_page(kind: str) -> str:
-    zh, en = MESSAGES[kind]
-    return _doc(zh, f'<div class="msg"><h1>{html.escape(zh)}</h1><p>{html.escape(en)}</p></div>')
+    """A closed link's page: what happened and what to do, in Chinese, then English."""
+    title, advice, en = (html.escape(t) for t in MESSAGES[kind])
+    return _doc(title, f'<div class="msg"><h1>{title}</h1><p>{advice}</p><p>{en}</p></div>')

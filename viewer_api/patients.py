@@ -38,14 +38,15 @@ from typing import Any
 
 from aiohttp import web
 
-from image_store.audit import AuditEvent, study_reads
+from image_store.access_rules import decide_access
+from image_store.audit import AuditEvent
 from image_store.consents import Consent
 from image_store.keys import check_hospital, is_valid_uid
 from image_store.persons import InvalidPersonId
 from image_store.records import PatientRef, PersonLink, SeriesQuery, StudyQuery, StudyRecord
 from viewer_api.auth import Principal
 from viewer_api.context import VIA, blocking, hospital_names, json_object, principal, services
-from viewer_api.dicomweb.access import break_glass_reason, trusted_link
+from viewer_api.dicomweb.access import break_glass_reason, consent_for, reader_of, trusted_link
 from viewer_api.errors import BadRequest, Forbidden, NotFound, ViewerError
 from viewer_api.report_store import report_status
 
@@ -215,20 +216,13 @@ async def _audit_break_glass(
 async def _access(
     request: web.Request, who: Principal, study: StudyRecord, person_key: str, reason: str
 ) -> str | None:
-    if who.role == "admin":
-        return "admin"
-    if who.may_see(study.hospital):
-        return "own"
-    if who.role not in STAFF:
+    """'admin', 'own', 'consent:<id>' or 'break-glass' for ``study`` (None: withheld)."""
+    reader = reader_of(request)
+    consent_id = await consent_for(request, reader, study, person_key)
+    access = decide_access(reader, study.hospital, consent_id=consent_id, break_glass_reason=reason)
+    if access is None:
         return None
-    consents = services(request).consents
-    if person_key and consents is not None:
-        grant = await blocking(
-            consents.covering, person_key, who.hospital, who.subject, study.study_uid
-        )
-        if grant is not None:
-            return f"consent:{grant.id}"
-    return "break-glass" if reason else None
+    return "break-glass" if access.kind == "break-glass" else str(access)
 
 
 async def _study_entry(
@@ -239,7 +233,7 @@ async def _study_entry(
         svc.index.find_series, SeriesQuery(study_uid=study.study_uid), limit=1000
     )
     base = f"{svc.settings.public_base_url}/dicom-web/studies/{study.study_uid}"
-    found = [] if svc.reports is None else await blocking(svc.reports.of_study, study.study_uid)
+    found = await blocking(svc.reports.of_study, study.study_uid)
     status, mutual = report_status(found)
     return {
         "study_uid": study.study_uid,
@@ -382,8 +376,6 @@ async def grant_consent(request: web.Request) -> web.Response:
         raise BadRequest("code must be the 8 digits the patient's page shows")
     who, person_key = await _own_person(request, body)
     svc = services(request)
-    if svc.consents is None:
-        raise BadRequest("consent grants are not configured")
     outcome = await blocking(
         svc.consents.redeem_code,
         person_key,
@@ -408,8 +400,6 @@ async def request_consent(request: web.Request) -> web.Response:
     body = await _body(request)
     who, person_key = await _own_person(request, body)
     svc = services(request)
-    if svc.consents is None:
-        raise BadRequest("consent grants are not configured")
     only_me = body.get("only_me", False)
     if not isinstance(only_me, bool):
         raise BadRequest("only_me must be true or false")
@@ -430,7 +420,7 @@ async def consent_requests(request: web.Request) -> web.Response:
     svc = services(request)
     who = principal(request)
     _, link = await _managed_patient(request)
-    if link is None or svc.consents is None:
+    if link is None:
         return web.json_response([])
     found = await blocking(svc.consents.requests_of, link.person_key)
     mine = [r for r in found if who.role == "admin" or r.hospital == who.hospital]
@@ -442,8 +432,6 @@ async def _consent_for_staff(request: web.Request) -> Consent:
     to their own hospital, for a person their hospital holds a trusted link of. Anything else
     is the same 404 as an unknown id."""
     svc = services(request)
-    if svc.consents is None:
-        raise NotFound("no consent grants here")
     consent_id = request.match_info["id"]
     if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", consent_id):
         raise BadRequest("malformed consent id")
@@ -462,7 +450,7 @@ async def _consent_for_staff(request: web.Request) -> Consent:
 
 async def revoke_consent(request: web.Request) -> web.Response:
     consent = await _consent_for_staff(request)
-    await blocking(services(request).consents.revoke, consent.id)  # type: ignore[union-attr]
+    await blocking(services(request).consents.revoke, consent.id)
     return web.json_response({"id": consent.id, "revoked": True})
 
 
@@ -485,11 +473,7 @@ async def patient_consents(request: web.Request) -> web.Response:
     svc = services(request)
     who = principal(request)
     _, link = await _managed_patient(request)
-    grants = (
-        []
-        if link is None or svc.consents is None
-        else await blocking(svc.consents.of_person, link.person_key)
-    )
+    grants = [] if link is None else await blocking(svc.consents.of_person, link.person_key)
     mine = [g for g in grants if who.role == "admin" or g.grantee_hospital == who.hospital]
     return web.json_response([g.as_json() for g in mine])
 
@@ -504,7 +488,7 @@ async def access_history(request: web.Request) -> web.Response:
     studies = {s.study_uid for s in await blocking(svc.index.find_studies, query, limit=1000)}
 
     def scan() -> list[dict[str, Any]]:
-        return study_reads(svc.audit.iter_events(), studies)
+        return svc.audit.study_reads(studies)
 
     return web.json_response(await blocking(scan))
 

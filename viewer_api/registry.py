@@ -4,9 +4,10 @@ registered user who is disabled loses access at once, whatever tokens they still
 
 Only registered, enabled users hold tokens: ``cloudfilm token`` issues one only for a user's
 registered hospital and role, and the API refuses a token whose user is unknown, disabled or
-registered differently (:func:`token_problem`, one rule for both). Kept in SQLite beside the
-other API data; managed with ``cloudfilm hospitals|users`` and the
-admin API (``/api/admin/hospitals``, ``/api/admin/users``).
+registered differently (:func:`token_problem`, one rule for both). Kept in the region's state
+database (the index's, shared by every API process), so a user disabled through one process is
+refused by all; managed with ``cloudfilm hospitals|users`` and the admin API
+(``/api/admin/hospitals``, ``/api/admin/users``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from image_store.keys import check_hospital
-from image_store.sqlite_db import SqliteDatabase
+from image_store.state.db import StateDb, as_db
 from viewer_api.auth import ROLES
 
 SCHEMA = """
@@ -84,9 +85,10 @@ def check_subject(subject: str) -> str:
     return subject
 
 
-class SqliteRegistry:
-    def __init__(self, path: Path) -> None:
-        self.db = SqliteDatabase(path, SCHEMA)
+class SqlRegistry:
+    def __init__(self, db: StateDb | Path) -> None:
+        self.db = as_db(db)
+        self.db.ensure_schema(SCHEMA)
 
     def add_hospital(self, hospital_id: str, name: str) -> Hospital:
         try:
@@ -96,7 +98,7 @@ class SqliteRegistry:
         name = name.strip()
         if not 1 <= len(name) <= 128 or any(ord(c) < 32 for c in name):
             raise RegistryError("a hospital name is 1-128 printable characters")
-        with self.db.tx() as conn:
+        with self.db.tx("registry") as conn:
             conn.execute(
                 "INSERT INTO hospitals (id, name, created_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET name = excluded.name",
@@ -117,7 +119,7 @@ class SqliteRegistry:
             raise RegistryError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         if hospital not in self.hospital_names():
             raise RegistryError(f"unknown hospital {hospital!r}: add it first")
-        with self.db.tx() as conn:
+        with self.db.tx("registry") as conn:
             if conn.execute("SELECT 1 FROM users WHERE subject = ?", (subject,)).fetchone():
                 raise RegistryError(f"user {subject!r} exists")
             conn.execute(
@@ -128,7 +130,7 @@ class SqliteRegistry:
         return User(subject, hospital, role, True)
 
     def set_enabled(self, subject: str, enabled: bool) -> bool:
-        with self.db.tx() as conn:
+        with self.db.tx("registry") as conn:
             cur = conn.execute(
                 "UPDATE users SET enabled = ? WHERE subject = ?", (int(enabled), subject)
             )
@@ -152,3 +154,7 @@ class SqliteRegistry:
 
     def close(self) -> None:
         self.db.close()
+
+
+SqliteRegistry = SqlRegistry
+"""The name callers written for the per-process SQLite file use."""

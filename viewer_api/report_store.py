@@ -1,4 +1,5 @@
-"""Where reports are kept: their list in SQLite (the bytes live in the object store)."""
+"""Where reports are kept: their list in the region's state database (the index's, SQLite or
+PostgreSQL); the bytes live in the object store."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image_store.sqlite_db import SqliteDatabase
+from image_store.state.db import StateDb, as_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
@@ -81,12 +82,13 @@ def _report(r: Any) -> Report:
     )
 
 
-class SqliteReports:
-    def __init__(self, path: Path) -> None:
-        self.db = SqliteDatabase(path, SCHEMA)
+class SqlReports:
+    def __init__(self, db: StateDb | Path) -> None:
+        self.db = as_db(db)
+        self.db.ensure_schema(SCHEMA)
 
     def add(self, report: Report) -> None:
-        with self.db.tx() as conn:
+        with self.db.tx("reports") as conn:
             conn.execute(
                 f"INSERT INTO reports ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -129,3 +131,7 @@ def report_status(reports: list[Report]) -> tuple[str, bool]:
         return "none", False
     status = "final" if any(r.status == "final" for r in reports) else "preliminary"
     return status, any(r.mutual_recognition and r.status == "final" for r in reports)
+
+
+SqliteReports = SqlReports
+"""The name callers written for the per-process SQLite file use."""

@@ -19,12 +19,13 @@ import time
 from aiohttp import web
 
 from image_store.keys import report_key
+from image_store.state.ports import Reports
 from image_store.verified import read_verified
 from viewer_api.auth import new_link_id
 from viewer_api.context import blocking, principal, services, uid_param
 from viewer_api.dicomweb.access import visible_study
 from viewer_api.errors import BadRequest, Forbidden, NotFound
-from viewer_api.report_store import Report, SqliteReports
+from viewer_api.report_store import Report
 
 MAX_TEXT = 1 << 20
 MAX_PDF = 20 << 20
@@ -32,11 +33,8 @@ _MEDIA = {"text/plain": "txt", "application/pdf": "pdf"}
 _STATUSES = ("preliminary", "final")
 
 
-def _store(request: web.Request) -> SqliteReports:
-    reports = services(request).reports
-    if reports is None:
-        raise NotFound("reports are not kept here")
-    return reports
+def _store(request: web.Request) -> Reports:
+    return services(request).reports
 
 
 def _flag(value: str, name: str) -> bool:

@@ -20,13 +20,13 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from image_store.sqlite_db import SqliteDatabase
+from image_store.state.db import Conn, StateDb, as_db
 from viewer_api.auth import new_link_id
 
 LOCK_AFTER = 5
@@ -177,18 +177,21 @@ def _link(row: Any) -> ShareLink:
     )
 
 
-class SqliteShareLinks:
-    def __init__(self, path: Path) -> None:
-        self.db = SqliteDatabase(path, SCHEMA)
+class SqlShareLinks:
+    """Share links in the state database (see image_store.state.db); ``clock`` gives the time
+    links are created and revoked at and checked against."""
+
+    def __init__(self, db: StateDb | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = as_db(db)
+        self.clock = clock
+        self.db.ensure_schema(SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:
-        with self.db.tx() as conn:
-            have = {str(r[1]) for r in conn.execute("PRAGMA table_info(share_links)")}
-            for name, decl in ADDED_COLUMNS:
-                if name not in have:
-                    conn.execute(f"ALTER TABLE share_links ADD COLUMN {name} {decl}")
-            conn.execute("CREATE INDEX IF NOT EXISTS share_links_parent ON share_links (parent_id)")
+        self.db.add_columns("share_links", ADDED_COLUMNS)
+        self.db.ensure_schema(
+            "CREATE INDEX IF NOT EXISTS share_links_parent ON share_links (parent_id)"
+        )
 
     def create(
         self,
@@ -213,7 +216,7 @@ class SqliteShareLinks:
             study_uid=study_uid,
             hospital=hospital,
             created_by=created_by,
-            created_at=time.time(),
+            created_at=self.clock(),
             expires_at=expires_at,
             revoked_at=None,
             views=0,
@@ -225,7 +228,7 @@ class SqliteShareLinks:
             audience=audience,
             parent_id=parent_id,
         )
-        with self.db.tx() as conn:
+        with self.db.tx("share_links") as conn:
             conn.execute(
                 "INSERT INTO share_links (id, study_uid, hospital, created_by, created_at, "
                 "expires_at, scope, patient_id, issuer, allow_download, code_hash, audience, "
@@ -252,7 +255,7 @@ class SqliteShareLinks:
         return self._get(self.db.conn(), link_id)
 
     @staticmethod
-    def _get(conn: sqlite3.Connection, link_id: str) -> ShareLink | None:
+    def _get(conn: Conn, link_id: str) -> ShareLink | None:
         row = conn.execute(f"SELECT {_COLS} FROM share_links WHERE id = ?", (link_id,)).fetchone()
         return None if row is None else _link(row)
 
@@ -266,22 +269,22 @@ class SqliteShareLinks:
 
     def revoke(self, link_id: str) -> bool:
         """Revoke a link; False when there is no such link."""
-        with self.db.tx() as conn:
+        with self.db.tx("share_links") as conn:
             cur = conn.execute(
                 "UPDATE share_links SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
-                (time.time(), link_id),
+                (self.clock(), link_id),
             )
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
 
     def count_view(self, link_id: str) -> None:
-        with self.db.tx() as conn:
+        with self.db.tx("share_links") as conn:
             conn.execute("UPDATE share_links SET views = views + 1 WHERE id = ?", (link_id,))
 
     def try_code(self, link_id: str, code: str, now: float | None = None) -> CodeCheck:
         """Check an extraction code and count a wrong one. The check runs inside the write
         transaction, so concurrent guesses are counted one by one, never past the lockout."""
-        now = time.time() if now is None else now
-        with self.db.tx() as conn:
+        now = self.clock() if now is None else now
+        with self.db.tx("share_links") as conn:
             link = self._get(conn, link_id)
             if link is None or link.code_hash is None:
                 return CodeCheck("ok")
@@ -310,13 +313,17 @@ class SqliteShareLinks:
 
     def unlock(self, link_id: str) -> bool:
         """Clear a link's lockout (its hospital's staff, after checking who asks)."""
-        with self.db.tx() as conn:
+        with self.db.tx("share_links") as conn:
             cur = conn.execute(
                 "UPDATE share_links SET failed_codes = 0, failed_total = 0, locked_until = NULL "
                 "WHERE id = ?",
                 (link_id,),
             )
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
 
     def close(self) -> None:
         self.db.close()
+
+
+SqliteShareLinks = SqlShareLinks
+"""The name callers written for the per-process SQLite file use."""

@@ -7,12 +7,14 @@ import logging
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from image_store.index.sql import SQLITE, Dialect, instance_where, series_where, study_where
 from image_store.keys import prior_version_key
 from image_store.records import (
     AddResult,
+    FrameLayout,
     InstanceQuery,
     InstanceRecord,
     InstanceSummary,
@@ -126,6 +128,13 @@ CREATE TABLE IF NOT EXISTS instance_versions (
     object_key TEXT NOT NULL,
     size {bigint} NOT NULL,
     replaced_at {real} NOT NULL,
+    PRIMARY KEY (sop_uid, sha256)
+);
+
+CREATE TABLE IF NOT EXISTS frame_layouts (
+    sop_uid TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    layout TEXT NOT NULL,
     PRIMARY KEY (sop_uid, sha256)
 );
 """
@@ -249,6 +258,239 @@ def _instance(r: Any) -> InstanceSummary:
     )
 
 
+_Outcome = Literal["added", "replaced", "unchanged"]
+"""What indexing one record did (the AddResult counter it goes to)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A record the index refused (its UIDs are taken elsewhere): nothing of it was written."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredInstance:
+    """The indexed row a record with the same SOP Instance UID would replace."""
+
+    hospital: str
+    series_uid: str
+    sha256: str
+    object_key: str
+    size: int
+
+
+def _index_record(conn: Any, rec: InstanceRecord, now: float) -> _Outcome | _Refused:
+    """Index one record in ``conn``'s transaction: refused if its UIDs belong to another
+    hospital, study or series; unchanged if the same bytes are indexed; else its patient,
+    study, series and instance rows are written (the replaced bytes kept as a prior version)."""
+    h = rec.header
+    stored = _stored_instance(conn, h.sop_uid)
+    if stored is not None:
+        if stored.hospital != rec.hospital or stored.series_uid != h.series_uid:
+            return _Refused("SOP Instance UID already indexed in another hospital or series")
+        if stored.sha256 == rec.sha256:
+            return "unchanged"
+    refused = _parent_conflict(conn, rec)
+    if refused is not None:
+        return refused
+    patient_pk = _upsert_patient(conn, rec)
+    _upsert_study(conn, rec, patient_pk, now)
+    _upsert_series(conn, rec)
+    _upsert_instance(conn, rec, now)
+    if stored is None:
+        return "added"
+    _keep_prior_version(conn, h.sop_uid, stored, now)
+    return "replaced"
+
+
+def _count(result: AddResult, outcome: _Outcome, sop_uid: str) -> None:
+    if outcome == "added":
+        result.added += 1
+    elif outcome == "replaced":
+        result.replaced += 1
+        result.replaced_uids.append(sop_uid)
+    else:
+        result.unchanged += 1
+
+
+def _stored_instance(conn: Any, sop_uid: str) -> _StoredInstance | None:
+    row = conn.execute(
+        "SELECT hospital, series_uid, sha256, object_key, size FROM instances WHERE sop_uid = ?",
+        (sop_uid,),
+    ).fetchone()
+    if row is None:
+        return None
+    return _StoredInstance(row[0], row[1], row[2], row[3], row[4])
+
+
+def _parent_conflict(conn: Any, rec: InstanceRecord) -> _Refused | None:
+    """Refused if the record's study is indexed for another hospital or its series in another
+    study."""
+    h = rec.header
+    study = conn.execute(
+        "SELECT hospital FROM studies WHERE study_uid = ?", (h.study_uid,)
+    ).fetchone()
+    if study is not None and study[0] != rec.hospital:
+        return _Refused("Study Instance UID already indexed for another hospital")
+    series = conn.execute(
+        "SELECT study_uid FROM series WHERE series_uid = ?", (h.series_uid,)
+    ).fetchone()
+    if series is not None and series[0] != h.study_uid:
+        return _Refused("Series Instance UID already indexed in another study")
+    return None
+
+
+def _upsert_patient(conn: Any, rec: InstanceRecord) -> Any:
+    """Insert or update the record's patient; its primary key."""
+    p = rec.header.patient
+    alpha, ideo = split_person_name(p.name)
+    conn.execute(
+        "INSERT INTO patients (hospital, issuer, patient_id, name, name_alpha, name_ideo, "
+        "birth_date, sex) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (hospital, issuer, patient_id) DO UPDATE SET name = excluded.name, "
+        "name_alpha = excluded.name_alpha, name_ideo = excluded.name_ideo, "
+        "birth_date = excluded.birth_date, sex = excluded.sex",
+        (rec.hospital, p.issuer, p.patient_id, p.name, alpha, ideo, p.birth_date, p.sex),
+    )
+    (patient_pk,) = conn.execute(
+        "SELECT pk FROM patients WHERE hospital = ? AND issuer = ? AND patient_id = ?",
+        (rec.hospital, p.issuer, p.patient_id),
+    ).fetchone()
+    return patient_pk
+
+
+def _upsert_study(conn: Any, rec: InstanceRecord, patient_pk: Any, now: float) -> None:
+    h = rec.header
+    conn.execute(
+        "INSERT INTO studies (study_uid, hospital, patient_pk, study_date, study_time, "
+        "accession_number, study_description, referring_physician, study_id, modalities, "
+        "number_of_series, number_of_instances, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, 0, ?) "
+        "ON CONFLICT (study_uid) DO UPDATE SET patient_pk = excluded.patient_pk, "
+        "study_date = excluded.study_date, study_time = excluded.study_time, "
+        "accession_number = excluded.accession_number, "
+        "study_description = excluded.study_description, "
+        "referring_physician = excluded.referring_physician, study_id = excluded.study_id",
+        (
+            h.study_uid,
+            rec.hospital,
+            patient_pk,
+            h.study_date,
+            h.study_time,
+            h.accession_number,
+            h.study_description,
+            h.referring_physician,
+            h.study_id,
+            now,
+        ),
+    )
+
+
+def _upsert_series(conn: Any, rec: InstanceRecord) -> None:
+    h = rec.header
+    conn.execute(
+        "INSERT INTO series (series_uid, study_uid, modality, series_number, "
+        "series_description, body_part, number_of_instances) VALUES (?, ?, ?, ?, ?, ?, 0) "
+        "ON CONFLICT (series_uid) DO UPDATE SET modality = excluded.modality, "
+        "series_number = excluded.series_number, "
+        "series_description = excluded.series_description, body_part = excluded.body_part",
+        (
+            h.series_uid,
+            h.study_uid,
+            h.modality,
+            h.series_number,
+            h.series_description,
+            h.body_part,
+        ),
+    )
+
+
+def _upsert_instance(conn: Any, rec: InstanceRecord, now: float) -> None:
+    """Insert or replace the instance row, and its frame layout if it has one."""
+    h = rec.header
+    conn.execute(
+        "INSERT INTO instances (sop_uid, series_uid, study_uid, hospital, sop_class_uid, "
+        "instance_number, transfer_syntax_uid, rows_, columns_, number_of_frames, object_key, "
+        "size, sha256, metadata, indexed_at, original_transfer_syntax_uid) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (sop_uid) DO UPDATE SET sop_class_uid = excluded.sop_class_uid, "
+        "instance_number = excluded.instance_number, "
+        "transfer_syntax_uid = excluded.transfer_syntax_uid, rows_ = excluded.rows_, "
+        "columns_ = excluded.columns_, number_of_frames = excluded.number_of_frames, "
+        "object_key = excluded.object_key, size = excluded.size, sha256 = excluded.sha256, "
+        "metadata = excluded.metadata, indexed_at = excluded.indexed_at, "
+        "original_transfer_syntax_uid = excluded.original_transfer_syntax_uid",
+        (
+            h.sop_uid,
+            h.series_uid,
+            h.study_uid,
+            rec.hospital,
+            h.sop_class_uid,
+            h.instance_number,
+            h.transfer_syntax_uid,
+            h.rows,
+            h.columns,
+            h.number_of_frames,
+            rec.object_key,
+            rec.size,
+            rec.sha256,
+            h.metadata_json,
+            now,
+            h.original_transfer_syntax_uid,
+        ),
+    )
+    if rec.frames is not None:
+        conn.execute(
+            "INSERT INTO frame_layouts (sop_uid, sha256, layout) VALUES (?, ?, ?) "
+            "ON CONFLICT (sop_uid, sha256) DO UPDATE SET layout = excluded.layout",
+            (h.sop_uid, rec.sha256, rec.frames.to_json()),
+        )
+
+
+def _keep_prior_version(conn: Any, sop_uid: str, stored: _StoredInstance, now: float) -> None:
+    """Record the replaced bytes (kept under their prior-version key) in instance_versions."""
+    conn.execute(
+        "INSERT INTO instance_versions (sop_uid, sha256, object_key, size, replaced_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (
+            sop_uid,
+            stored.sha256,
+            prior_version_key(stored.object_key, stored.sha256),
+            stored.size,
+            now,
+        ),
+    )
+
+
+def _refresh_counts(
+    conn: Any, touched_series: set[str], touched_studies: set[str], now: float
+) -> None:
+    """Recount the touched series and studies (instances, series, modalities)."""
+    for series_uid in touched_series:
+        conn.execute(
+            "UPDATE series SET number_of_instances = "
+            "(SELECT count(*) FROM instances WHERE series_uid = ?) WHERE series_uid = ?",
+            (series_uid, series_uid),
+        )
+    for study_uid in touched_studies:
+        mods = [
+            str(m)
+            for (m,) in conn.execute(
+                "SELECT DISTINCT modality FROM series WHERE study_uid = ? "
+                "AND modality <> '' ORDER BY modality",
+                (study_uid,),
+            )
+        ]
+        conn.execute(
+            "UPDATE studies SET modalities = ?, updated_at = ?, "
+            "number_of_series = (SELECT count(*) FROM series WHERE study_uid = ?), "
+            "number_of_instances = (SELECT count(*) FROM instances WHERE study_uid = ?) "
+            "WHERE study_uid = ?",
+            ("\\".join(mods), now, study_uid, study_uid, study_uid),
+        )
+
+
 class SqlIndex:
     """The Index in SQL, shared by the SQLite and PostgreSQL backends.
 
@@ -281,147 +523,16 @@ class SqlIndex:
                     continue
                 touched_series.add(rec.header.series_uid)
                 touched_studies.add(rec.header.study_uid)
-            for series_uid in touched_series:
-                conn.execute(
-                    "UPDATE series SET number_of_instances = "
-                    "(SELECT count(*) FROM instances WHERE series_uid = ?) WHERE series_uid = ?",
-                    (series_uid, series_uid),
-                )
-            for study_uid in touched_studies:
-                mods = [
-                    str(m)
-                    for (m,) in conn.execute(
-                        "SELECT DISTINCT modality FROM series WHERE study_uid = ? "
-                        "AND modality <> '' ORDER BY modality",
-                        (study_uid,),
-                    )
-                ]
-                conn.execute(
-                    "UPDATE studies SET modalities = ?, updated_at = ?, "
-                    "number_of_series = (SELECT count(*) FROM series WHERE study_uid = ?), "
-                    "number_of_instances = (SELECT count(*) FROM instances WHERE study_uid = ?) "
-                    "WHERE study_uid = ?",
-                    ("\\".join(mods), now, study_uid, study_uid, study_uid),
-                )
+            _refresh_counts(conn, touched_series, touched_studies, now)
         return result
 
     def _add_one(self, conn: Any, rec: InstanceRecord, now: float, result: AddResult) -> str | None:
-        h = rec.header
-        row = conn.execute(
-            "SELECT hospital, series_uid, sha256, object_key, size FROM instances "
-            "WHERE sop_uid = ?",
-            (h.sop_uid,),
-        ).fetchone()
-        if row is not None:
-            if row[0] != rec.hospital or row[1] != h.series_uid:
-                return "SOP Instance UID already indexed in another hospital or series"
-            if row[2] == rec.sha256:
-                result.unchanged += 1
-                return None
-        study = conn.execute(
-            "SELECT hospital FROM studies WHERE study_uid = ?", (h.study_uid,)
-        ).fetchone()
-        if study is not None and study[0] != rec.hospital:
-            return "Study Instance UID already indexed for another hospital"
-        series = conn.execute(
-            "SELECT study_uid FROM series WHERE series_uid = ?", (h.series_uid,)
-        ).fetchone()
-        if series is not None and series[0] != h.study_uid:
-            return "Series Instance UID already indexed in another study"
-
-        p = h.patient
-        alpha, ideo = split_person_name(p.name)
-        conn.execute(
-            "INSERT INTO patients (hospital, issuer, patient_id, name, name_alpha, name_ideo, "
-            "birth_date, sex) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (hospital, issuer, patient_id) DO UPDATE SET name = excluded.name, "
-            "name_alpha = excluded.name_alpha, name_ideo = excluded.name_ideo, "
-            "birth_date = excluded.birth_date, sex = excluded.sex",
-            (rec.hospital, p.issuer, p.patient_id, p.name, alpha, ideo, p.birth_date, p.sex),
-        )
-        (patient_pk,) = conn.execute(
-            "SELECT pk FROM patients WHERE hospital = ? AND issuer = ? AND patient_id = ?",
-            (rec.hospital, p.issuer, p.patient_id),
-        ).fetchone()
-        conn.execute(
-            "INSERT INTO studies (study_uid, hospital, patient_pk, study_date, study_time, "
-            "accession_number, study_description, referring_physician, study_id, modalities, "
-            "number_of_series, number_of_instances, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, 0, ?) "
-            "ON CONFLICT (study_uid) DO UPDATE SET patient_pk = excluded.patient_pk, "
-            "study_date = excluded.study_date, study_time = excluded.study_time, "
-            "accession_number = excluded.accession_number, "
-            "study_description = excluded.study_description, "
-            "referring_physician = excluded.referring_physician, study_id = excluded.study_id",
-            (
-                h.study_uid,
-                rec.hospital,
-                patient_pk,
-                h.study_date,
-                h.study_time,
-                h.accession_number,
-                h.study_description,
-                h.referring_physician,
-                h.study_id,
-                now,
-            ),
-        )
-        conn.execute(
-            "INSERT INTO series (series_uid, study_uid, modality, series_number, "
-            "series_description, body_part, number_of_instances) VALUES (?, ?, ?, ?, ?, ?, 0) "
-            "ON CONFLICT (series_uid) DO UPDATE SET modality = excluded.modality, "
-            "series_number = excluded.series_number, "
-            "series_description = excluded.series_description, body_part = excluded.body_part",
-            (
-                h.series_uid,
-                h.study_uid,
-                h.modality,
-                h.series_number,
-                h.series_description,
-                h.body_part,
-            ),
-        )
-        conn.execute(
-            "INSERT INTO instances (sop_uid, series_uid, study_uid, hospital, sop_class_uid, "
-            "instance_number, transfer_syntax_uid, rows_, columns_, number_of_frames, object_key, "
-            "size, sha256, metadata, indexed_at, original_transfer_syntax_uid) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (sop_uid) DO UPDATE SET sop_class_uid = excluded.sop_class_uid, "
-            "instance_number = excluded.instance_number, "
-            "transfer_syntax_uid = excluded.transfer_syntax_uid, rows_ = excluded.rows_, "
-            "columns_ = excluded.columns_, number_of_frames = excluded.number_of_frames, "
-            "object_key = excluded.object_key, size = excluded.size, sha256 = excluded.sha256, "
-            "metadata = excluded.metadata, indexed_at = excluded.indexed_at, "
-            "original_transfer_syntax_uid = excluded.original_transfer_syntax_uid",
-            (
-                h.sop_uid,
-                h.series_uid,
-                h.study_uid,
-                rec.hospital,
-                h.sop_class_uid,
-                h.instance_number,
-                h.transfer_syntax_uid,
-                h.rows,
-                h.columns,
-                h.number_of_frames,
-                rec.object_key,
-                rec.size,
-                rec.sha256,
-                h.metadata_json,
-                now,
-                h.original_transfer_syntax_uid,
-            ),
-        )
-        if row is None:
-            result.added += 1
-        else:
-            conn.execute(
-                "INSERT INTO instance_versions (sop_uid, sha256, object_key, size, replaced_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (h.sop_uid, row[2], prior_version_key(row[3], row[2]), row[4], now),
-            )
-            result.replaced += 1
-            result.replaced_uids.append(h.sop_uid)
+        """One record of add_instances, counted in ``result``: the reason it was refused, or
+        None. (Tests wrap this step to cut a batch in the middle.)"""
+        outcome = _index_record(conn, rec, now)
+        if isinstance(outcome, _Refused):
+            return outcome.reason
+        _count(result, outcome, rec.header.sop_uid)
         return None
 
     # -- reads -------------------------------------------------------------------------------
@@ -612,6 +723,22 @@ class SqlIndex:
             (sop_uid,),
         )
         return [ObjectInfo(key=str(k), size=int(n), sha256=str(h)) for k, n, h in rows]
+
+    def frame_layout(self, sop_uid: str, sha256: str) -> FrameLayout | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT layout FROM frame_layouts WHERE sop_uid = ? AND sha256 = ?",
+                (sop_uid, sha256),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        try:
+            return FrameLayout.from_json(str(row[0]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def count_instances(self) -> int:
         (n,) = self._conn().execute("SELECT count(*) FROM instances").fetchone()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from image_store.errors import IntegrityError, ObjectNotFound
+from image_store.fsutil import fsync_dir, make_dirs
 from image_store.keys import check_key
 from image_store.records import ByteRange, ObjectInfo
 
@@ -20,31 +21,6 @@ _CHUNK = 1 << 20
 _PARTIAL = ".partial"
 _TMP_DIR = ".partial"
 FILE_MODE = 0o600
-DIR_MODE = 0o700
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a created, renamed or removed file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
-    """``mkdir -p`` giving every directory it creates ``mode`` (pathlib's ``parents=True``
-    creates the missing parents with the default mode)."""
-    missing: list[Path] = []
-    p = Path(path)
-    while not p.is_dir():
-        missing.append(p)
-        if p.parent == p:
-            break
-        p = p.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
-            d.mkdir(mode=mode)
 
 
 class FilesystemObjectStore:

@@ -47,8 +47,8 @@ class S3Settings:
     max_attempts: int = 5
     """Attempts per request in all (the first one and its retries, with backoff and jitter)."""
     presigned_get: bool = True
-    """Read whole objects through a presigned URL and a plain urllib3 pool (half the CPU of
-    boto3's get_object); anything but a clean 200 falls back to boto3."""
+    """Read whole objects through a presigned URL and a plain urllib3 pool instead of boto3's
+    get_object request pipeline; anything but a clean 200 falls back to boto3."""
 
 
 def make_client(settings: S3Settings, session: Any | None = None) -> Any:
@@ -100,6 +100,8 @@ class S3ObjectStore:
     def put(self, key: str, data: bytes | BinaryIO, *, sha256: str | None = None) -> ObjectInfo:
         full = self._key(key)
         if not isinstance(data, bytes | bytearray | memoryview):
+            if _seekable(data):
+                return self._put_file(key, full, data, sha256)
             data = data.read()  # S3 needs the hash before the upload starts
         payload = bytes(data)
         digest = hashlib.sha256(payload).hexdigest()
@@ -126,6 +128,37 @@ class S3ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise StoreUnavailable(f"S3 put of {key!r} failed: {exc}") from exc
         return ObjectInfo(key=key, size=len(payload), sha256=digest)
+
+    def _put_file(self, key: str, full: str, fh: BinaryIO, sha256: str | None) -> ObjectInfo:
+        """Upload a seekable stream (a large instance's file) without holding it: one pass
+        hashes it (the sha256 goes in the object's metadata, so it is needed first), a second
+        streams it, by multipart above the threshold, hashing again; bytes that changed
+        between the passes are an IntegrityError and their object is deleted."""
+        start = fh.tell()
+        first = hashlib.sha256()
+        size = 0
+        while chunk := fh.read(_CHUNK):
+            first.update(chunk)
+            size += len(chunk)
+        digest = first.hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise IntegrityError(f"object {key!r}: sha256 {digest} != expected {sha256}")
+        fh.seek(start)
+        reader = _HashingReader(fh)
+        try:
+            self.client.upload_fileobj(
+                reader,
+                self.bucket,
+                full,
+                ExtraArgs={"Metadata": {"sha256": digest}},
+                Config=self._transfer,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"S3 put of {key!r} failed: {exc}") from exc
+        if reader.digest.hexdigest() != digest:
+            self.delete(key)
+            raise IntegrityError(f"object {key!r} changed while it was uploaded")
+        return ObjectInfo(key=key, size=size, sha256=digest)
 
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         full = self._key(key)
@@ -155,8 +188,8 @@ class S3ObjectStore:
             raise StoreUnavailable(f"S3 get of {key!r} failed: {exc}") from exc
 
     def _presigned_get(self, full: str) -> bytes | None:
-        """The object through a presigned URL (signed locally, no request) and urllib3: the
-        retrieval hot path, where boto3's request pipeline costs as much CPU as the bytes.
+        """The object through a presigned URL (signed locally, no request) and urllib3, the
+        path whole-object reads take when ``presigned_get`` is on.
         None for anything but a 200 with the whole body (a missing object, throttling, a
         server error, a cut or stalled connection): the caller then asks boto3, whose retries
         and error mapping stay the only behaviour on failure."""
@@ -202,3 +235,29 @@ class S3ObjectStore:
                     yield str(obj["Key"])[len(self.prefix) :]
         except (ClientError, BotoCoreError) as exc:
             raise StoreUnavailable(f"S3 listing of {prefix!r} failed: {exc}") from exc
+
+
+_CHUNK = 8 << 20
+
+
+def _seekable(fh: BinaryIO) -> bool:
+    try:
+        return bool(fh.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class _HashingReader(io.RawIOBase):
+    """A file read through once by boto3's upload, hashed on the way."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._fh.read(size)
+        self.digest.update(chunk)
+        return chunk

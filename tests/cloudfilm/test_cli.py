@@ -63,10 +63,11 @@ def test_audit_verify_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     import time
 
     from image_store.audit import AuditEvent, SqliteAuditLog
+    from image_store.state.db import SqliteStateDb
 
     assert main(["init", "--data", str(tmp_path)]) == 0
     key = (tmp_path / "secrets" / "audit.key").read_bytes()
-    log = SqliteAuditLog(tmp_path / "audit.sqlite", head_key=key)
+    log = SqliteAuditLog(SqliteStateDb(tmp_path / "index.sqlite"), head_key=key)
     for i in range(3):
         log.append(AuditEvent(time.time(), "a", "H1", "admin", "GET", f"/x/{i}", 200, "127.0.0.1"))
     log.close()
@@ -74,7 +75,7 @@ def test_audit_verify_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "intact" in capsys.readouterr().out
     assert main(["audit", "export", "--data", str(tmp_path)]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
-    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
         db.execute("DELETE FROM audit WHERE seq = 2")
     assert main(["audit", "verify", "--data", str(tmp_path)]) == 1
     assert "broken at record 2" in capsys.readouterr().err
@@ -111,7 +112,8 @@ def test_store_scrub_reports_missing_and_corrupt_objects(
 def test_keys_commands_rotate_retire_and_revoke(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from viewer_api.auth import RevokedTokens, TokenSigner, load_or_create_secret, retired_keys
+    from image_store.state.revocations import SqlRevocations
+    from viewer_api.auth import TokenSigner, load_or_create_secret, retired_keys
     from viewer_api.errors import Unauthorized
 
     token_cmd = _region_with_user(tmp_path)
@@ -125,7 +127,7 @@ def test_keys_commands_rotate_retire_and_revoke(
         return TokenSigner(
             load_or_create_secret(key),
             retired_keys(key),
-            revoked=RevokedTokens(tmp_path / "secrets" / "revoked-tokens"),
+            revoked=SqlRevocations(tmp_path / "index.sqlite"),
         )
 
     assert stack_signer().verify(token).role == "admin"
@@ -163,19 +165,20 @@ def test_audit_verify_detects_records_cut_from_the_end(
     import time
 
     from image_store.audit import AuditEvent, SqliteAuditLog
+    from image_store.state.db import SqliteStateDb
     from viewer_api.auth import load_or_create_secret
 
     assert main(["init", "--data", str(tmp_path)]) == 0
     key = load_or_create_secret(tmp_path / "secrets" / "audit.key")  # as the stack makes it
-    log = SqliteAuditLog(tmp_path / "audit.sqlite", head_key=key)
+    log = SqliteAuditLog(SqliteStateDb(tmp_path / "index.sqlite"), head_key=key)
     for i in range(4):
         log.append(AuditEvent(time.time(), "a", "H1", "admin", "GET", f"/x/{i}", 200, "127.0.0.1"))
     log.close()
     assert main(["audit", "verify", "--data", str(tmp_path)]) == 0
-    with sqlite3.connect(tmp_path / "audit.sqlite") as db:
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
         db.execute("DELETE FROM audit WHERE seq >= 3")  # the chain left is intact, but short
     assert main(["audit", "verify", "--data", str(tmp_path)]) == 1
     assert "broken at record 4" in capsys.readouterr().err
-    head = tmp_path / "audit.sqlite.head"
-    head.write_text(head.read_text().replace('"seq": 4', '"seq": 2'))  # a forged head
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        db.execute("UPDATE audit_head SET seq = 2")  # a forged head
     assert main(["audit", "verify", "--data", str(tmp_path)]) == 1

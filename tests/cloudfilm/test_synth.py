@@ -258,3 +258,31 @@ def test_bad_arguments_raise_value_error_naming_the_argument(
 def test_a_negative_seed_raises_value_error_naming_the_seed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="seed"):
         synthesize_study(tmp_path, modality="MR", images=1, seed=-1)
+
+
+def test_the_calibration_disc_is_50_mm_across_at_100_hu_in_every_axial_slice(
+    tmp_path: Path,
+) -> None:
+    from cloudfilm.synth import (
+        CALIBRATION_CENTER_MM,
+        CALIBRATION_DIAMETER_MM,
+        CALIBRATION_HU,
+    )
+
+    paths = synthesize_study(tmp_path, modality="CT", images=2, seed=7, calibration=True)
+    plain = synthesize_study(tmp_path / "plain", modality="CT", images=2, seed=7)
+    assert pydicom.dcmread(paths[1]).SOPInstanceUID != pydicom.dcmread(plain[1]).SOPInstanceUID
+    for path in paths[1:]:
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+        sp = float(ds.PixelSpacing[1])
+        row = round((CALIBRATION_CENTER_MM[1]) / sp + (ds.Rows - 1) / 2)
+        inside = np.flatnonzero(hu[row] == CALIBRATION_HU)
+        # the widest run of +100 HU pixels through the centre is the diameter, to a pixel
+        assert (inside[-1] - inside[0] + 1) * sp == pytest.approx(CALIBRATION_DIAMETER_MM, abs=sp)
+        assert np.all(hu[row, inside[0] : inside[-1] + 1] == CALIBRATION_HU)
+
+
+def test_calibration_is_refused_for_modalities_other_than_ct(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="calibration"):
+        synthesize_study(tmp_path, modality="MR", images=1, seed=1, calibration=True)

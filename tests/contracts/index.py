@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from image_store.ports import Index
 from image_store.records import (
+    ByteRange,
+    FrameLayout,
     InstanceHeader,
     InstanceQuery,
     InstanceRecord,
@@ -110,6 +113,19 @@ class IndexContract:
         assert inst.sha256 == "b" * 64
         (prior,) = index.prior_versions("1.2.1.1.1")
         assert prior.sha256 == "a" * 64 and prior.key.startswith(inst.object_key + ".v-")
+
+    def test_frame_layouts_are_kept_per_content_hash(self, index: Index) -> None:
+        native = FrameLayout(pixel_offset=1310, frame_bytes=921600)
+        index.add_instances([replace(make_record(), frames=native)])
+        encapsulated = FrameLayout(fragments=((2000, 500), (2508, 480)))
+        index.add_instances([replace(make_record(sha="b" * 64), frames=encapsulated)])
+        assert index.frame_layout("1.2.1.1.1", "a" * 64) == native
+        assert index.frame_layout("1.2.1.1.1", "b" * 64) == encapsulated
+        assert encapsulated.frame_range(2) == ByteRange(2508, 2988)
+        assert native.frame_range(3) == ByteRange(1310 + 2 * 921600, 1310 + 3 * 921600)
+        assert index.frame_layout("1.2.1.1.1", "c" * 64) is None
+        index.add_instances([make_record(sop="1.2.1.1.2")])
+        assert index.frame_layout("1.2.1.1.2", "a" * 64) is None
 
     def test_a_study_of_another_hospital_is_rejected_not_merged(self, index: Index) -> None:
         index.add_instances([make_record()])

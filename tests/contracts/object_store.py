@@ -27,6 +27,16 @@ class ObjectStoreContract:
         store.put(KEY, io.BytesIO(data))
         assert store.get(KEY) == data
 
+    def test_a_stream_with_a_wrong_sha256_is_refused_and_nothing_is_stored(
+        self, store: ObjectStore
+    ) -> None:
+        data = bytes(range(256)) * 10_000
+        with pytest.raises(IntegrityError):
+            store.put(KEY, io.BytesIO(data), sha256=hashlib.sha256(data[:-1]).hexdigest())
+        assert store.stat(KEY) is None
+        info = store.put(KEY, io.BytesIO(data), sha256=hashlib.sha256(data).hexdigest())
+        assert info.size == len(data) and store.get(KEY, ByteRange(len(data) - 3)) == data[-3:]
+
     def test_put_overwrites_atomically(self, store: ObjectStore) -> None:
         store.put(KEY, b"old")
         store.put(KEY, b"new bytes")

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,10 +31,13 @@ class Server:
     dicom_port: int
     data: Path
     pid: int
+    env: dict[str, str] = field(default_factory=dict)
+    """The settings the server was started with (CLOUDFILM_INDEX=postgres, ...)."""
 
     def cli(self, *args: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "cloudfilm.cli", *args],
+            env={**os.environ, **self.env},
             check=True,
             capture_output=True,
             text=True,
@@ -45,26 +48,32 @@ class Server:
     def token(self, hospital: str = "HOSP1", role: str = "clinician") -> str:
         """A token from `cloudfilm token` for a user registered as ``role`` at ``hospital``."""
         subject = f"t.{role}.{hospital}"
-        register_user(self.data / "registry.sqlite", subject, hospital, role)
+        register_user(self.data, subject, hospital, role, self.env)
         return self.cli(
             "token", "--data", str(self.data), "--hospital", hospital, "--role", role,
             "--subject", subject,
         )  # fmt: skip
 
 
-def register_user(registry_path: Path, subject: str, hospital: str, role: str) -> None:
-    """Register ``hospital`` and ``subject`` there as ``role`` in a region's registry (each if
-    new): the API honours tokens of registered users only."""
-    from viewer_api.registry import SqliteRegistry
+def register_user(
+    data: Path, subject: str, hospital: str, role: str, env: dict[str, str] | None = None
+) -> None:
+    """Register ``hospital`` and ``subject`` there as ``role`` in the registry of the region in
+    ``data`` (each if new; its database as ``env`` configures it): the API honours tokens of
+    registered users only."""
+    from cloudfilm.config import load_settings
+    from cloudfilm.stores import open_state
 
-    registry = SqliteRegistry(registry_path)
+    settings = load_settings({"data_dir": str(data)}, env={**os.environ, **(env or {})})
+    state = open_state(settings, audit_key=None)
+    registry = state.registry
     try:
         if hospital not in registry.hospital_names():
             registry.add_hospital(hospital, hospital)
         if registry.user(subject) is None:
             registry.add_user(subject, hospital, role)
     finally:
-        registry.close()
+        state.close()
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ def start_server(
             break
         m = READY.match(line)
         if m:
-            return proc, Server(m[1], m[2], m[3], int(m[4]), data, proc.pid)
+            return proc, Server(m[1], m[2], m[3], int(m[4]), data, proc.pid, dict(env or {}))
     stop_server(proc)
     raise RuntimeError(f"cloudfilm serve did not start:\n{log.read_text()[-3000:]}")
 

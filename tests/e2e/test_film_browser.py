@@ -5,24 +5,35 @@ kept in test-artifacts/film/."""
 from __future__ import annotations
 
 import hashlib
+import io
+import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
+from PIL import Image
 
+from cloudfilm.synth import CALIBRATION_CENTER_MM, CALIBRATION_DIAMETER_MM, CALIBRATION_HU
 from tests.browser import PHONE, artifacts_dir
 from tests.e2e.conftest import Server, http
 from tests.e2e.test_end_to_end import storescu, wait_indexed
 
 SLICES = 24
+CT_COLUMNS = 512
+CT_SPACING_MM = 400.0 / CT_COLUMNS  # cloudfilm synth's CT: a 400 mm field of view
 
 
 @pytest.fixture(scope="module")
 def study(server: Server, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A CT study (a scout, then an axial series of SLICES slices with the calibration disc)."""
     out = tmp_path_factory.mktemp("film-ct")
-    server.cli("synth", str(out), "--modality", "CT", "--images", str(SLICES), "--seed", "81")
+    server.cli(
+        "synth", str(out), "--modality", "CT", "--images", str(SLICES), "--seed", "81",
+        "--calibration",
+    )  # fmt: skip
     storescu(server, out)
     uid = str(pydicom.dcmread(sorted(out.glob("*.dcm"))[0]).StudyInstanceUID)
     wait_indexed(server, server.token(), uid, SLICES + 1)
@@ -45,7 +56,10 @@ def open_film(phone: Any, server: Server, study_uid: str, **body: Any) -> dict[s
     """Share the study, open the link on the phone and wait for the viewer; the link."""
     link = share(server, study_uid, **body)
     phone.goto(link["url"])
-    phone.wait_for_selector("#viewer.ready")
+    try:
+        phone.wait_for_selector("#viewer.ready", timeout=15_000)
+    except Exception as exc:  # Playwright's TimeoutError: say what the page complained of
+        raise AssertionError(f"the viewer never got ready: {phone.errors}") from exc
     return link
 
 
@@ -82,23 +96,36 @@ def state(page: Any) -> dict[str, Any]:
     return out
 
 
-def test_a_phone_opens_the_link_scrolls_slices_and_applies_a_window(
+def test_a_ct_link_opens_on_the_axial_series_and_windows_it_in_the_browser(
     server: Server, study: str, phone: Any
 ) -> None:
     open_film(phone, server, study, allow_download=True)
-    # the strip has a thumbnail per series, loaded
+    # the main series (the axial one, not the one-image scout), at its middle slice
+    st = state(phone)
+    assert (st["seriesIndex"], st["count"], st["index"]) == (1, SLICES, SLICES // 2)
+    assert phone.locator("#slice").inner_text().endswith(f"{SLICES // 2 + 1} / {SLICES}")
+    assert "/frames/1/rendered" in (phone.locator("#first").get_attribute("src") or "")
     phone.wait_for_function(
         "() => [...document.querySelectorAll('#strip img')]"
         ".every(i => i.complete && i.naturalWidth > 0)"
     )
-    assert phone.locator("#strip button").count() == 2
+    labels = phone.locator("#strip button").all_inner_texts()
+    assert "AXIAL" in labels[1] and f"{SLICES} 张" in labels[1] and "TOPOGRAM" in labels[0]
     assert "*" in phone.locator("#pname").inner_text()  # the name is masked
+    # every control is a tap target of at least 44 x 44 CSS px
+    for b in phone.locator("header button:visible, #tools button, #presets button").all():
+        box = b.bounding_box()
+        assert box["height"] >= 44 and box["width"] >= 44, b.inner_text()
+    # Chinese first; the toggle switches the labels to English and back
+    assert phone.locator("#tools button[data-mode=length]").inner_text() == "测距"
+    phone.click("#lang")
+    assert phone.locator("#tools button[data-mode=length]").inner_text() == "Length"
+    phone.click("#lang")
+    # a chest CT offers chest windows, no brain window
+    assert st["presets"] == ["lung", "mediastinum", "bone"]
+    phone.wait_for_function("() => window.cloudfilm.state().values")
+    phone.wait_for_function(f"() => window.cloudfilm.state().loaded === {SLICES}")
     shot(phone, "01-opened")
-    # open the axial series from the strip
-    phone.locator("#strip button").nth(1).click()
-    phone.wait_for_function(f"() => window.cloudfilm.state().count === {SLICES}")
-    phone.wait_for_function("() => window.cloudfilm.state().drawn >= 2")
-    assert phone.locator("#slice").inner_text().endswith(f"1 / {SLICES}")
     before = canvas_digest(phone)
 
     # drag down on the image: the slice changes, and so do the pixels
@@ -108,36 +135,193 @@ def test_a_phone_opens_the_link_scrolls_slices_and_applies_a_window(
     phone.mouse.down()
     phone.mouse.move(x, y + 60, steps=6)
     phone.mouse.up()
-    phone.wait_for_function("() => window.cloudfilm.state().index > 0")
     idx = state(phone)["index"]
-    phone.wait_for_function(f"() => document.querySelector('#viewer').dataset.index === '{idx}'")
-    phone.wait_for_function(f"() => window.cloudfilm.state().loaded >= {idx + 1}")
-    phone.wait_for_timeout(100)  # the decoded slice is painted on the next frame
+    assert idx > SLICES // 2
     assert phone.locator("#slice").inner_text().endswith(f"{idx + 1} / {SLICES}")
     scrolled = canvas_digest(phone)
     assert scrolled != before
-    # keys step one slice
     phone.keyboard.press("ArrowDown")
     phone.wait_for_function(f"() => window.cloudfilm.state().index === {idx + 1}")
     shot(phone, "02-scrolled")
 
-    # a window preset re-renders the slice: different pixels, same slice
-    drawn = state(phone)["drawn"]
-    phone.select_option("#preset", "-600,1500")
-    phone.wait_for_function(f"() => window.cloudfilm.state().drawn > {drawn}")
+    # presets and free window/level are painted from the values: no request to the server
+    asked: list[str] = []
+    phone.on("request", lambda r: asked.append(r.url))
+    scrolled = canvas_digest(phone)
+    phone.click("#presets button[data-preset=lung]")
     assert state(phone)["window"] == [-600, 1500]
-    assert canvas_digest(phone) != scrolled
     assert phone.locator("#wl").inner_text() == "W 1500 L -600"
+    assert canvas_digest(phone) != scrolled
     shot(phone, "03-lung-window")
-    # the whole series preloads with the new window
-    phone.wait_for_function(f"() => window.cloudfilm.state().loaded === {SLICES}", timeout=30_000)
+    phone.click("#tools button[data-mode=wl]")
+    lung = canvas_digest(phone)
+    phone.mouse.move(x, y)
+    phone.mouse.down()
+    phone.mouse.move(x + 40, y + 40, steps=4)
+    phone.mouse.up()
+    assert state(phone)["window"] != [-600, 1500]
+    assert canvas_digest(phone) != lung
+    assert asked == []
     # downloads: the current image as JPEG, the study as ZIP
     href = phone.locator("#dl-image").get_attribute("href")
-    assert "window=-600,1500" in href and href.endswith("download=1")
+    assert href.endswith("download=1")
     with phone.expect_download() as dl:
         phone.locator("#dl-zip").click()
     assert dl.value.suggested_filename.endswith(".zip")
     assert phone.errors == []  # no script error, no CSP violation
+
+
+def _disc_point(dx_mm: float, dy_mm: float) -> tuple[float, float]:
+    """Image coordinates (columns, rows; pixel centres at +0.5) of a point of the calibration
+    disc, ``dx_mm``/``dy_mm`` from its centre."""
+    cx, cy = CALIBRATION_CENTER_MM
+    half = CT_COLUMNS / 2
+    return half + (cx + dx_mm) / CT_SPACING_MM, half + (cy + dy_mm) / CT_SPACING_MM
+
+
+def _client(page: Any, point: tuple[float, float]) -> tuple[float, float]:
+    xy = page.evaluate("([c, r]) => window.cloudfilm.toClient(c, r)", list(point))
+    return xy["x"], xy["y"]
+
+
+def _drag(page: Any, a: tuple[float, float], b: tuple[float, float]) -> None:
+    page.mouse.move(*a)
+    page.mouse.down()
+    page.mouse.move(*b, steps=5)
+    page.mouse.up()
+
+
+def test_a_length_on_the_calibration_disc_is_within_one_percent_and_the_probe_reads_its_hu(
+    server: Server, study: str, phone: Any
+) -> None:
+    open_film(phone, server, study)
+    phone.wait_for_function("() => window.cloudfilm.state().values")
+    for _ in range(4):
+        phone.keyboard.press("+")
+    # pan the disc to the middle of the viewer
+    box = phone.locator("#viewer").bounding_box()
+    mid = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    disc = _client(phone, _disc_point(0, 0))
+    phone.click("#tools button[data-mode=pan]")
+    _drag(phone, mid, (2 * mid[0] - disc[0], 2 * mid[1] - disc[1]))
+
+    phone.click("#tools button[data-mode=length]")
+    r = CALIBRATION_DIAMETER_MM / 2
+    _drag(phone, _client(phone, _disc_point(-r, 0)), _client(phone, _disc_point(r, 0)))
+    (length,) = state(phone)["marks"]
+    assert length["mm"] == pytest.approx(CALIBRATION_DIAMETER_MM, rel=0.01)
+
+    phone.click("#tools button[data-mode=probe]")
+    phone.mouse.click(*_client(phone, _disc_point(3, -4)))
+    assert state(phone)["marks"][-1] == {"kind": "probe", "value": CALIBRATION_HU}
+
+    phone.click("#tools button[data-mode=roi]")
+    _drag(phone, _client(phone, _disc_point(-15, -15)), _client(phone, _disc_point(15, 15)))
+    roi = state(phone)["marks"][-1]
+    assert (roi["mean"], roi["sd"]) == (CALIBRATION_HU, 0)
+    assert roi["area"] == pytest.approx(3.14159 * 15 * 15, rel=0.05)
+
+    phone.click("#tools button[data-mode=angle]")
+    for dx, dy in ((r, 0), (0, 0), (0, r)):
+        phone.mouse.click(*_client(phone, _disc_point(dx, dy)))
+    assert state(phone)["marks"][-1]["deg"] == pytest.approx(90, abs=1.5)
+    shot(phone, "09-measurements")
+    # another slice: the measurements were of that slice only
+    phone.keyboard.press("ArrowDown")
+    assert state(phone)["marks"] == []
+    assert phone.errors == []
+
+
+def test_an_mr_link_offers_its_own_and_an_automatic_window_not_ct_presets(
+    server: Server, phone: Any, tmp_path: Path
+) -> None:
+    server.cli("synth", str(tmp_path), "--modality", "MR", "--images", "3", "--seed", "82")
+    storescu(server, tmp_path)
+    uid = str(pydicom.dcmread(sorted(tmp_path.glob("*.dcm"))[0]).StudyInstanceUID)
+    wait_indexed(server, server.token(), uid, 3)
+    open_film(phone, server, uid)
+    presets = state(phone)["presets"]
+    assert presets[0] == "auto" and not {"lung", "brain", "bone"} & set(presets)
+    phone.wait_for_function("() => window.cloudfilm.state().values")
+    phone.click("#presets button[data-preset=auto]")
+    auto = phone.locator("#wl").inner_text()
+    assert auto.startswith("W ")
+    shot(phone, "10-mr-auto-window")
+    assert phone.errors == []
+
+
+def test_a_radiograph_measures_at_the_detector_and_says_it_is_uncalibrated(
+    server: Server, phone: Any, tmp_path: Path
+) -> None:
+    server.cli("synth", str(tmp_path), "--modality", "DX", "--images", "1", "--seed", "87")
+    storescu(server, tmp_path)
+    (path,) = sorted(tmp_path.glob("*.dcm"))
+    dx = pydicom.dcmread(path, stop_before_pixels=True)
+    wait_indexed(server, server.token(), str(dx.StudyInstanceUID), 1)
+    open_film(phone, server, str(dx.StudyInstanceUID))
+    phone.wait_for_function("() => window.cloudfilm.state().values", timeout=60_000)
+    assert "uncalibrated" in phone.locator("#note").inner_text()
+    assert "lung" not in state(phone)["presets"]
+    phone.click("#tools button[data-mode=length]")
+    rows, cols = int(dx.Rows), int(dx.Columns)
+    a, b = (cols * 0.3, rows * 0.5), (cols * 0.7, rows * 0.5)
+    _drag(phone, _client(phone, a), _client(phone, b))
+    (length,) = state(phone)["marks"]
+    truth = (b[0] - a[0]) * float(dx.ImagerPixelSpacing[1])
+    assert length["mm"] == pytest.approx(truth, rel=0.01)
+    shot(phone, "13-radiograph-uncalibrated")
+    assert phone.errors == []
+
+
+def _pdf() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (200, 280), "white").save(out, format="PDF")
+    return out.getvalue()
+
+
+def _post_report(server: Server, study: str, body: bytes, media: str, status: str) -> None:
+    req = urllib.request.Request(
+        f"{server.base}/api/studies/{study}/reports?status={status}&title=CT",
+        data=body,
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {server.token(role='radiologist')}",
+            "Content-Type": media,
+        },
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 201
+
+
+def test_the_report_panel_shows_status_reader_date_and_the_pdf_inline_above_the_fold(
+    server: Server, phone: Any, tmp_path: Path
+) -> None:
+    server.cli("synth", str(tmp_path), "--modality", "CT", "--images", "2", "--seed", "83")
+    storescu(server, tmp_path)
+    uid = str(pydicom.dcmread(sorted(tmp_path.glob("*.dcm"))[0]).StudyInstanceUID)
+    wait_indexed(server, server.token(), uid, 3)
+    _post_report(server, uid, "两肺纹理清晰。".encode(), "text/plain", "preliminary")
+    _post_report(server, uid, _pdf(), "application/pdf", "final")
+    open_film(phone, server, uid)
+    pre = phone.locator("#report .rep.preliminary")
+    assert "初步报告" in pre.locator(".status").inner_text()
+    assert pre.locator(".reader").inner_text() == "t.radiologist.HOSP1"
+    assert "放射科医生" in pre.locator(".meta").inner_text()
+    assert "两肺纹理清晰" in pre.locator("pre").inner_text()
+    final = phone.locator("#report .rep.final")
+    assert "正式报告" in final.locator(".status").inner_text()
+    assert "integrity checked" in final.inner_text() or "完整性" in final.inner_text()
+    src = final.locator("iframe.pdf").get_attribute("src")
+    assert src and src.startswith("/film/")
+    fetched = phone.evaluate(
+        "async (u) => { const r = await fetch(u);"
+        " return [r.status, r.headers.get('content-type')] }",
+        src,
+    )
+    assert fetched == [200, "application/pdf"]
+    assert phone.locator("#report h2").bounding_box()["y"] < PHONE["viewport"]["height"]
+    shot(phone, "11-report")
+    assert phone.errors == []
 
 
 def _touch(cdp: Any, kind: str, points: list[tuple[float, float]]) -> None:
@@ -216,7 +400,7 @@ def test_the_right_code_opens_the_viewer(server: Server, study: str, phone: Any)
 
 def test_an_expired_link_gets_a_clear_page(server: Server, study: str, phone: Any) -> None:
     link = share(server, study, ttl_hours=1)
-    shares_db = server.data / "shares.sqlite"
+    shares_db = server.data / "index.sqlite"  # the links live in the index database
     import sqlite3
 
     with sqlite3.connect(shares_db) as db:
@@ -224,7 +408,8 @@ def test_an_expired_link_gets_a_clear_page(server: Server, study: str, phone: An
     response = phone.goto(link["url"])
     assert response.status == 403
     assert "链接已过期" in phone.locator("h1").inner_text()
-    assert "expired" in phone.locator("p").inner_text()
+    assert "请联系医院" in phone.locator("p").first.inner_text()  # the advice, in Chinese first
+    assert "expired" in phone.locator("p").nth(1).inner_text()
     shot(phone, "06-expired")
 
 
@@ -283,4 +468,39 @@ def test_the_patient_answers_a_request_gives_consent_and_shows_a_code_on_the_pag
     r = http(f"{server.base}/api/consents", token=server.token(role="radiologist"),
              method="POST", body={"patient": patient, "code": code})  # fmt: skip
     assert r.status == 201, r.body
+    assert phone.errors == []
+
+
+def test_a_patient_link_lists_the_studies_as_cards_and_opens_the_one_tapped(
+    server: Server, phone: Any, tmp_path: Path
+) -> None:
+    pid = "K-CARDS-1"
+    for modality, images, seed, sub in (("CT", "2", "85", "ct"), ("MR", "2", "86", "mr")):
+        server.cli("synth", str(tmp_path / sub), "--modality", modality, "--images", images,
+                   "--seed", seed, "--patient-id", pid)  # fmt: skip
+        storescu(server, tmp_path / sub)
+    uids = {}
+    for sub, count in (("ct", 3), ("mr", 2)):
+        uids[sub] = str(pydicom.dcmread(sorted((tmp_path / sub).glob("*.dcm"))[0]).StudyInstanceUID)
+        wait_indexed(server, server.token(), uids[sub], count)
+    link = share(server, "", scope="patient", patient_id=pid, issuer="CLOUDFILM-SYNTH")
+    phone.goto(link["url"])
+    phone.wait_for_selector("#viewer.ready")
+    cards = phone.locator("#studies .card")
+    assert cards.count() == 2
+    texts = cards.all_inner_texts()
+    assert any("CT" in t for t in texts) and any("MR" in t for t in texts)
+    for card in texts:  # the date, then the hospital (by name where the registry has one)
+        date, hospital, *_ = card.split("\n")
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) and hospital in ("HOSP1", "市第一人民医院")
+    phone.wait_for_function(
+        "() => [...document.querySelectorAll('#studies img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+    first = state(phone)["study"]
+    other = next(i for i in range(2) if cards.nth(i).get_attribute("data-uid") != first)
+    cards.nth(other).click()
+    phone.wait_for_function(f"() => window.cloudfilm.state().study !== '{first}'")
+    assert cards.nth(other).get_attribute("aria-current") == "true"
+    shot(phone, "12-study-cards")
     assert phone.errors == []

@@ -16,7 +16,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 
 from cloudfilm.synth import synthesize_study
-from tests.e2e.conftest import Server, register_user, start_server, stop_server
+from tests.e2e.conftest import Server, start_server, stop_server
 from tests.servers import Postgres, Seaweed, postgresql
 
 pytestmark = pytest.mark.e2e
@@ -56,10 +56,6 @@ def test_stow_to_one_api_process_is_served_by_another(
         shutil.copytree(tmp_path / "a" / "secrets", tmp_path / "b" / "secrets")
         proc_b, b = start_server(tmp_path / "b", tmp_path / "b.log", env)
         token = a.token(role="radiologist")  # signed in A's data dir, honoured by B
-        # the registry is a file of each data dir until it moves into the region's database
-        register_user(
-            tmp_path / "b" / "registry.sqlite", "t.radiologist.HOSP1", "HOSP1", "radiologist"
-        )
 
         paths = synthesize_study(tmp_path / "study", modality="CT", images=4, seed=61)
         datasets = [pydicom.dcmread(p) for p in paths]

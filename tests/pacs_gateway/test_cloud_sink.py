@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +28,7 @@ from pacs_gateway.cloud_sink import (
 from pacs_gateway.credential import load_credential
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
+from tests.threaded_server import ThreadedServer
 from viewer_api import middlewares
 from viewer_api.gateway_auth import (
     GATEWAYS_FILE,
@@ -53,9 +51,8 @@ class ThreadedCloud:
         registry = SqliteRegistry(self.data / REGISTRY_FILE)
         registry.add_hospital("H1", "First")
         registry.close()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = ThreadedServer()
+        self.url = self.server.url
         self.cred_file = root / "h1.cred"
         issue_gateway_credential(self.data, "H1", self.cred_file, cloud_url=self.url)
         self.index = SqliteIndex(self.data / "index.sqlite")
@@ -74,9 +71,7 @@ class ThreadedCloud:
             ),
             LocalIngest(self.store, self.index, trusted_links=True),
         )
-        self.runner = web.AppRunner(app)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.app = app
 
     @web.middleware
     async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -90,19 +85,11 @@ class ThreadedCloud:
         return await handler(request)
 
     def __enter__(self) -> ThreadedCloud:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        self.server.start(self.app)
         return self
 
-    async def _start(self) -> None:
-        await self.runner.setup()
-        await web.SockSite(self.runner, self.sock).start()
-
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.loop.close()
+        self.server.stop()
         self.index.close()
 
     def stored(self) -> list[str]:

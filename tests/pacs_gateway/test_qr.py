@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,11 +9,14 @@ from pydicom.dataset import Dataset
 
 from image_store.consents import SqliteConsents
 from image_store.index.sqlite import SqliteIndex
+from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.records import InstanceSummary, PatientRef
 from pacs_gateway.qr import (
     BadIdentifier,
+    PriorsSource,
     QrSettings,
     find_matches,
+    local_source,
     retrieve_matches,
     send_syntax,
 )
@@ -30,6 +33,16 @@ def index(tmp_path: Path) -> Iterator[SqliteIndex]:
     idx.close()
 
 
+Src = Callable[[QrSettings], PriorsSource]
+
+
+@pytest.fixture
+def src(index: SqliteIndex, tmp_path: Path) -> Src:
+    """The local source over ``index`` for given settings."""
+    store = FilesystemObjectStore(tmp_path / "objects")
+    return lambda settings: local_source(index, store, settings)
+
+
 def _ident(level: str, **kw: str) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = level
@@ -38,10 +51,14 @@ def _ident(level: str, **kw: str) -> Dataset:
     return ds
 
 
-def test_study_level_returns_the_asked_keys_of_visible_studies(index: SqliteIndex) -> None:
+def test_study_level_returns_the_asked_keys_of_visible_studies(
+    src: Src, index: SqliteIndex
+) -> None:
     got = list(
         find_matches(
-            _ident("STUDY", PatientID="P1", StudyInstanceUID="", ModalitiesInStudy=""), index, H1
+            _ident("STUDY", PatientID="P1", StudyInstanceUID="", ModalitiesInStudy=""),
+            src(H1),
+            "GW",
         )
     )
     assert [g.StudyInstanceUID for g in got] == ["1.2.1"]  # H2's study of P1 is not visible
@@ -50,7 +67,7 @@ def test_study_level_returns_the_asked_keys_of_visible_studies(index: SqliteInde
     assert "PatientName" not in got[0]
 
 
-def test_patient_level_groups_studies(index: SqliteIndex) -> None:
+def test_patient_level_groups_studies(src: Src, index: SqliteIndex) -> None:
     got = list(
         find_matches(
             _ident(
@@ -60,8 +77,8 @@ def test_patient_level_groups_studies(index: SqliteIndex) -> None:
                 StudyDate="20000101-20991231",
                 NumberOfPatientRelatedStudies="",
             ),
-            index,
-            H1,
+            src(H1),
+            "GW",
         )
     )
     assert sorted((g.PatientID, g.NumberOfPatientRelatedStudies) for g in got) == [
@@ -70,12 +87,12 @@ def test_patient_level_groups_studies(index: SqliteIndex) -> None:
     ]
 
 
-def test_image_level_and_uid_lists(index: SqliteIndex) -> None:
+def test_image_level_and_uid_lists(src: Src, index: SqliteIndex) -> None:
     got = list(
         find_matches(
             _ident("IMAGE", SeriesInstanceUID="1.2.1.1", SOPInstanceUID="1.2.1.1.2\\1.2.1.1.4"),
-            index,
-            H1,
+            src(H1),
+            "GW",
         )
     )
     assert sorted(g.SOPInstanceUID for g in got) == ["1.2.1.1.2", "1.2.1.1.4"]
@@ -91,12 +108,14 @@ def test_image_level_and_uid_lists(index: SqliteIndex) -> None:
         ("STUDY", {"StudyInstanceUID": "1.2.x"}),
     ],
 )
-def test_bad_identifiers_are_refused(index: SqliteIndex, level: str, keys: dict[str, str]) -> None:
+def test_bad_identifiers_are_refused(
+    src: Src, index: SqliteIndex, level: str, keys: dict[str, str]
+) -> None:
     with warnings.catch_warnings():  # pydicom warns about the invalid values we send on purpose
         warnings.simplefilter("ignore")
         ident = _ident(level, **keys)
     with pytest.raises(BadIdentifier):
-        list(find_matches(ident, index, H1))
+        list(find_matches(ident, src(H1), "GW"))
 
 
 @pytest.mark.parametrize(
@@ -110,10 +129,10 @@ def test_bad_identifiers_are_refused(index: SqliteIndex, level: str, keys: dict[
     ],
 )
 def test_find_over_the_whole_hospital_is_refused(
-    index: SqliteIndex, level: str, keys: dict[str, str]
+    src: Src, index: SqliteIndex, level: str, keys: dict[str, str]
 ) -> None:
     with pytest.raises(BadIdentifier, match="universal"):
-        list(find_matches(_ident(level, **keys), index, H1))
+        list(find_matches(_ident(level, **keys), src(H1), "GW"))
 
 
 @pytest.mark.parametrize(
@@ -126,32 +145,32 @@ def test_find_over_the_whole_hospital_is_refused(
     ],
 )
 def test_find_narrowed_by_a_date_name_or_accession_answers(
-    index: SqliteIndex, keys: dict[str, str]
+    src: Src, index: SqliteIndex, keys: dict[str, str]
 ) -> None:
-    got = list(find_matches(_ident("STUDY", StudyInstanceUID="", **keys), index, H1))
+    got = list(find_matches(_ident("STUDY", StudyInstanceUID="", **keys), src(H1), "GW"))
     assert "1.3.1" in [g.StudyInstanceUID for g in got]
 
 
 @pytest.mark.parametrize("patient_id", ["*", "", "P*", "?1", "P1\\P2"])
 def test_patient_level_retrieve_without_one_exact_patient_id_is_refused(
-    index: SqliteIndex, patient_id: str
+    src: Src, index: SqliteIndex, patient_id: str
 ) -> None:
     with pytest.raises(BadIdentifier):
-        retrieve_matches(_ident("PATIENT", PatientID=patient_id), index, H1)
+        retrieve_matches(_ident("PATIENT", PatientID=patient_id), src(H1))
     with pytest.raises(BadIdentifier):
-        retrieve_matches(_ident("STUDY", PatientID=patient_id, StudyInstanceUID=""), index, H1)
-    assert len(retrieve_matches(_ident("PATIENT", PatientID="P1"), index, H1)) == 6
+        retrieve_matches(_ident("STUDY", PatientID=patient_id, StudyInstanceUID=""), src(H1))
+    assert len(retrieve_matches(_ident("PATIENT", PatientID="P1"), src(H1))) == 6
 
 
-def test_retrieve_names_instances_of_visible_studies_only(index: SqliteIndex) -> None:
-    assert len(retrieve_matches(_ident("STUDY", StudyInstanceUID="1.2.1"), index, H1)) == 6
-    assert retrieve_matches(_ident("STUDY", StudyInstanceUID="2.1"), index, H1) == []
+def test_retrieve_names_instances_of_visible_studies_only(src: Src, index: SqliteIndex) -> None:
+    assert len(retrieve_matches(_ident("STUDY", StudyInstanceUID="1.2.1"), src(H1))) == 6
+    assert retrieve_matches(_ident("STUDY", StudyInstanceUID="2.1"), src(H1)) == []
     series = retrieve_matches(
-        _ident("SERIES", StudyInstanceUID="1.2.1", SeriesInstanceUID="1.2.1.2"), index, H1
+        _ident("SERIES", StudyInstanceUID="1.2.1", SeriesInstanceUID="1.2.1.2"), src(H1)
     )
     assert [i.sop_uid for i in series] == ["1.2.1.2.1"]
     with pytest.raises(BadIdentifier):
-        retrieve_matches(_ident("PATIENT"), index, H1)
+        retrieve_matches(_ident("PATIENT"), src(H1))
 
 
 def _inst(stored: str, original: str = "") -> InstanceSummary:
@@ -192,7 +211,7 @@ def test_c_move_sends_the_syntax_the_instance_arrived_in() -> None:
 
 
 def test_the_patients_consent_lets_the_gateway_serve_another_hospitals_priors(
-    index: SqliteIndex, tmp_path: Path
+    src: Src, index: SqliteIndex, tmp_path: Path
 ) -> None:
     consents = SqliteConsents(tmp_path / "consents.sqlite")
     settings = QrSettings(
@@ -205,11 +224,13 @@ def test_the_patients_consent_lets_the_gateway_serve_another_hospitals_priors(
         index.link_patient(PatientRef(hospital, "P1", "ISS"), "k" * 64, "admin:test")
 
     def studies() -> list[str]:
-        found = find_matches(_ident("STUDY", PatientID="P1", StudyInstanceUID=""), index, settings)
+        found = find_matches(
+            _ident("STUDY", PatientID="P1", StudyInstanceUID=""), src(settings), "GW"
+        )
         return sorted(str(d.StudyInstanceUID) for d in found)
 
     def h2_study() -> list[InstanceSummary]:
-        return retrieve_matches(_ident("STUDY", StudyInstanceUID="2.1"), index, settings)
+        return retrieve_matches(_ident("STUDY", StudyInstanceUID="2.1"), src(settings))
 
     assert studies() == ["1.2.1"] and h2_study() == []
     # a grant to one clinician does not open the study to every workstation of the hospital
@@ -219,7 +240,7 @@ def test_the_patients_consent_lets_the_gateway_serve_another_hospitals_priors(
     assert studies() == ["1.2.1", "2.1"]
     assert [i.sop_uid for i in h2_study()] == ["2.1.1.1"]
     ident = _ident("SERIES", StudyInstanceUID="2.1", SeriesInstanceUID="")
-    series = find_matches(ident, index, settings)
+    series = find_matches(ident, src(settings), "GW")
     assert [str(s.SeriesInstanceUID) for s in series] == ["2.1.1"]
     consents.revoke(grant.id)
     assert studies() == ["1.2.1"] and h2_study() == []
@@ -227,7 +248,7 @@ def test_the_patients_consent_lets_the_gateway_serve_another_hospitals_priors(
 
 
 def test_a_consent_through_an_untrusted_person_link_serves_no_priors(
-    index: SqliteIndex, tmp_path: Path
+    src: Src, index: SqliteIndex, tmp_path: Path
 ) -> None:
     """A link no trusted source made (e.g. from an instance a user uploaded) opens nothing,
     even with a consent grant on the person."""
@@ -241,7 +262,7 @@ def test_a_consent_through_an_untrusted_person_link_serves_no_priors(
     index.link_patient(PatientRef("H1", "P1", "ISS"), "k" * 64, "admin:test")
     index.link_patient(PatientRef("H2", "P1", "ISS"), "k" * 64, "dicom")  # untrusted
     consents.grant("k" * 64, "H1", created_by="t", ttl_s=3600)
-    found = find_matches(_ident("STUDY", PatientID="P1", StudyInstanceUID=""), index, settings)
+    found = find_matches(_ident("STUDY", PatientID="P1", StudyInstanceUID=""), src(settings), "GW")
     assert sorted(str(d.StudyInstanceUID) for d in found) == ["1.2.1"]
-    assert retrieve_matches(_ident("STUDY", StudyInstanceUID="2.1"), index, settings) == []
+    assert retrieve_matches(_ident("STUDY", StudyInstanceUID="2.1"), src(settings)) == []
     consents.close()

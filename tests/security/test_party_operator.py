@@ -11,13 +11,12 @@ import pytest
 from aiohttp import web
 
 from cloudfilm.cli import main
-from image_store.audit import SqliteAuditLog
+from cloudfilm.config import load_settings
+from cloudfilm.stores import open_state
 from image_store.index.sqlite import SqliteIndex
 from image_store.objects.filesystem import FilesystemObjectStore
 from viewer_api.app import ViewerSettings, create_app
-from viewer_api.auth import ROLES, RevokedTokens, TokenSigner
-from viewer_api.registry import SqliteRegistry
-from viewer_api.share import SqliteShareLinks
+from viewer_api.auth import ROLES, TokenSigner
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -87,18 +86,19 @@ async def _app(
     data: Path, aiohttp_client: Callable[[web.Application], Any]
 ) -> tuple[Any, TokenSigner, SqliteIndex]:
     """The API over the region in ``data``, its signer built as the stack builds it."""
-    signer = TokenSigner.from_files(
-        data / "secrets" / "api.key", revoked=RevokedTokens(data / "secrets" / "revoked-tokens")
-    )
+    state = open_state(load_settings({"data_dir": str(data)}), audit_key=None)
+    signer = TokenSigner.from_files(data / "secrets" / "api.key", revoked=state.revocations)
     index = SqliteIndex(data / "index.sqlite")
     app = create_app(
         ViewerSettings(public_base_url="http://x"),
         FilesystemObjectStore(data / "objects"),
         index,
-        SqliteShareLinks(data / "shares.sqlite"),
-        SqliteAuditLog(data / "audit.sqlite"),
+        state.shares,
+        state.audit,
         signer,
-        registry=SqliteRegistry(data / "registry.sqlite"),
+        consents=state.consents,
+        reports=state.reports,
+        registry=state.registry,
     )
     return await aiohttp_client(app), signer, index
 

@@ -234,7 +234,7 @@ def test_queries_and_retrieves_are_audited_without_patient_identifiers(
         StudyRootQueryRetrieveInformationModelGet,
     )
     assert len(received) == len(study) and int(statuses[-1].Status) == 0
-    log = SqliteAuditLog(srv.data / "audit.sqlite")
+    log = SqliteAuditLog(srv.data / "index.sqlite")  # the region's state is in the index database
     try:
         events = [e for e in log.iter_events() if e.role == "dicom"]
     finally:

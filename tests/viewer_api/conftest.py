@@ -20,6 +20,7 @@ from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.persons import PersonKeyer
+from image_store.state.db import SqliteStateDb
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.auth import Role, TokenSigner
 from viewer_api.registry import SqliteRegistry
@@ -116,10 +117,11 @@ async def make_api(
     settings: ViewerSettings | None = None,
 ) -> Api:
     signer = TokenSigner(b"k" * 32)
-    shares = SqliteShareLinks(tmp_path / "shares.sqlite")
-    audit = SqliteAuditLog(tmp_path / "audit.sqlite")
+    db = SqliteStateDb(tmp_path / "index.sqlite")  # the state lives in the index's database
+    shares = SqliteShareLinks(db)
+    audit = SqliteAuditLog(db)
     spy_store, spy_index = Spy(store), Spy(index)
-    registry = SqliteRegistry(tmp_path / "registry.sqlite")
+    registry = SqliteRegistry(db)
     app = create_app(
         settings or ViewerSettings(public_base_url=BASE),
         spy_store,
@@ -127,9 +129,9 @@ async def make_api(
         shares,
         audit,
         signer,
-        consents=SqliteConsents(tmp_path / "consents.sqlite"),
+        consents=SqliteConsents(db),
         persons=PersonKeyer(b"p" * 32),
-        reports=SqliteReports(tmp_path / "reports.sqlite"),
+        reports=SqliteReports(db),
         registry=registry,
     )
     client = await aiohttp_client(app)

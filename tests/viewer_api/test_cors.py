@@ -8,12 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from image_store.audit import SqliteAuditLog
 from image_store.index.sqlite import SqliteIndex
 from image_store.objects.filesystem import FilesystemObjectStore
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.auth import TokenSigner
-from viewer_api.share import SqliteShareLinks
+from viewer_api.state import open_sql_state
 
 OHIF = "https://viewer.hospital.example"
 
@@ -23,13 +22,19 @@ async def test_preflight_and_responses_carry_cors_for_the_configured_origin_only
 ) -> None:
     signer = TokenSigner(b"c" * 32)
     index = SqliteIndex(tmp_path / "i.sqlite")
+    state = open_sql_state(tmp_path / "i.sqlite")
+    state.registry.add_hospital("H1", "First")
+    state.registry.add_user("dr.c", "H1", "clinician")  # the API honours registered users only
     app = create_app(
         ViewerSettings(public_base_url="http://x", cors_origins=frozenset({OHIF})),
         FilesystemObjectStore(tmp_path / "o"),
         index,
-        SqliteShareLinks(tmp_path / "s.sqlite"),
-        SqliteAuditLog(tmp_path / "a.sqlite"),
+        state.shares,
+        state.audit,
         signer,
+        consents=state.consents,
+        reports=state.reports,
+        registry=state.registry,
     )
     client = await aiohttp_client(app)
     pre = await client.options(
@@ -39,7 +44,7 @@ async def test_preflight_and_responses_carry_cors_for_the_configured_origin_only
     assert pre.status == 204
     assert pre.headers["Access-Control-Allow-Origin"] == OHIF
     assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
-    token = {"Authorization": f"Bearer {signer.issue('H1', 'clinician')}"}
+    token = {"Authorization": f"Bearer {signer.issue('H1', 'clinician', subject='dr.c')}"}
     r = await client.get("/dicom-web/studies?limit=101&offset=0", headers={"Origin": OHIF, **token})
     assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == OHIF
     other = await client.get(

@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.uid import generate_uid
 
 from image_store.audit import AuditEvent, SqliteAuditLog, chain_hash
+from image_store.ingest import LocalIngest
 from tests.viewer_api.conftest import BASE, Api, Regional, uids
 from viewer_api.film import render_qr
 from viewer_api.pages import age_of, mask_name
@@ -325,3 +328,67 @@ def test_an_audit_row_edited_in_place_is_found(tmp_path: Path) -> None:
         db.execute("UPDATE audit SET hash = ? WHERE seq = 2", (chain_hash(prev, text),))
     assert log.verify() == 3
     log.close()
+
+
+async def test_a_patient_link_without_issuer_uses_the_only_issuer_the_hospital_holds(
+    regional: Regional,
+) -> None:
+    api, ct = regional.api, regional.ct
+    pid, issuer = str(ct[0].PatientID), str(ct[0].IssuerOfPatientID)
+    assert issuer  # the synthetic study's Patient ID has an issuer
+    r = await api.client.post(
+        "/api/shares", json={"scope": "patient", "patient_id": pid}, headers=api.token()
+    )
+    assert r.status == 201, await r.text()
+    share = await r.json()
+    assert api.shares.get(share["id"]).issuer == issuer  # type: ignore[union-attr]
+    page = await api.client.get(_path(share["url"]))
+    studies = manifest_of(await page.text())["studies"]
+    assert [s["uid"] for s in studies] == [str(ct[0].StudyInstanceUID)]
+
+
+async def test_a_patient_link_under_the_wrong_issuer_names_the_issuer_held(
+    regional: Regional,
+) -> None:
+    api, ct = regional.api, regional.ct
+    pid, issuer = str(ct[0].PatientID), str(ct[0].IssuerOfPatientID)
+    for wrong in ("", "OTHER-HOSPITAL"):
+        r = await api.client.post(
+            "/api/shares",
+            json={"scope": "patient", "patient_id": pid, "issuer": wrong},
+            headers=api.token(),
+        )
+        assert r.status == 404
+        assert f"under issuer '{issuer}'" in (await r.json())["error"]
+    # another hospital's staff learn nothing about H1's patient IDs
+    r = await api.client.post(
+        "/api/shares", json={"scope": "patient", "patient_id": pid}, headers=api.token("H2")
+    )
+    assert r.status == 404 and issuer not in await r.text()
+
+
+async def test_a_patient_id_held_under_two_issuers_needs_the_issuer_named(
+    regional: Regional, tmp_path: Path
+) -> None:
+    api, ct = regional.api, regional.ct
+    pid = str(ct[0].PatientID)
+    other = pydicom.dcmread(io.BytesIO(regional.ct_bytes[0]))
+    other.IssuerOfPatientID = "SECOND-ISSUER"
+    other.StudyInstanceUID, other.SeriesInstanceUID = generate_uid(), generate_uid()
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buf = io.BytesIO()
+    other.save_as(buf, enforce_file_format=True)
+    outs = LocalIngest(api.store, api.index).ingest("H1", [buf.getvalue()])
+    assert all(o.ok for o in outs), outs
+    r = await api.client.post(
+        "/api/shares", json={"scope": "patient", "patient_id": pid}, headers=api.token()
+    )
+    assert r.status == 400
+    error = (await r.json())["error"]
+    assert "give issuer" in error and "SECOND-ISSUER" in error
+    r = await api.client.post(
+        "/api/shares",
+        json={"scope": "patient", "patient_id": pid, "issuer": "SECOND-ISSUER"},
+        headers=api.token(),
+    )
+    assert r.status == 201, await r.text()

@@ -262,8 +262,10 @@ async def test_a_link_that_allows_downloads_gives_a_jpeg_and_the_studys_dicom_fi
     assert r.status == 200 and r.headers["Content-Type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(await r.read())) as zf:
         assert zf.testzip() is None
-        got = sorted(zf.read(n) for n in zf.namelist())
-        assert all(n.endswith(".dcm") and n.startswith("SER") for n in zf.namelist())
+        names = zf.namelist()
+        assert names[0] == "DICOMDIR"  # a File-set a CD viewer opens (PS3.10 file IDs)
+        assert all(re.fullmatch(r"PT\d{6}/ST\d{6}/SE\d{6}/IM\d{6}", n) for n in names[1:])
+        got = sorted(zf.read(n) for n in names[1:])
     assert got == sorted(regional.ct_bytes)  # the stored files, byte for byte
     # a streamed response is audited once its last byte is sent: wait for the record
     for _ in range(100):

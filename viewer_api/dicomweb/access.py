@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from image_store.access_rules import Reader, decide_access, needs_consent
 from image_store.records import (
     InstanceQuery,
     InstanceSummary,
@@ -44,41 +45,50 @@ async def trusted_link(request: web.Request, patient: PatientRef) -> PersonLink 
     return link if link is not None and link.trusted else None
 
 
+def reader_of(request: web.Request) -> Reader:
+    """The bearer principal as a reader for :func:`decide_access`."""
+    who = principal(request)
+    return Reader(who.hospital, who.role, who.subject)
+
+
+async def consent_for(
+    request: web.Request, reader: Reader, study: StudyRecord, person_key: str | None = None
+) -> str | None:
+    """The id of a consent grant letting ``reader`` read ``study`` through a trusted person link
+    of its patient (``person_key`` when already known), None when none is needed or found."""
+    if not needs_consent(reader, study.hospital):
+        return None
+    if person_key is None:
+        ref = PatientRef(study.hospital, study.patient.patient_id, study.patient.issuer)
+        link = await trusted_link(request, ref)
+        person_key = "" if link is None else link.person_key
+    if not person_key:
+        return None
+    grant = await blocking(
+        services(request).consents.covering,
+        person_key,
+        reader.hospital,
+        reader.user,
+        study.study_uid,
+    )
+    return None if grant is None else grant.id
+
+
 async def visible_study(request: web.Request, study_uid: str) -> StudyRecord:
     """The study if the caller may read it (setting the audit's VIA for a cross-hospital
     read); the same NotFound whether it does not exist or may not be read."""
-    break_glass_reason(request)
+    reason = break_glass_reason(request)
     study = await blocking(services(request).index.get_study, study_uid)
     if study is None:
         raise NotFound(NOT_VISIBLE.format(uid=study_uid))
-    if principal(request).may_see(study.hospital):
-        return study
-    via = await cross_hospital_access(request, study)
-    if via is None:
+    reader = reader_of(request)
+    consent_id = await consent_for(request, reader, study)
+    access = decide_access(reader, study.hospital, consent_id=consent_id, break_glass_reason=reason)
+    if access is None:
         raise NotFound(NOT_VISIBLE.format(uid=study_uid))
-    request[VIA] = via
+    if access.via:
+        request[VIA] = access.via
     return study
-
-
-async def cross_hospital_access(request: web.Request, study: StudyRecord) -> str | None:
-    """'consent:<id>' or 'break-glass:<reason>' when the caller may read another hospital's
-    study, None otherwise. Only radiologists and clinicians read under consent, and only
-    through a trusted person link of the study's patient."""
-    who = principal(request)
-    if who.role not in ("radiologist", "clinician"):
-        return None
-    svc = services(request)
-    if svc.consents is not None:
-        ref = PatientRef(study.hospital, study.patient.patient_id, study.patient.issuer)
-        link = await trusted_link(request, ref)
-        if link is not None:
-            grant = await blocking(
-                svc.consents.covering, link.person_key, who.hospital, who.subject, study.study_uid
-            )
-            if grant is not None:
-                return f"consent:{grant.id}"
-    reason = break_glass_reason(request)
-    return "break-glass:" + reason if reason else None
 
 
 async def series_of(request: web.Request, study_uid: str, series_uid: str) -> SeriesRecord:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from dicom_codecs.errors import RenderError
+from image_store.frame_layout import frame_instance
 from image_store.ports import ObjectStore
-from image_store.records import InstanceSummary, SeriesQuery
+from image_store.records import FrameLayout, InstanceSummary, SeriesQuery
 from image_store.verified import read_verified
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb.access import instances_of, series_of, visible_study
@@ -80,11 +81,24 @@ def parse_render_request(query: web.Request, extra: frozenset[str] = frozenset()
 
 
 def _render(
-    store: ObjectStore, inst: InstanceSummary, want: RenderRequest, frame: int | None
+    store: ObjectStore,
+    inst: InstanceSummary,
+    want: RenderRequest,
+    frame: int | None,
+    layout: FrameLayout | None = None,
 ) -> bytes:
+    """``layout``: a frame of a multi-frame is rendered from its byte range (and the header's)
+    instead of the whole object."""
     from dicom_codecs.render import RenderOptions, Window, render_thumbnail
 
-    data = read_verified(store, inst.object_key, inst.sha256)  # never render damaged bytes
+    if frame is not None and layout is not None:
+        count = inst.number_of_frames or 1
+        if not 0 <= frame < count:
+            raise RenderError(f"frame must be 1..{count}, got {frame + 1}")
+        data = frame_instance(store, inst.object_key, layout, frame + 1)
+        frame = 0
+    else:
+        data = read_verified(store, inst.object_key, inst.sha256)  # never render damaged bytes
     options = RenderOptions(
         size=max(inst.rows or 1, inst.columns or 1, 1),
         quality=want.quality,
@@ -119,8 +133,12 @@ async def render_picture(
 ) -> bytes:
     """The rendering, made in a worker thread: 404 for a frame past the end (the client's
     mistake), 400 for an image that cannot be rendered."""
+    svc = services(request)
+    layout = None
+    if frame is not None and (inst.number_of_frames or 1) > 1:
+        layout = await blocking(svc.index.frame_layout, inst.sop_uid, inst.sha256)
     try:
-        return await blocking(_render, services(request).store, inst, want, frame)
+        return await blocking(_render, svc.store, inst, want, frame, layout)
     except RenderError as exc:
         if "frame must be" in str(exc):
             raise NotFound(str(exc)) from exc

@@ -32,9 +32,8 @@ from viewer_api.auth import Principal
 from viewer_api.context import blocking, principal, services, uid_param
 from viewer_api.dicomweb.json import attr
 from viewer_api.dicomweb.multipart import part_files, receive_dicom_parts
-from viewer_api.errors import BadRequest, Forbidden
+from viewer_api.errors import BadRequest
 
-WRITERS = frozenset({"admin", "radiologist"})
 """Roles that may store instances: clinicians read, auditors read the audit log."""
 BATCH_BYTES = 64 * 1024**2
 """Most instance bytes read into memory for one ingest call (at least one instance)."""
@@ -50,12 +49,6 @@ class _Accepted:
     size: int
     sop_class_uid: str
     sop_uid: str
-
-
-def check_writer(who: Principal) -> None:
-    """Forbidden unless ``who`` holds a role that stores instances."""
-    if who.role not in WRITERS:
-        raise Forbidden(f"the {who.role} role does not store instances")
 
 
 def _failed(reason: int, sop_class: str = "", sop_uid: str = "") -> dict[str, Any]:
@@ -95,7 +88,6 @@ def _stored_versions(index: Index, sop_uids: tuple[str, ...]) -> dict[str, tuple
 async def store(request: web.Request) -> web.Response:
     svc = services(request)
     who = principal(request)
-    check_writer(who)
     study_uid = uid_param(request, "study") if "study" in request.match_info else ""
     settings = svc.settings
     failed: list[dict[str, Any]] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import re
 
 from aiohttp import web
@@ -14,9 +15,10 @@ from aiohttp import web
 from dicom_codecs.frames import NATIVE, FrameError, all_frames, frames_in
 from dicom_codecs.transcode import TranscodeError, can_transcode, transcode
 from image_store.errors import IntegrityError
+from image_store.frame_layout import frame_instance
 from image_store.metadata import bulk_value
 from image_store.ports import ObjectStore
-from image_store.records import InstanceQuery, InstanceSummary
+from image_store.records import ByteRange, FrameLayout, InstanceQuery, InstanceSummary
 from image_store.verified import read_verified
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb import params
@@ -39,6 +41,12 @@ READ_AHEAD = 8
 decoding releases the GIL, so they decode on every core while parts go out in order."""
 READ_AHEAD_BYTES = 64 << 20
 """Bound on the bytes those objects hold (decoded sizes estimated from rows and columns)."""
+STREAM_BYTES = 16 << 20
+"""An instance sent as stored and larger than this is streamed from the store in ranged reads
+of STREAM_CHUNK (its sha256 computed on the way; a mismatch ends the response before its
+closing boundary, so a client never takes damaged bytes for an instance) instead of read
+whole: a 2 GB multi-frame costs a few chunks of memory."""
+STREAM_CHUNK = 8 << 20
 
 
 def accepted(request: web.Request) -> list[MediaRange]:
@@ -100,7 +108,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     # The next objects are read (hashes checked, decoded if asked) in worker threads while
     # this one is written to the socket: at most READ_AHEAD objects and READ_AHEAD_BYTES in
     # flight, at least one, sent in order as each is ready.
-    ahead: collections.deque[tuple[asyncio.Future[bytes], int]] = collections.deque()
+    ahead: collections.deque[tuple[asyncio.Future[bytes | None], int]] = collections.deque()
     queued = 1
     try:
         for n, inst in enumerate(instances):
@@ -111,18 +119,21 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
             while queued < len(instances) and len(ahead) < READ_AHEAD:
                 nxt = instances[queued]
                 choice = choices[nxt.transfer_syntax_uid]
-                size = _estimate(nxt, choice)
+                size = 0 if _streamed(nxt, choice.transfer_syntax) else _estimate(nxt, choice)
                 if ahead and in_flight + size > READ_AHEAD_BYTES:
                     break
                 task = asyncio.ensure_future(blocking(_read, store, nxt, choice.transfer_syntax))
                 ahead.append((task, size))
                 in_flight += size
                 queued += 1
-            if as_stored and len(data) != inst.size:
+            if data is not None and as_stored and len(data) != inst.size:
                 raise IntegrityError(f"object of {inst.sop_uid} is not its indexed size")
             part = choices[inst.transfer_syntax_uid].part_type()
             await resp.write(part_header(boundary, part, first=n == 0))
-            await resp.write(data)
+            if data is None:
+                await _stream_stored(resp, store, inst)
+            else:
+                await resp.write(data)
             del data
     finally:
         for future, _ in ahead:
@@ -135,9 +146,49 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _read(store: ObjectStore, inst: InstanceSummary, syntax: str) -> bytes:
+async def _stream_stored(
+    resp: web.StreamResponse, store: ObjectStore, inst: InstanceSummary
+) -> None:
+    """Write the stored object in ranged reads (the next read while this chunk is written),
+    then check its size and sha256 against the index (IntegrityError: the response is cut
+    short)."""
+    digest = hashlib.sha256()
+    key = inst.object_key
+
+    def read(start: int) -> bytes:
+        chunk = store.get(key, ByteRange(start, min(start + STREAM_CHUNK, inst.size)))
+        digest.update(chunk)
+        return chunk
+
+    pos = 0
+    pending = asyncio.ensure_future(blocking(read, 0))
+    try:
+        while True:
+            chunk = await pending
+            if not chunk:
+                raise IntegrityError(f"object of {inst.sop_uid} is shorter than indexed")
+            pos += len(chunk)
+            if pos < inst.size:
+                pending = asyncio.ensure_future(blocking(read, pos))
+            await resp.write(chunk)
+            if pos >= inst.size:
+                break
+    finally:
+        if not pending.done():
+            pending.cancel()
+    if pos != inst.size or digest.hexdigest() != inst.sha256:
+        raise IntegrityError(f"object of {inst.sop_uid} does not match its sha256")
+
+
+def _streamed(inst: InstanceSummary, syntax: str) -> bool:
+    return syntax == inst.transfer_syntax_uid and inst.size > STREAM_BYTES
+
+
+def _read(store: ObjectStore, inst: InstanceSummary, syntax: str) -> bytes | None:
     """The stored bytes, or the instance transcoded into ``syntax`` (negotiated before the
-    response started, so producible)."""
+    response started, so producible); None for an instance to stream (:func:`_streamed`)."""
+    if _streamed(inst, syntax):
+        return None
     data = read_verified(store, inst.object_key, inst.sha256)  # never serve damaged bytes
     if syntax == inst.transfer_syntax_uid:
         return data
@@ -244,6 +295,54 @@ async def frames(request: web.Request) -> web.Response:
     (inst,) = await instances_of(request, study_uid, series_uid, sop_uid)
     numbers = list(params.frame_list(text, inst.number_of_frames))
     choice = choose(ranges, Resource.PIXELS, inst.transfer_syntax_uid, can_transcode)
-    data = await blocking(read_verified, services(request).store, inst.object_key, inst.sha256)
+    svc = services(request)
+    if (inst.number_of_frames or 1) > 1:
+        layout = await blocking(svc.index.frame_layout, inst.sop_uid, inst.sha256)
+        if layout is not None and _same_pixels(inst.transfer_syntax_uid, choice.transfer_syntax):
+            # read by byte range: the object is neither fetched nor parsed
+            chunks = await blocking(_ranged_frames, svc.store, inst.object_key, layout, numbers)
+            return _multipart(chunks, choice)
+        if layout is not None:  # each frame out of a one-frame instance of its byte range
+            chunks = await _frames_or_404_each(svc.store, inst, layout, choice, numbers)
+            return _multipart(chunks, choice)
+    data = await blocking(read_verified, svc.store, inst.object_key, inst.sha256)
     chunks = await _frames_or_404(data, inst.transfer_syntax_uid, choice.transfer_syntax, numbers)
     return _multipart(chunks, choice)
+
+
+async def _frames_or_404_each(
+    store: ObjectStore,
+    inst: InstanceSummary,
+    layout: FrameLayout,
+    choice: Choice,
+    numbers: list[int],
+) -> list[bytes]:
+    """Frames in another syntax than stored, each transcoded from a one-frame instance made
+    of the header's and the frame's byte ranges (one frame in memory at a time)."""
+    out = []
+    for n in numbers:
+        if layout.fragments and n > len(layout.fragments):
+            raise NotFound(f"frame {n} is past the end of the instance")
+        single = await blocking(frame_instance, store, inst.object_key, layout, n)
+        out.extend(
+            await _frames_or_404(single, inst.transfer_syntax_uid, choice.transfer_syntax, [1])
+        )
+    return out
+
+
+def _ranged_frames(
+    store: ObjectStore, key: str, layout: FrameLayout, numbers: list[int]
+) -> list[bytes]:
+    """The frames' bytes by their ranges in the stored object (numbers checked against the
+    instance's frame count already). The whole object's sha256 is not checked on this path;
+    an object shorter than its layout says is an IntegrityError (a 500, never a cut frame)."""
+    out = []
+    for n in numbers:
+        if layout.fragments and n > len(layout.fragments):
+            raise NotFound(f"frame {n} is past the end of the instance")
+        wanted = layout.frame_range(n)
+        chunk = store.get(key, wanted)
+        if wanted.end is not None and len(chunk) != wanted.end - wanted.start:
+            raise IntegrityError(f"object {key!r} is shorter than its frame layout")
+        out.append(chunk)
+    return out

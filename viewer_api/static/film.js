@@ -1,7 +1,9 @@
 // The cloud-film viewer: a stack viewer for a phone, in plain JavaScript (no framework, nothing
-// from another origin). Slices come from the server already windowed and rendered as JPEG
-// (/film/{token}/studies/.../frames/N/rendered); this script preloads them, nearest first,
-// decodes them ahead of time and draws the current one on a canvas with zoom and pan.
+// from another origin). The first slice is painted from a server-rendered JPEG already in the
+// page; then each grey slice's stored values arrive (.../frames/N/values: losslessly packed,
+// gzipped) and the script windows them itself, so window/level, presets, the value probe,
+// measurements and zoom (smooth interpolation) need no server round trip. Colour images and
+// images without values keep the server-rendered JPEGs.
 (function () {
   "use strict";
 
@@ -15,6 +17,12 @@
     for (const kid of kids) node.append(kid);
     return node;
   };
+  // a label in both languages; CSS shows one (Chinese unless English was chosen)
+  const bi = (zh, en) => {
+    const span = el("span");
+    span.append(el("span", { lang: "zh-CN", text: zh }), el("span", { lang: "en", text: en }));
+    return span;
+  };
 
   const M = JSON.parse($("#manifest").textContent);
   const base = M.base;
@@ -23,38 +31,131 @@
   const ctx = canvas.getContext("2d");
   const firstImg = $("#first");
 
-  const PRELOAD_PARALLEL = 4;
+  const PARALLEL = 4;
   const state = {
     study: M.study,
     seriesIndex: 0,
     index: 0,
-    win: null, // [center, width] or null for the image's own window
+    win: null, // [center, width], or null for the series' own window
+    preset: "",
     zoom: 1,
     panX: 0,
     panY: 0,
     mode: "stack",
     drawn: 0, // how many times a slice was painted (tests and the bench read it)
     shownKey: "",
+    marks: [], // measurements on the current slice (cleared when the slice changes)
+    pending: null, // a measurement being drawn
   };
-
-  // ---- image cache and preloading -------------------------------------------------------
-
-  const cache = new Map(); // url -> {img, ready, failed}
-  let generation = 0;
-  let queue = [];
-  let inFlight = 0;
 
   function series() {
     return state.study.series[state.seriesIndex];
   }
 
-  function sliceUrl(i, win) {
+  function frameKey(i) {
+    const [sop, frame] = series().images[i];
+    return `${series().uid}/${sop}/${frame}`;
+  }
+
+  function framePath(i) {
     const s = series();
     const [sop, frame] = s.images[i];
-    let url = `${base}/studies/${state.study.uid}/series/${s.uid}/instances/${sop}/frames/${frame}/rendered`;
+    return `${base}/studies/${state.study.uid}/series/${s.uid}/instances/${sop}/frames/${frame}`;
+  }
+
+  function sliceUrl(i, win) {
+    let url = `${framePath(i)}/rendered`;
     if (win) url += `?window=${Math.round(win[0])},${Math.max(1, Math.round(win[1]))}`;
     return url;
   }
+
+  // ---- stored values: fetched, unpacked (median edge predictor, zigzag byte planes) ---------
+
+  const values = new Map(); // frame key -> {rows, cols, u, slope, intercept, offset, mono1}
+  const noValues = new Set(); // series whose images have no values (colour): JPEG only
+
+  function unpack(buf) {
+    const dv = new DataView(buf);
+    if (dv.getUint32(0, false) !== 0x43465031) throw new Error("not packed values"); // "CFP1"
+    const rows = dv.getUint16(4, true);
+    const cols = dv.getUint16(6, true);
+    const flags = dv.getUint8(8);
+    const slope = dv.getFloat32(12, true);
+    const intercept = dv.getFloat32(16, true);
+    const n = rows * cols;
+    const lo = new Uint8Array(buf, 20, n);
+    const hi = new Uint8Array(buf, 20 + n, n);
+    const u = new Uint16Array(n);
+    for (let y = 0, i = 0; y < rows; y += 1) {
+      for (let x = 0; x < cols; x += 1, i += 1) {
+        const z = lo[i] | (hi[i] << 8);
+        const r = (z >>> 1) ^ -(z & 1);
+        const a = x ? u[i - 1] : 0;
+        const b = y ? u[i - cols] : 0;
+        const c = x && y ? u[i - cols - 1] : 0;
+        const mx = a > b ? a : b;
+        const mn = a > b ? b : a;
+        const p = c >= mx ? mn : c <= mn ? mx : a + b - c;
+        u[i] = (p + r) & 0xffff;
+      }
+    }
+    return { rows, cols, u, slope, intercept, offset: flags & 1 ? 32768 : 0, mono1: (flags & 2) !== 0 };
+  }
+
+  const decoding = { n: 0, ms: 0 }; // values unpacked, and the time it took (the bench reads it)
+  let valueGen = 0;
+  let valueQueue = [];
+  let valueInFlight = 0;
+
+  function loadValues() {
+    // every slice of the series, nearest to the current one first
+    valueGen += 1;
+    const s = series();
+    if (noValues.has(s.uid)) return;
+    const n = s.images.length;
+    const order = [];
+    for (let d = 0; d < n; d += 1) {
+      if (state.index + d < n) order.push(state.index + d);
+      if (d > 0 && state.index - d >= 0) order.push(state.index - d);
+    }
+    valueQueue = order.map((i) => [frameKey(i), `${framePath(i)}/values`, s.uid]);
+    pumpValues(valueGen);
+  }
+
+  function pumpValues(gen) {
+    while (valueInFlight < PARALLEL && valueQueue.length && gen === valueGen) {
+      const [key, url, suid] = valueQueue.shift();
+      if (values.has(key) || noValues.has(suid)) continue;
+      valueInFlight += 1;
+      fetch(url, { credentials: "same-origin" })
+        .then((r) => {
+          if (r.status === 400) noValues.add(suid);
+          return r.ok ? r.arrayBuffer() : null;
+        })
+        .then((buf) => {
+          if (!buf) return;
+          const t0 = performance.now();
+          values.set(key, unpack(buf));
+          decoding.ms += performance.now() - t0;
+          decoding.n += 1;
+        })
+        .catch(() => {})
+        .finally(() => {
+          valueInFlight -= 1;
+          progress();
+          if (key === frameKey(state.index)) paint();
+          if (noValues.has(suid) && series().uid === suid) preload(); // the JPEGs then
+          pumpValues(valueGen);
+        });
+    }
+  }
+
+  // ---- server-rendered JPEGs: the first paint, and images without values -------------------
+
+  const cache = new Map(); // url -> {img, ready, failed, waiters}
+  let generation = 0;
+  let queue = [];
+  let inFlight = 0;
 
   // the slice at url, loaded and decoded once; ``existing`` adopts an <img> already in the page
   function load(url, onReady, existing) {
@@ -87,8 +188,9 @@
   }
 
   function preload() {
-    // every slice of the series with the current window, nearest to the current one first
+    // JPEG preloading, only for a series without values
     generation += 1;
+    if (!noValues.has(series().uid)) return;
     const n = series().images.length;
     const order = [];
     for (let d = 0; d < n; d += 1) {
@@ -100,27 +202,90 @@
   }
 
   function pump(gen) {
-    while (inFlight < PRELOAD_PARALLEL && queue.length && gen === generation) {
+    while (inFlight < PARALLEL && queue.length && gen === generation) {
       const url = queue.shift();
       const cached = cache.get(url);
       if (cached && (cached.ready || cached.failed)) continue;
       inFlight += 1;
       load(url, () => {
         inFlight -= 1;
-        updateLoaded();
+        progress();
         pump(generation);
       });
     }
   }
 
-  function updateLoaded() {
+  function loadedCount() {
     const s = series();
     let ready = 0;
+    const jpeg = noValues.has(s.uid);
     for (let i = 0; i < s.images.length; i += 1) {
-      const e = cache.get(sliceUrl(i, state.win));
-      if (e && e.ready) ready += 1;
+      if (jpeg) {
+        const e = cache.get(sliceUrl(i, state.win));
+        if (e && e.ready) ready += 1;
+      } else if (values.has(frameKey(i))) ready += 1;
     }
+    return ready;
+  }
+
+  function progress() {
+    const n = series() ? series().images.length : 0;
+    const ready = loadedCount();
     viewer.dataset.loaded = String(ready);
+    const bar = $("#progress");
+    bar.classList.add("known");
+    bar.firstElementChild.style.width = `${n ? (100 * ready) / n : 100}%`;
+    bar.hidden = ready >= n;
+  }
+
+  // ---- windows ------------------------------------------------------------------------------
+
+  const luts = new Map();
+
+  function lutFor(v, win) {
+    const key = `${win[0]},${win[1]},${v.slope},${v.intercept},${v.offset},${v.mono1}`;
+    let lut = luts.get(key);
+    if (lut) return lut;
+    if (luts.size > 32) luts.clear();
+    lut = new Uint32Array(65536);
+    const [c, w] = win;
+    const lo = c - 0.5 - (w - 1) / 2;
+    const k = 255 / Math.max(w - 1, 1);
+    for (let u = 0; u < 65536; u += 1) {
+      const mv = (u - v.offset) * v.slope + v.intercept;
+      let g = Math.round((mv - lo) * k);
+      g = g < 0 ? 0 : g > 255 ? 255 : g;
+      if (v.mono1) g = 255 - g;
+      lut[u] = 0xff000000 | (g << 16) | (g << 8) | g;
+    }
+    luts.set(key, lut);
+    return lut;
+  }
+
+  function autoWindow(v) {
+    // the 1st to 99th percentile of the modality values
+    const hist = new Uint32Array(65536);
+    const step = Math.max(1, Math.floor(v.u.length / 65536));
+    let n = 0;
+    for (let i = 0; i < v.u.length; i += step, n += 1) hist[v.u[i]] += 1;
+    let acc = 0;
+    let lo = 0;
+    let hi = 65535;
+    for (let u = 0; u < 65536; u += 1) {
+      acc += hist[u];
+      if (acc <= n * 0.01) lo = u;
+      if (acc < n * 0.99) hi = u + 1;
+    }
+    const a = (lo - v.offset) * v.slope + v.intercept;
+    const b = (hi - v.offset) * v.slope + v.intercept;
+    return [(a + b) / 2, Math.max(1, Math.abs(b - a))];
+  }
+
+  function windowFor(v) {
+    if (state.win) return state.win;
+    const s = series();
+    if (state.preset === "auto" || !s.window) return autoWindow(v);
+    return s.window;
   }
 
   // ---- drawing ------------------------------------------------------------------------------
@@ -136,30 +301,80 @@
     paint();
   }
 
-  let lastImg = null;
-
-  function paint(img) {
-    if (img) lastImg = img;
-    img = lastImg;
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.clearRect(0, 0, canvas.width, canvas.height); // the viewer's background is black
-    if (!img) return;
+  // where the image sits on the canvas (device px): x0, y0, scale per column, rows' aspect
+  function geometry() {
+    const s = series();
+    const v = values.get(frameKey(state.index));
+    const cols = v ? v.cols : s.columns || 512;
+    const rows = v ? v.rows : s.rows || 512;
+    const aspect = s.spacing ? s.spacing[0] / s.spacing[1] : 1;
     const dpr = window.devicePixelRatio || 1;
-    const fit = Math.min(canvas.width / img.naturalWidth, canvas.height / img.naturalHeight);
-    const scale = fit * state.zoom;
-    const w = img.naturalWidth * scale;
-    const h = img.naturalHeight * scale;
-    const x = (canvas.width - w) / 2 + state.panX * dpr;
-    const y = (canvas.height - h) / 2 + state.panY * dpr;
-    ctx.imageSmoothingEnabled = scale < 3;
-    ctx.drawImage(img, x, y, w, h);
+    const fit = Math.min(canvas.width / cols, canvas.height / (rows * aspect));
+    const k = fit * state.zoom;
+    return {
+      cols,
+      rows,
+      aspect,
+      k,
+      x0: (canvas.width - cols * k) / 2 + state.panX * dpr,
+      y0: (canvas.height - rows * aspect * k) / 2 + state.panY * dpr,
+    };
   }
 
-  // paint a loaded slice and count it (tests and the bench read the count)
-  function present(entry, key) {
-    state.shownKey = key;
+  const off = document.createElement("canvas");
+  const offCtx = off.getContext("2d");
+  let offKey = "";
+
+  function renderValues(v, win) {
+    const key = `${frameKey(state.index)}|${win[0]},${win[1]}`;
+    if (key === offKey) return;
+    if (off.width !== v.cols || off.height !== v.rows) {
+      off.width = v.cols;
+      off.height = v.rows;
+    }
+    const img = offCtx.createImageData(v.cols, v.rows);
+    const out = new Uint32Array(img.data.buffer);
+    const lut = lutFor(v, win);
+    const u = v.u;
+    for (let i = 0; i < u.length; i += 1) out[i] = lut[u[i]];
+    offCtx.putImageData(img, 0, 0);
+    offKey = key;
+  }
+
+  let lastImg = null; // the JPEG drawn last (kept on screen until the next image is ready)
+
+  function paint() {
+    const s = series();
+    if (!s) return;
+    const g = geometry();
+    const v = values.get(frameKey(state.index));
+    let source = null;
+    let win = null;
+    if (v) {
+      win = windowFor(v);
+      renderValues(v, win);
+      source = off;
+      state.shownKey = `values:${frameKey(state.index)}`;
+    } else {
+      const want = cache.get(sliceUrl(state.index, state.win));
+      if (want && want.ready) {
+        lastImg = want.img;
+        win = state.win || s.window;
+        state.shownKey = sliceUrl(state.index, state.win);
+      }
+      source = lastImg;
+    }
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, canvas.width, canvas.height); // the viewer's background is black
+    if (!source) return;
+    // smooth, never blocky: bilinear when magnifying (cheap enough for 60 slices/s), the
+    // best filter when a large image (a radiograph) is shrunk to the screen
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = g.k >= 1 ? "low" : "high";
+    ctx.drawImage(source, g.x0, g.y0, g.cols * g.k, g.rows * g.aspect * g.k);
+    drawMarks(g);
+    if (win) $("#wl").textContent = `W ${Math.round(win[1])} L ${Math.round(win[0])}`; // with its image
     state.drawn += 1;
-    paint(entry.img);
     viewer.dataset.drawn = String(state.drawn);
     if (state.drawn === 1) {
       if (performance.mark) performance.mark("cloudfilm:first-draw");
@@ -169,24 +384,166 @@
     }
   }
 
+  // ---- measurements -------------------------------------------------------------------------
+
+  function unit() {
+    const s = series();
+    return s.spacing ? "mm" : "px";
+  }
+
+  function mmBetween(a, b) {
+    const s = series();
+    const [rs, cs] = s.spacing || [1, 1];
+    return Math.hypot((b[0] - a[0]) * cs, (b[1] - a[1]) * rs);
+  }
+
+  function valueAt(col, row) {
+    const v = values.get(frameKey(state.index));
+    if (!v) return null;
+    const c = Math.floor(col);
+    const r = Math.floor(row);
+    if (c < 0 || r < 0 || c >= v.cols || r >= v.rows) return null;
+    return (v.u[r * v.cols + c] - v.offset) * v.slope + v.intercept;
+  }
+
+  function ellipseStats(a, b) {
+    const v = values.get(frameKey(state.index));
+    if (!v) return null;
+    const cx = (a[0] + b[0]) / 2;
+    const cy = (a[1] + b[1]) / 2;
+    const rx = Math.abs(b[0] - a[0]) / 2;
+    const ry = Math.abs(b[1] - a[1]) / 2;
+    if (rx < 0.5 || ry < 0.5) return null;
+    let n = 0;
+    let sum = 0;
+    let sq = 0;
+    for (let r = Math.max(0, Math.floor(cy - ry)); r <= Math.min(v.rows - 1, Math.ceil(cy + ry)); r += 1) {
+      for (let c = Math.max(0, Math.floor(cx - rx)); c <= Math.min(v.cols - 1, Math.ceil(cx + rx)); c += 1) {
+        const dx = (c + 0.5 - cx) / rx;
+        const dy = (r + 0.5 - cy) / ry;
+        if (dx * dx + dy * dy > 1) continue;
+        const mv = (v.u[r * v.cols + c] - v.offset) * v.slope + v.intercept;
+        n += 1;
+        sum += mv;
+        sq += mv * mv;
+      }
+    }
+    if (!n) return null;
+    const mean = sum / n;
+    const [rs, cs] = series().spacing || [1, 1];
+    return { n, mean, sd: Math.sqrt(Math.max(0, sq / n - mean * mean)), area: Math.PI * rx * cs * ry * rs };
+  }
+
+  function angleAt(a, b, c) {
+    const [rs, cs] = series().spacing || [1, 1];
+    const u = [(a[0] - b[0]) * cs, (a[1] - b[1]) * rs];
+    const w = [(c[0] - b[0]) * cs, (c[1] - b[1]) * rs];
+    const cos = (u[0] * w[0] + u[1] * w[1]) / (Math.hypot(...u) * Math.hypot(...w) || 1);
+    return (Math.acos(Math.max(-1, Math.min(1, cos))) * 180) / Math.PI;
+  }
+
+  function valueUnit() {
+    return series().modality === "CT" ? "HU" : "";
+  }
+
+  function measure(m) {
+    // the numbers of a mark, in the units the image allows
+    if (m.kind === "length") return { kind: "length", [unit()]: mmBetween(m.pts[0], m.pts[1]) };
+    if (m.kind === "angle") return m.pts.length === 3 ? { kind: "angle", deg: angleAt(...m.pts) } : { kind: "angle" };
+    if (m.kind === "probe") return { kind: "probe", value: valueAt(...m.pts[0]) };
+    if (m.kind === "roi") return { kind: "roi", ...(ellipseStats(m.pts[0], m.pts[1]) || {}) };
+    return { kind: m.kind };
+  }
+
+  function label(m) {
+    const r = measure(m);
+    const u = valueUnit();
+    if (m.kind === "length") return `${r[unit()].toFixed(1)} ${unit()}`;
+    if (m.kind === "angle") return r.deg === undefined ? "" : `${r.deg.toFixed(1)}°`;
+    if (m.kind === "probe") return r.value === null ? "-" : `${Math.round(r.value)} ${u}`;
+    if (m.kind === "roi") {
+      if (r.mean === undefined) return "";
+      const area = unit() === "mm" ? `${(r.area / 100).toFixed(2)} cm²` : `${Math.round(r.area)} px²`;
+      return `${r.mean.toFixed(1)}±${r.sd.toFixed(1)} ${u} · ${area}`;
+    }
+    return "";
+  }
+
+  function drawMarks(g) {
+    const dpr = window.devicePixelRatio || 1;
+    const at = (p) => [g.x0 + p[0] * g.k, g.y0 + p[1] * g.aspect * g.k];
+    ctx.lineWidth = 1.5 * dpr;
+    ctx.strokeStyle = "#ffd75e";
+    ctx.fillStyle = "#ffd75e";
+    ctx.font = `${13 * dpr}px system-ui,sans-serif`;
+    ctx.shadowColor = "#000";
+    ctx.shadowBlur = 3 * dpr;
+    for (const m of state.pending ? [...state.marks, state.pending] : state.marks) {
+      const pts = m.pts.map(at);
+      ctx.beginPath();
+      if (m.kind === "roi" && pts.length === 2) {
+        const [a, b] = pts;
+        ctx.ellipse((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, Math.abs(b[0] - a[0]) / 2, Math.abs(b[1] - a[1]) / 2, 0, 0, 2 * Math.PI);
+      } else if (m.kind === "probe") {
+        ctx.arc(pts[0][0], pts[0][1], 4 * dpr, 0, 2 * Math.PI);
+      } else {
+        pts.forEach((p, i) => (i ? ctx.lineTo(...p) : ctx.moveTo(...p)));
+      }
+      ctx.stroke();
+      const text = label(m);
+      const last = pts[pts.length - 1];
+      if (text) {
+        // beside the mark's last point, kept on the canvas
+        const w = ctx.measureText(text).width;
+        const x = Math.max(4 * dpr, Math.min(last[0] + 8 * dpr, canvas.width - w - 4 * dpr));
+        ctx.fillText(text, x, Math.max(16 * dpr, last[1] - 8 * dpr));
+      }
+    }
+    ctx.shadowBlur = 0;
+  }
+
+  function clientToImage(x, y) {
+    const g = geometry();
+    const rect = canvas.getBoundingClientRect();
+    const dpr = canvas.width / rect.width;
+    return [((x - rect.left) * dpr - g.x0) / g.k, ((y - rect.top) * dpr - g.y0) / (g.k * g.aspect)];
+  }
+
+  function imageToClient(col, row) {
+    const g = geometry();
+    const rect = canvas.getBoundingClientRect();
+    const dpr = canvas.width / rect.width;
+    return { x: rect.left + (g.x0 + col * g.k) / dpr, y: rect.top + (g.y0 + row * g.aspect * g.k) / dpr };
+  }
+
+  function noteText() {
+    const s = series();
+    if (!s) return "";
+    if (!s.spacing) return "无像素间距 no pixel spacing";
+    if (s.spacing_kind === "imager") return "探测器平面，未校准 at detector, uncalibrated";
+    return "";
+  }
+
+  // ---- slices and series ---------------------------------------------------------------------
+
   function show() {
     const s = series();
     const url = sliceUrl(state.index, state.win);
-    const key = url;
     $("#slice").textContent = `${s.modality || ""} ${state.index + 1} / ${s.images.length}`;
+    $("#note").textContent = noteText();
     viewer.dataset.index = String(state.index);
     viewer.dataset.series = s.uid;
-    const w = state.win || s.window;
-    $("#wl").textContent = w ? `W ${Math.round(w[1])} L ${Math.round(w[0])}` : "";
     const dl = $("#dl-image");
     if (M.download) {
       dl.hidden = false;
       dl.href = url + (url.includes("?") ? "&" : "?") + "download=1";
     }
+    if (values.has(frameKey(state.index))) {
+      paint();
+      return;
+    }
     load(url, (entry) => {
-      if (entry.ready && sliceUrl(state.index, state.win) === key && state.shownKey !== key) {
-        present(entry, key);
-      }
+      if (entry.ready && sliceUrl(state.index, state.win) === url && !values.has(frameKey(state.index))) paint();
     });
   }
 
@@ -195,14 +552,19 @@
     const next = Math.max(0, Math.min(n - 1, i));
     if (next === state.index) return;
     state.index = next;
+    state.marks = []; // measurements belong to their slice
+    state.pending = null;
     show();
   }
 
-  function setWindow(win, reload) {
+  function setWindow(win, preset) {
     state.win = win;
-    state.shownKey = "";
+    state.preset = preset || "";
+    for (const b of document.querySelectorAll("#presets button")) {
+      b.setAttribute("aria-pressed", String(b.dataset.preset === state.preset));
+    }
     show();
-    if (reload) preload();
+    if (noValues.has(series().uid)) preload();
   }
 
   function resetView() {
@@ -212,19 +574,39 @@
     paint();
   }
 
-  // ---- series strip, studies, report ------------------------------------------------------
+  function buildPresets() {
+    const box = $("#presets");
+    box.replaceChildren();
+    const s = series();
+    const all = [{ id: "", label: "默认 Default", window: null }, ...(s.presets || [])];
+    for (const p of all) {
+      const [zh, ...en] = p.label.split(" ");
+      const b = el("button", { type: "button", "data-preset": p.id, "aria-pressed": String(p.id === state.preset) }, en.length ? bi(zh, en.join(" ")) : p.label);
+      if (p.window) b.dataset.window = p.window.join(",");
+      b.addEventListener("click", () => setWindow(p.window ? p.window.slice() : null, p.id));
+      box.append(b);
+    }
+  }
 
-  function selectSeries(i) {
+  function selectSeries(i, start) {
     state.seriesIndex = i;
-    state.index = 0;
-    state.win = $("#preset").value ? $("#preset").value.split(",").map(Number) : null;
-    state.shownKey = "";
+    state.index = Math.max(0, Math.min(series().images.length - 1, start || 0));
+    state.win = null;
+    state.preset = "";
+    state.marks = [];
+    state.pending = null;
     lastImg = null;
+    offKey = "";
+    // a phone holds one series' values at a time (300 CT slices are 157 MB)
+    for (const k of values.keys()) if (!k.startsWith(`${series().uid}/`)) values.delete(k);
     for (const b of document.querySelectorAll("#strip button")) {
       b.setAttribute("aria-current", String(Number(b.dataset.i) === i));
     }
+    buildPresets();
     resetView();
     show();
+    progress();
+    loadValues();
     preload();
   }
 
@@ -232,28 +614,55 @@
     const strip = $("#strip");
     strip.replaceChildren();
     state.study.series.forEach((s, i) => {
+      const name = [s.number !== null && s.number !== undefined ? `S${s.number}` : "", s.modality, s.description || ""].filter(Boolean).join(" ");
       const b = el(
         "button",
-        { type: "button", "data-i": String(i), "aria-current": String(i === state.seriesIndex) },
+        { type: "button", "data-i": String(i), "aria-current": String(i === state.seriesIndex), title: name },
         el("img", { src: `${base}/series/${s.uid}/thumbnail`, alt: "", loading: "lazy" }),
-        el("span", { text: `${s.modality} · ${s.description || "-"} · ${s.images.length}` }),
+        el("span", { class: "name", text: name }),
+        el("span", { class: "count", text: `${s.images.length} 张 images` }),
       );
-      b.addEventListener("click", () => selectSeries(i));
+      b.addEventListener("click", () => selectSeries(i, Math.floor(s.images.length / 2)));
       strip.append(b);
     });
+  }
+
+  function fmtDate(ts) {
+    const d = new Date(ts * 1000);
+    const p = (x) => String(x).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
   }
 
   function buildReport() {
     const box = $("#report");
     box.replaceChildren();
     if (!state.study.reports.length) return;
-    box.append(el("h2", { text: "报告 Report" }));
+    box.append(el("h2", {}, bi("报告", "Report")));
     for (const r of state.study.reports) {
+      const card = el("article", { class: `rep ${r.status}` });
       const title = el("h3", { text: r.title || "报告 Report" });
+      title.append(el("span", { class: `status ${r.status}`, text: r.status_label || r.status }));
       if (r.mutual_recognition) title.append(el("span", { class: "tag", text: "互认 Mutual recognition" }));
-      box.append(title);
-      if (r.text !== null) box.append(el("pre", { text: r.text }));
-      else box.append(el("a", { href: r.url, target: "_blank", rel: "noopener", text: `${r.media_type} ↗` }));
+      card.append(title);
+      card.append(
+        el(
+          "p",
+          { class: "meta" },
+          bi("报告医生 ", "Reader "), el("b", { class: "reader", text: r.reader.name || "-" }),
+          ` ${r.reader.role} ${r.reader.hospital} `,
+          " · ", el("time", { text: r.created_at ? fmtDate(r.created_at) : "-" }),
+          " · ",
+          r.verified ? el("span", { class: "ok", text: "✓ 完整性校验通过 integrity checked" }) : el("span", { class: "flag", text: "✗ 校验失败 damaged" }),
+        ),
+      );
+      if (r.text !== null && r.text !== undefined) card.append(el("pre", { text: r.text }));
+      else if (r.media_type === "application/pdf") {
+        card.append(
+          el("iframe", { class: "pdf", src: r.url, title: r.title || "PDF" }),
+          el("a", { href: r.url, target: "_blank", rel: "noopener", class: "open" }, bi("打开 PDF 报告", "Open the PDF report")),
+        );
+      } else card.append(el("a", { href: r.url, target: "_blank", rel: "noopener", class: "open" }, bi("打开报告", "Open the report")));
+      box.append(card);
     }
   }
 
@@ -264,28 +673,47 @@
     const zip = $("#dl-zip");
     zip.hidden = !M.download;
     zip.href = `${base}/studies/${h.uid}/download.zip`;
+    for (const c of document.querySelectorAll("#studies button")) {
+      c.setAttribute("aria-current", String(c.dataset.uid === h.uid));
+    }
   }
 
-  function openStudy(manifest) {
+  function openStudy(manifest, startSeries, startIndex) {
     state.study = manifest;
-    state.seriesIndex = 0;
+    state.seriesIndex = manifest.main || 0;
     showStudyHeader(manifest);
     buildStrip();
     buildReport();
-    if (manifest.series.length) selectSeries(0);
+    if (manifest.series.length) selectSeries(startSeries ?? manifest.main ?? 0, startIndex ?? manifest.start ?? 0);
   }
 
-  function buildStudyPicker() {
-    const pick = $("#study");
+  // "CT CHEST", not "CT CT CHEST": the modalities unless the description names them
+  function studyKind(s) {
+    const mods = s.modalities.join("/");
+    const d = s.description || "";
+    return s.modalities.length && d.startsWith(s.modalities[0]) ? d : `${mods} ${d}`.trim();
+  }
+
+  function buildStudyCards() {
+    const box = $("#studies");
     if (M.studies.length < 2) return;
-    pick.hidden = false;
+    box.hidden = false;
     for (const s of M.studies) {
-      pick.append(el("option", { value: s.uid, text: `${s.date} ${s.modalities.join("/")} ${s.description || ""} · ${s.hospital}` }));
+      const thumb = M.thumbs && M.thumbs[s.uid];
+      const card = el(
+        "button",
+        { type: "button", class: "card", "data-uid": s.uid, "aria-current": String(s.uid === state.study.uid) },
+        thumb ? el("img", { src: `${base}/series/${thumb}/thumbnail`, alt: "", loading: "lazy" }) : el("span", { class: "noimg" }),
+        el("span", { class: "date", text: s.date }),
+        el("span", { class: "hosp", text: s.hospital }),
+        el("span", { class: "mod", text: studyKind(s) }),
+      );
+      card.addEventListener("click", async () => {
+        const r = await fetch(`${base}/studies/${s.uid}/manifest.json`, { credentials: "same-origin" });
+        if (r.ok) openStudy(await r.json());
+      });
+      box.append(card);
     }
-    pick.addEventListener("change", async () => {
-      const r = await fetch(`${base}/studies/${pick.value}/manifest.json`, { credentials: "same-origin" });
-      if (r.ok) openStudy(await r.json());
-    });
   }
 
   // ---- input: pointer (touch, mouse, pen), wheel, keys -------------------------------------
@@ -295,21 +723,34 @@
 
   function midDist() {
     const [a, b] = [...pointers.values()];
-    return {
-      x: (a.x + b.x) / 2,
-      y: (a.y + b.y) / 2,
-      d: Math.hypot(a.x - b.x, a.y - b.y) || 1,
-    };
+    return { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2, d: Math.hypot(a.x - b.x, a.y - b.y) || 1 };
+  }
+
+  function currentWindow() {
+    const v = values.get(frameKey(state.index));
+    return state.win || (v ? windowFor(v) : series().window) || [40, 400];
   }
 
   function startGesture() {
     if (pointers.size >= 2) {
+      state.pending = null;
       const m = midDist();
       gesture = { kind: "pinch", x: m.x, y: m.y, d: m.d, zoom: state.zoom, panX: state.panX, panY: state.panY };
     } else if (pointers.size === 1) {
       const p = [...pointers.values()][0];
-      const w = state.win || series().window || [40, 400];
-      gesture = { kind: state.mode, x: p.x, y: p.y, index: state.index, panX: state.panX, panY: state.panY, win: w.slice() };
+      gesture = { kind: state.mode, x: p.x, y: p.y, index: state.index, panX: state.panX, panY: state.panY, win: currentWindow().slice() };
+      const at = clientToImage(p.x, p.y);
+      if (state.mode === "length" || state.mode === "roi") state.pending = { kind: state.mode, pts: [at, at] };
+      else if (state.mode === "probe") {
+        state.marks = state.marks.filter((m) => m.kind !== "probe");
+        state.marks.push({ kind: "probe", pts: [at] });
+        paint();
+      } else if (state.mode === "angle") {
+        const open = state.marks.find((m) => m.kind === "angle" && m.pts.length < 3);
+        if (open) open.pts.push(at);
+        else state.marks.push({ kind: "angle", pts: [at] });
+        paint();
+      }
     } else {
       gesture = null;
     }
@@ -326,7 +767,7 @@
     pointers.set(ev.pointerId, { x: ev.clientX, y: ev.clientY });
     if (gesture.kind === "pinch" && pointers.size >= 2) {
       const m = midDist();
-      state.zoom = Math.max(0.5, Math.min(10, gesture.zoom * (m.d / gesture.d)));
+      state.zoom = Math.max(0.5, Math.min(20, gesture.zoom * (m.d / gesture.d)));
       state.panX = gesture.panX + (m.x - gesture.x);
       state.panY = gesture.panY + (m.y - gesture.y);
       paint();
@@ -347,35 +788,48 @@
       const [c, w] = gesture.win;
       const k = Math.max(w, 10) / 250;
       liveWindow([c + dy * k, Math.max(1, w + dx * k * 2)]);
+    } else if (state.pending) {
+      state.pending.pts[1] = clientToImage(p.x, p.y);
+      paint();
     }
   });
 
   function endPointer(ev) {
     if (!pointers.delete(ev.pointerId)) return;
-    if (gesture && gesture.kind === "wl" && pointers.size === 0 && state.win) {
-      $("#preset").value = "";
+    if (gesture && gesture.kind === "wl" && pointers.size === 0 && state.win && noValues.has(series().uid)) {
       preload(); // the whole series again, with the window just chosen
+    }
+    if (state.pending && pointers.size === 0) {
+      const [a, b] = state.pending.pts;
+      if (Math.hypot(b[0] - a[0], b[1] - a[1]) > 1) state.marks.push(state.pending);
+      state.pending = null;
+      paint();
     }
     startGesture();
   }
   viewer.addEventListener("pointerup", endPointer);
   viewer.addEventListener("pointercancel", endPointer);
 
-  // free window/level while dragging: one request at a time, the latest window wins
+  // free window/level while dragging: painted here from the values; for an image without
+  // values one server request at a time, the latest window wins
   let wlBusy = false;
   let wlNext = null;
   function liveWindow(win) {
     state.win = win;
-    $("#wl").textContent = `W ${Math.round(win[1])} L ${Math.round(win[0])}`;
+    state.preset = "";
+    if (values.has(frameKey(state.index))) {
+      paint();
+      return;
+    }
     if (wlBusy) {
       wlNext = win;
       return;
     }
     wlBusy = true;
     const url = sliceUrl(state.index, win);
-    load(url, (entry) => {
+    load(url, () => {
       wlBusy = false;
-      if (entry.ready) present(entry, url);
+      paint();
       if (wlNext) {
         const w = wlNext;
         wlNext = null;
@@ -384,16 +838,17 @@
     });
   }
 
+  function zoomBy(f) {
+    state.zoom = Math.max(0.5, Math.min(20, state.zoom * f));
+    paint();
+  }
+
   viewer.addEventListener(
     "wheel",
     (ev) => {
       ev.preventDefault();
-      if (ev.ctrlKey || ev.metaKey) {
-        state.zoom = Math.max(0.5, Math.min(10, state.zoom * Math.exp(-ev.deltaY / 300)));
-        paint();
-      } else {
-        go(state.index + (ev.deltaY > 0 ? 1 : -1));
-      }
+      if (ev.ctrlKey || ev.metaKey) zoomBy(Math.exp(-ev.deltaY / 300));
+      else go(state.index + (ev.deltaY > 0 ? 1 : -1));
     },
     { passive: false },
   );
@@ -410,9 +865,10 @@
       PageUp: () => go(state.index - 10),
       Home: () => go(0),
       End: () => go(n - 1),
-      "+": () => { state.zoom = Math.min(10, state.zoom * 1.25); paint(); },
-      "-": () => { state.zoom = Math.max(0.5, state.zoom / 1.25); paint(); },
+      "+": () => zoomBy(1.25),
+      "-": () => zoomBy(1 / 1.25),
       "0": resetView,
+      Escape: () => { state.marks = []; paint(); },
     };
     const fn = keys[ev.key];
     if (fn) {
@@ -429,15 +885,41 @@
       }
     });
   }
-  $("#preset").addEventListener("change", (ev) => {
-    const v = ev.target.value;
-    setWindow(v ? v.split(",").map(Number) : null, true);
-  });
   $("#reset").addEventListener("click", () => {
-    $("#preset").value = "";
+    state.marks = [];
     resetView();
-    setWindow(null, true);
+    setWindow(null, "");
   });
+
+  // ---- language, copy and share ------------------------------------------------------------
+
+  function setLang(lang) {
+    document.documentElement.classList.toggle("en", lang === "en");
+    document.documentElement.lang = lang === "en" ? "en" : "zh-CN";
+    $("#lang").textContent = lang === "en" ? "中文" : "EN";
+    try {
+      localStorage.setItem("cloudfilm-lang", lang);
+    } catch (e) {
+      // private mode: the choice lasts for this page only
+    }
+  }
+  $("#lang").addEventListener("click", () => setLang(document.documentElement.classList.contains("en") ? "zh" : "en"));
+
+  $("#copy").addEventListener("click", async () => {
+    const b = $("#copy");
+    try {
+      await navigator.clipboard.writeText(location.href);
+      b.dataset.done = "1";
+      b.replaceChildren(bi("已复制", "Copied"));
+    } catch (e) {
+      window.prompt("复制链接 Copy the link", location.href);
+    }
+  });
+  if (navigator.share) {
+    const b = $("#share");
+    b.hidden = false;
+    b.addEventListener("click", () => navigator.share({ title: document.title, url: location.href }).catch(() => {}));
+  }
 
   // ---- the patient's own tools (their link only) -----------------------------------------
 
@@ -517,10 +999,17 @@
     await refresh();
   }
 
+  const ROLES = {
+    radiologist: "放射科医生 radiologist",
+    clinician: "临床医生 clinician",
+    admin: "管理员 administrator",
+    auditor: "审计员 auditor",
+  };
+
   async function fillHistory(box) {
     const rows = (await api("history")).map((h) => [
       `${h.day} ${fmtTime(h.last).slice(11)}`,
-      { staff: `${h.hospital_name || h.hospital} ${h.role}`, you: "本人 you", "doctor link": "医生链接 doctor link", link: "其他链接 other link" }[h.who] || h.who,
+      { staff: `${h.hospital_name || h.hospital} ${ROLES[h.role] || h.role}`, you: "本人 you", "doctor link": "医生链接 doctor link", link: "其他链接 other link" }[h.who] || h.who,
       h.requests,
       h.break_glass ? el("span", { class: "flag glass", text: `紧急调阅 break-glass: ${h.reason}` }) : "",
     ]);
@@ -670,33 +1159,53 @@
   // ---- start --------------------------------------------------------------------------------
 
   function start() {
-    buildStudyPicker();
+    let lang = "zh";
+    try {
+      lang = localStorage.getItem("cloudfilm-lang") || "zh";
+    } catch (e) {
+      // no storage: Chinese
+    }
+    setLang(lang);
+    buildStudyCards();
     buildMine().catch((e) => $("#mine").append(el("p", { class: "flag", text: String(e.message || e) })));
     showStudyHeader(state.study);
+    state.seriesIndex = state.study.main || 0;
     buildStrip();
     buildReport();
     if (!state.study.series.length) return;
+    state.index = state.study.start || 0;
     // the first slice is already in the page (<img id="first">): reuse it rather than fetch again
-    if (firstImg) load(sliceUrl(0, null), null, firstImg);
+    if (firstImg) load(sliceUrl(state.index, null), null, firstImg);
     new ResizeObserver(resize).observe(viewer);
     resize();
-    show();
-    preload();
+    selectSeries(state.seriesIndex, state.index);
   }
 
-  // for tests and the bench: read-only state and a way to step slices
+  // for tests and the bench: read-only state, image <-> page coordinates, and a few actions
   window.cloudfilm = {
     state: () => ({
       study: state.study.uid,
       series: series() && series().uid,
+      seriesIndex: state.seriesIndex,
       index: state.index,
       count: series() ? series().images.length : 0,
       window: state.win,
+      preset: state.preset,
+      presets: series() ? (series().presets || []).map((p) => p.id) : [],
       zoom: state.zoom,
+      mode: state.mode,
       drawn: state.drawn,
       loaded: Number(viewer.dataset.loaded || 0),
+      values: series() ? values.has(frameKey(state.index)) : false,
+      marks: state.marks.map(measure),
+      decoded: { ...decoding },
     }),
     go,
+    toClient: imageToClient,
+    setWindow: (win) => {
+      liveWindow(win);
+      return state.drawn;
+    },
   };
 
   start();
