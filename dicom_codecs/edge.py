@@ -1,13 +1,10 @@
 """Lossless compression at the edge: the gateway re-encodes an instance before upload, proves
 the result decodes bit-exactly to the original pixel data, and only then sends it.
 
-Which codec: ``bench/codec_table.py`` measures JPEG-LS, HTJ2K, JPEG 2000, RLE and deflate on
-synthetic and real images. JPEG-LS (CharLS, through pydicom's pyjpegls plugin) has the best
-ratio (34 % of raw for a synthetic CT study, 19 % for a real CT); the whole edge path (parse,
-encode, decode, compare, write) runs at about 55 MB/s per core, which keeps a 2-core gateway
-ahead of uplinks up to about 300 Mbit/s (typical of hospital links): it is the default. RLE
-(our Numba codec, 43 % of raw, about 220 MB/s per core for the whole path) keeps ahead of
-uplinks up to about 1.5 Gbit/s: the choice for fast links or a busy CPU.
+Which codec: ``upload_compression`` chooses JPEG-LS (CharLS, through pydicom's pyjpegls plugin;
+the best ratio of the codecs ``bench/codec_table.py`` compares, the default), RLE (our Numba
+codec: a worse ratio at several times the speed, for fast links or a busy CPU) or none; the
+README gives the measured ratios and speeds.
 
 An instance larger than ``STREAM_BYTES`` goes up as it arrived, streamed from its spool file
 (``compress_file_for_upload`` logs it with the reason): pydicom's encoders take the whole pixel

@@ -17,11 +17,12 @@ from aiohttp import web
 
 from image_store.keys import is_valid_uid
 from image_store.records import StudyQuery
+from image_store.state.records import ShareLink
 from viewer_api.auth import Principal
 from viewer_api.context import ACTOR, blocking, json_object, principal, services
 from viewer_api.dicomweb.access import visible_study
 from viewer_api.errors import BadRequest, Forbidden, NotFound
-from viewer_api.share import CODE_RE, ShareLink
+from viewer_api.share import CODE_RE
 
 MAX_TTL_HOURS = 8760
 _PATIENT_TEXT = re.compile(r"[A-Za-z0-9 ._^-]{1,64}")

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from image_store.ports import ObjectStore
 from image_store.records import InstanceQuery, InstanceSummary, SeriesQuery
+from image_store.state.records import ShareLink
 from image_store.verified import read_verified
 from viewer_api.context import blocking, services, uid_param
 from viewer_api.dicomweb.params import viewport
@@ -31,7 +32,6 @@ from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.film_link import LinkClosed, open_link_or_error, study_of_link
 from viewer_api.film_manifest import study_in_link
 from viewer_api.film_pixels import MAX_PIXELS, NotGreyPixels, pack_frame
-from viewer_api.share import ShareLink
 from viewer_api.thumbnails import series_jpeg
 
 MAX_SIDE = 1024

@@ -12,10 +12,10 @@ from aiohttp import web
 
 from image_store.access_rules import Reader, decide_access
 from image_store.records import PatientRef, StudyQuery, StudyRecord
+from image_store.state.records import ShareLink
 from viewer_api.context import ACTOR, blocking, services
 from viewer_api.dicomweb.access import consent_for
 from viewer_api.errors import Forbidden, NotFound
-from viewer_api.share import ShareLink
 
 UNLOCK_COOKIE = "cf_film"
 

@@ -16,11 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from image_store.records import InstanceQuery, InstanceSummary, SeriesQuery, StudyRecord
+from image_store.state.records import ShareLink
 from viewer_api.context import blocking, hospital_names, services, uid_param
 from viewer_api.film_link import LinkClosed, as_http_error, open_link_or_error, study_of_link
 from viewer_api.film_reports import study_reports
 from viewer_api.pages import study_header
-from viewer_api.share import ShareLink
 
 Preset = dict[str, Any]
 

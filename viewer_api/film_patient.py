@@ -42,6 +42,7 @@ from aiohttp import web
 from image_store.consents import CODE_TTL_S
 from image_store.keys import is_valid_uid
 from image_store.records import PatientRef, StudyQuery
+from image_store.state.records import ShareLink
 from viewer_api.context import ACTOR, blocking, hospital_names, json_object, services
 from viewer_api.errors import BadRequest, Forbidden, NotFound
 from viewer_api.film import (
@@ -54,7 +55,6 @@ from viewer_api.film import (
 )
 from viewer_api.film_link import link_studies, open_link_or_error
 from viewer_api.registry import check_subject
-from viewer_api.share import ShareLink
 
 MAX_GRANT_HOURS = 24 * 366
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from image_store.keys import check_hospital
 from image_store.state.db import StateDb, as_db
+from image_store.state.records import Hospital, User
 from viewer_api.auth import ROLES
 
 SCHEMA = """
@@ -41,28 +40,6 @@ _SUBJECT = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 
 class RegistryError(ValueError):
     """A registry change that cannot be made (unknown hospital, bad name, duplicate)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hospital:
-    id: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    subject: str
-    hospital: str
-    role: str
-    enabled: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "subject": self.subject,
-            "hospital": self.hospital,
-            "role": self.role,
-            "enabled": self.enabled,
-        }
 
 
 def token_problem(user: User | None, subject: str, hospital: str, role: str) -> str | None:

@@ -3,11 +3,11 @@ PostgreSQL); the bytes live in the object store."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from image_store.state.db import StateDb, as_db
+from image_store.state.records import Report
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
@@ -26,37 +26,6 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_study ON reports (study_uid, created_at);
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    id: str
-    study_uid: str
-    hospital: str
-    media_type: str
-    title: str
-    status: str
-    mutual_recognition: bool
-    object_key: str
-    size: int
-    sha256: str
-    created_by: str
-    created_at: float
-
-    def as_json(self, base: str) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "study_uid": self.study_uid,
-            "hospital": self.hospital,
-            "media_type": self.media_type,
-            "title": self.title,
-            "status": self.status,
-            "mutual_recognition": self.mutual_recognition,
-            "size": self.size,
-            "created_by": self.created_by,
-            "created_at": self.created_at,
-            "url": f"{base}/api/reports/{self.id}",
-        }
 
 
 _COLS = (

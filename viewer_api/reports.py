@@ -20,12 +20,12 @@ from aiohttp import web
 
 from image_store.keys import report_key
 from image_store.state.ports import Reports
+from image_store.state.records import Report
 from image_store.verified import read_verified
 from viewer_api.auth import new_link_id
 from viewer_api.context import blocking, principal, services, uid_param
 from viewer_api.dicomweb.access import visible_study
 from viewer_api.errors import BadRequest, Forbidden, NotFound
-from viewer_api.report_store import Report
 
 MAX_TEXT = 1 << 20
 MAX_PDF = 20 << 20

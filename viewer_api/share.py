@@ -22,20 +22,17 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from image_store.state.db import Conn, StateDb, as_db
+from image_store.state.records import BLOCK_AFTER, Audience, CodeCheck, Scope, ShareLink
 from viewer_api.auth import new_link_id
 
 LOCK_AFTER = 5
 LOCK_S = 15 * 60
-BLOCK_AFTER = 10
 CODE_RE = re.compile(r"\d{4,6}")
 
-Scope = Literal["study", "patient"]
-Audience = Literal["patient", "doctor"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS share_links (
@@ -69,72 +66,6 @@ _COLS = (
     "patient_id, issuer, allow_download, code_hash, failed_codes, failed_total, locked_until, "
     "audience, parent_id"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ShareLink:
-    id: str
-    study_uid: str
-    hospital: str
-    created_by: str
-    created_at: float
-    expires_at: float
-    revoked_at: float | None
-    views: int
-    scope: Scope = "study"
-    patient_id: str = ""
-    issuer: str = ""
-    allow_download: bool = False
-    code_hash: str | None = None
-    failed_codes: int = 0
-    failed_total: int = 0
-    locked_until: float | None = None
-    audience: Audience = "patient"
-    parent_id: str | None = None
-
-    def state(self, now: float | None = None) -> str:
-        """'active', 'expired', 'revoked' or 'blocked' (too many wrong codes)."""
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at <= (time.time() if now is None else now):
-            return "expired"
-        if self.failed_total >= BLOCK_AFTER:
-            return "blocked"
-        return "active"
-
-    @property
-    def has_code(self) -> bool:
-        return self.code_hash is not None
-
-    def locked(self, now: float | None = None) -> bool:
-        return self.locked_until is not None and self.locked_until > (
-            time.time() if now is None else now
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        """What its creator sees of a link (never the code or its hash)."""
-        return {
-            "id": self.id,
-            "scope": self.scope,
-            "study_uid": self.study_uid or None,
-            "hospital": self.hospital,
-            "audience": self.audience,
-            "allow_download": self.allow_download,
-            "has_code": self.has_code,
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-            "state": self.state(),
-            "views": self.views,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class CodeCheck:
-    """The outcome of entering an extraction code."""
-
-    outcome: Literal["ok", "wrong", "locked", "blocked"]
-    tries_left: int = 0
-    locked_until: float | None = None
 
 
 def _scrypt(code: str, salt: bytes) -> bytes:

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from image_store.audit import AuditEvent, AuditVerdict
 from image_store.consents import CodeOutcome, Consent, ConsentRequest
 from image_store.gateway_credentials import GatewayCredentials
 from image_store.state.db import StateDb
-
-if TYPE_CHECKING:
-    from viewer_api.registry import Hospital, User
-    from viewer_api.report_store import Report
-    from viewer_api.share import Audience, CodeCheck, Scope, ShareLink
+from image_store.state.records import Audience, CodeCheck, Hospital, Report, Scope, ShareLink, User
 
 __all__ = [
     "AuditLog",

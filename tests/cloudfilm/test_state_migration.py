@@ -11,9 +11,10 @@ from cloudfilm.config import load_settings
 from cloudfilm.stores import open_state
 from image_store.consents import SqliteConsents
 from image_store.gateway_credentials import GatewayCredential, SqliteGatewayCredentials
+from image_store.state.records import Report
 from viewer_api.auth import RevokedTokens
 from viewer_api.registry import SqliteRegistry
-from viewer_api.report_store import Report, SqliteReports
+from viewer_api.report_store import SqliteReports
 from viewer_api.share import SqliteShareLinks
 
 

@@ -13,9 +13,9 @@ from image_store.audit import ANCHOR_EVERY, AuditEvent
 from image_store.consents import CODE_MAX_TRIES
 from image_store.gateway_credentials import GatewayCredential
 from image_store.state.ports import RegionalState
+from image_store.state.records import BLOCK_AFTER, Report
 from viewer_api.registry import RegistryError
-from viewer_api.report_store import Report
-from viewer_api.share import BLOCK_AFTER, LOCK_AFTER, LOCK_S
+from viewer_api.share import LOCK_AFTER, LOCK_S
 
 AUDIT_KEY = b"a" * 32
 T0 = 1_800_000_000.0

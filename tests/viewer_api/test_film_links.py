@@ -18,10 +18,11 @@ import pytest
 import segno
 from PIL import Image
 
+from image_store.state.records import BLOCK_AFTER
 from tests.viewer_api.conftest import BASE, Api, Regional
 from tests.viewer_api.test_film import manifest_of
 from tests.viewer_api.test_patients import ISSUER, _grant, _linked
-from viewer_api.share import BLOCK_AFTER, LOCK_AFTER, LOCK_S, SqliteShareLinks
+from viewer_api.share import LOCK_AFTER, LOCK_S, SqliteShareLinks
 
 
 async def _share(api: Api, **body: Any) -> dict[str, Any]:
