@@ -391,11 +391,9 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway_credential(args: argparse.Namespace) -> int:
-    import time
 
     from cloudfilm.stores import open_state
-    from image_store.gateway_assertion import check_credential_id
-    from viewer_api.gateway_auth import issue_credential
+    from viewer_api.gateway_auth import issue_credential, revoke_credential
     from viewer_api.registry import RegistryError
 
     settings = _region(args.data)
@@ -406,8 +404,7 @@ def cmd_gateway_credential(args: argparse.Namespace) -> int:
     state = open_state(settings, audit_key=None)  # the region's registry and credentials
     try:
         if args.revoke:
-            check_credential_id(args.revoke)
-            if not state.gateway_credentials.revoke(args.revoke, at=time.time()):
+            if not revoke_credential(state.gateway_credentials, args.revoke):
                 print(
                     f"cloudfilm gateway credential: no live credential {args.revoke}",
                     file=sys.stderr,

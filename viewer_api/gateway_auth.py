@@ -42,16 +42,13 @@ from image_store.gateway_assertion import (
 from image_store.gateway_credentials import (
     GatewayCredential,
     GatewayCredentials,
-    SqliteGatewayCredentials,
 )
 from image_store.state.ports import Registry
 from viewer_api.errors import Forbidden, Unauthorized
-from viewer_api.registry import RegistryError, SqliteRegistry
+from viewer_api.registry import RegistryError
 
 logger = logging.getLogger(__name__)
 
-GATEWAYS_FILE = "gateways.sqlite"
-REGISTRY_FILE = "registry.sqlite"
 TOKEN_PREFIX = "cfgw_"  # noqa: S105 (not a secret: every gateway token starts so)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _TOKEN = re.compile(r"cfgw_[A-Za-z0-9_-]{43}")
@@ -201,29 +198,11 @@ def issue_credential(
     return cred_id
 
 
-def issue_gateway_credential(
-    data_dir: Path, hospital: str, out_file: Path, *, cloud_url: str = ""
-) -> str:
-    """``cloudfilm gateway credential --data DIR --hospital H --out FILE``: see
-    :func:`issue_credential` (the registry and credentials of ``data_dir``)."""
-    registry = SqliteRegistry(Path(data_dir) / REGISTRY_FILE)
-    credentials = SqliteGatewayCredentials(Path(data_dir) / GATEWAYS_FILE)
-    try:
-        return issue_credential(credentials, registry, hospital, out_file, cloud_url=cloud_url)
-    finally:
-        credentials.close()
-        registry.close()
-
-
-def revoke_gateway_credential(data_dir: Path, credential_id: str) -> bool:
-    """``cloudfilm gateway credential --data DIR --revoke ID``: refuse the credential and
-    every token issued for it, at once, on every API process. False if it was not live."""
+def revoke_credential(credentials: GatewayCredentials, credential_id: str) -> bool:
+    """Refuse the credential and every token issued for it, at once, on every API process.
+    False if it was not live; ValueError for a malformed id."""
     check_credential_id(credential_id)
-    credentials = SqliteGatewayCredentials(Path(data_dir) / GATEWAYS_FILE)
-    try:
-        done = credentials.revoke(credential_id, at=time.time())
-    finally:
-        credentials.close()
+    done = credentials.revoke(credential_id, at=time.time())
     if done:
         logger.info("gateway credential %s revoked", credential_id)
     return done

@@ -28,15 +28,15 @@ from pacs_gateway.cloud_sink import (
 from pacs_gateway.credential import load_credential
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader, UploaderSettings
-from tests.threaded_server import ThreadedServer
-from viewer_api import middlewares
-from viewer_api.gateway_auth import (
+from tests.gateway_credentials import (
     GATEWAYS_FILE,
     REGISTRY_FILE,
-    GatewayAuth,
     issue_gateway_credential,
     revoke_gateway_credential,
 )
+from tests.threaded_server import ThreadedServer
+from viewer_api import middlewares
+from viewer_api.gateway_auth import GatewayAuth
 from viewer_api.ingest_api import add_ingest_routes
 from viewer_api.registry import SqliteRegistry
 

@@ -35,15 +35,15 @@ from pacs_gateway.priors_http import HttpPriorsFactory, HttpPriorsSource, PriorU
 from pacs_gateway.qr import QrSettings, find_matches, retrieve_matches
 from pacs_gateway.scp import QrContext, ScpSettings, start_scp
 from pacs_gateway.spool import Spool
-from tests.threaded_server import ThreadedServer
-from viewer_api import middlewares
-from viewer_api.gateway_auth import (
+from tests.gateway_credentials import (
     GATEWAYS_FILE,
     REGISTRY_FILE,
-    GatewayAuth,
     issue_gateway_credential,
     revoke_gateway_credential,
 )
+from tests.threaded_server import ThreadedServer
+from viewer_api import middlewares
+from viewer_api.gateway_auth import GatewayAuth
 from viewer_api.ingest_api import add_ingest_routes
 from viewer_api.priors_api import add_priors_routes
 from viewer_api.registry import SqliteRegistry

@@ -30,15 +30,15 @@ from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.records import InstanceQuery
 from pacs_gateway.credential import GatewayCredential, load_credential
-from viewer_api import middlewares
-from viewer_api.auth import TokenSigner
-from viewer_api.gateway_auth import (
+from tests.gateway_credentials import (
     GATEWAYS_FILE,
     REGISTRY_FILE,
-    GatewayAuth,
     issue_gateway_credential,
     revoke_gateway_credential,
 )
+from viewer_api import middlewares
+from viewer_api.auth import TokenSigner
+from viewer_api.gateway_auth import GatewayAuth
 from viewer_api.ingest_api import IngestCounters, IngestSettings, add_ingest_routes
 from viewer_api.registry import RegistryError, SqliteRegistry
 

@@ -22,16 +22,16 @@ from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.records import InstanceQuery, InstanceSummary
 from pacs_gateway.credential import load_credential
-from tests.viewer_api.conftest import BASE, Api
-from viewer_api import middlewares
-from viewer_api.auth import TokenSigner
-from viewer_api.gateway_auth import (
+from tests.gateway_credentials import (
     GATEWAYS_FILE,
     REGISTRY_FILE,
-    GatewayAuth,
     issue_gateway_credential,
     revoke_gateway_credential,
 )
+from tests.viewer_api.conftest import BASE, Api
+from viewer_api import middlewares
+from viewer_api.auth import TokenSigner
+from viewer_api.gateway_auth import GatewayAuth
 from viewer_api.ingest_api import add_ingest_routes
 from viewer_api.priors_api import INSTANCES_PATH, STUDIES_PATH, add_priors_routes
 from viewer_api.registry import SqliteRegistry

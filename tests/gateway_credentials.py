@@ -1,0 +1,33 @@
+"""Gateway credentials in a test's own data directory (a registry file and a credentials file
+of their own, as the tests' threaded clouds keep them), through the production functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from image_store.gateway_credentials import SqliteGatewayCredentials
+from viewer_api.gateway_auth import issue_credential, revoke_credential
+from viewer_api.registry import SqliteRegistry
+
+GATEWAYS_FILE = "gateways.sqlite"
+REGISTRY_FILE = "registry.sqlite"
+
+
+def issue_gateway_credential(
+    data_dir: Path, hospital: str, out_file: Path, *, cloud_url: str = ""
+) -> str:
+    registry = SqliteRegistry(Path(data_dir) / REGISTRY_FILE)
+    credentials = SqliteGatewayCredentials(Path(data_dir) / GATEWAYS_FILE)
+    try:
+        return issue_credential(credentials, registry, hospital, out_file, cloud_url=cloud_url)
+    finally:
+        credentials.close()
+        registry.close()
+
+
+def revoke_gateway_credential(data_dir: Path, credential_id: str) -> bool:
+    credentials = SqliteGatewayCredentials(Path(data_dir) / GATEWAYS_FILE)
+    try:
+        return revoke_credential(credentials, credential_id)
+    finally:
+        credentials.close()
