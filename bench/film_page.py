@@ -17,11 +17,14 @@ opens it --opens times, each in a new browser context (empty cache) on a phone v
 
 Then, in the last context, it waits until every slice's stored values have arrived and reports:
 the bytes of the whole series on the wire (gzip content coding) against the raw 16-bit values
-and, from the same files, a 16-bit greyscale PNG of each slice; the script's unpacking time per
-slice; the window/level drag repaint (one window change per animation frame, each repainted
-from the values in the page: the synchronous time of a change); and the scroll rate: one slice
+and, from the same files, a 16-bit greyscale PNG of each slice; the time its worker takes to
+decode a slice (inflate and unpack); the window/level drag repaint (one window change per
+animation frame, each repainted from the values in the page: the synchronous time of a change);
+the scroll rate: one slice
 per animation frame, each drawn before the next frame (the display's frame rate, 60 Hz in
-headless Chromium, caps it).
+headless Chromium, caps it); and the memory the page holds for the series' values (its typed
+arrays: the slices kept decoded around the current one, the rest as the gzip bytes received)
+once they have all arrived, and again after that scroll through the whole series.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ FIRST_OPEN = """async () => {
 SERIES_BYTES = """(series) => {
   let bytes = 0, n = 0;
   for (const e of performance.getEntriesByType("resource")) {
-    if (e.name.includes(`/series/${series}/instances/`) && e.name.endsWith("/values")) {
+    if (e.name.includes(`/series/${series}/instances/`) && e.name.includes("/values")) {
       bytes += e.transferSize; n += 1;
     }
   }
@@ -96,16 +99,37 @@ WL_DRAG = """async () => {
 }"""
 
 SCROLL_RAF = """async () => {
+  // from the first slice, once the slices near it are decoded (as they are after a pause)
   const cf = window.cloudfilm, n = cf.state().count;
   cf.go(0);
+  while (!cf.state().values || cf.state().held.decoded < Math.min(n, 33)) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
   await new Promise((r) => requestAnimationFrame(r));
   const d0 = cf.state().drawn, t0 = performance.now();
   for (let i = 1; i < n; i += 1) {
     cf.go(i);
     await new Promise((r) => requestAnimationFrame(r));
   }
-  return { slices: cf.state().drawn - d0, ms: performance.now() - t0 };
+  return { slices: cf.state().drawn - d0, ms: performance.now() - t0, frames: n - 1 };
 }"""
+
+
+HELD = """() => {
+  const h = window.cloudfilm.state().held;
+  return { ...h, heap: performance.memory ? performance.memory.usedJSHeapSize : -1 };
+}"""
+
+
+def _held(label: str, page: Any, raw: int) -> None:
+    """What the page holds for the series' values, after a full garbage collection."""
+    page.context.new_cdp_session(page).send("HeapProfiler.collectGarbage")
+    h = page.evaluate(HELD)
+    print(
+        f"values held {label}: {h['bytes'] / 1e6:.1f} MB = {100 * h['bytes'] / raw:.1f} % of "
+        f"the series decoded ({h['decoded']} slices decoded {h['decodedBytes'] / 1e6:.1f} MB, "
+        f"{h['packed']} gzip {h['packedBytes'] / 1e6:.1f} MB; JS heap {h['heap'] / 1e6:.1f} MB)"
+    )
 
 
 def _share(base: str, data: Path) -> str:
@@ -194,8 +218,12 @@ def _measure(url: str, opens: int, slices: int, network: str, png_bytes: int) ->
             f"{sb['bytes'] / 1e6:.1f} MB on the wire = {100 * sb['bytes'] / raw:.1f} % of raw "
             f"{raw / 1e6:.1f} MB; 16-bit PNG {100 * png_bytes / raw:.1f} % of raw"
         )
+        _held("after loading", page, raw)
         dec = st["decoded"]
-        print(f"unpacking in the page: {dec['ms'] / max(dec['n'], 1):.1f} ms/slice ({dec['n']})")
+        print(
+            f"decoding in the page's worker (inflate + unpack): "
+            f"{dec['ms'] / max(dec['n'], 1):.1f} ms/slice ({dec['n']})"
+        )
         wl = page.evaluate(WL_DRAG)
         print(
             f"window/level drag repaint: median {wl['median']:.1f} ms, p95 {wl['p95']:.1f} ms, "
@@ -204,8 +232,9 @@ def _measure(url: str, opens: int, slices: int, network: str, png_bytes: int) ->
         raf = page.evaluate(SCROLL_RAF)
         print(
             f"scroll, one slice per animation frame: {raf['slices'] / raf['ms'] * 1000:.1f} "
-            f"slices/s ({raf['slices']} slices)"
+            f"slices/s ({raf['slices']} of {raf['frames']} slices drawn, each from its values)"
         )
+        _held("after scrolling through", page, raw)
         browser.close()
 
 

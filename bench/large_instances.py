@@ -1,15 +1,22 @@
-"""One large multi-frame through DCMTK storescu: CloudFilm (`cloudfilm serve`) vs DCMTK storescp.
+"""One large multi-frame through DCMTK storescu: CloudFilm (`cloudfilm serve`) vs DCMTK storescp
+and Orthanc.
 
     .venv/bin/python bench/large_instances.py [--mb 1024] [--max-peak-mb 128] [--keep]
 
 Builds a US cine of 480x640 RGB frames (``cloudfilm synth``'s anatomy, four frames repeated)
-of about ``--mb`` MB, sends it once with storescu to ``storescp +B`` (bit-preserving, to disk)
-and once to a fresh ``cloudfilm serve`` (durable: Success only once the instance is on disk),
-and prints for each: MB/s until storescu ends, the peak resident memory of the receiver's
-processes above their idle level (the whole process tree; for CloudFilm also the DICOM gateway
-process alone), and for CloudFilm the seconds until the instance is retrievable (its frame 1
-answers through WADO-RS) and the time to the first frame (one WADO-RS frames request of the
-last frame once retrievable) plus the whole instance through WADO-RS (transfer-syntax=*).
+of about ``--mb`` MB, sends it once with storescu to ``storescp +B`` (bit-preserving, to disk),
+once to Debian's Orthanc (default configuration, storage in a temporary directory; skipped when
+``Orthanc`` is not installed) and once to a fresh ``cloudfilm serve`` (durable: Success only
+once the instance is on disk), and prints for each: MB/s until storescu ends and its ratio to
+storescp's and Orthanc's, the peak resident memory of the receiver's processes above their idle
+level (the whole process tree; for CloudFilm also the DICOM gateway process alone), and for
+Orthanc and CloudFilm the seconds from storescu's start until the instance is retrievable (for
+Orthanc its frame 0 through ``/instances/{id}/frames/0/raw``, for CloudFilm its frame 1 through
+WADO-RS); for CloudFilm also the time to the first frame (one WADO-RS frames request of the last
+frame once retrievable) plus the whole instance through WADO-RS (transfer-syntax=*).
+
+Orthanc 1.10 cannot be told to listen on loopback only, so as root the bench re-runs itself in
+a private network namespace that has only loopback (as bench/ingest_compare.py does).
 
 The memory ceiling is a check: with ``--max-peak-mb`` the bench exits 1 when CloudFilm's peak
 above idle exceeds it. Resident memory is sampled every 20 ms from /proc (VmRSS summed over
@@ -20,6 +27,7 @@ is printed too.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -38,7 +46,8 @@ FRAME_BYTES = 480 * 640 * 3
 
 
 def _children(pid: int) -> list[int]:
-    out = [pid]
+    """``pid`` and its descendants, from one pass over /proc."""
+    kids: dict[int, list[int]] = {}
     for p in os.listdir("/proc"):
         if not p.isdigit():
             continue
@@ -46,8 +55,10 @@ def _children(pid: int) -> list[int]:
             ppid = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == pid:
-            out.extend(_children(int(p)))
+        kids.setdefault(ppid, []).append(int(p))
+    out = [pid]
+    for p in out:
+        out.extend(kids.get(p, []))
     return out
 
 
@@ -139,6 +150,79 @@ def run_storescp(work: Path, path: Path) -> dict[str, float]:
         proc.wait(10)
 
 
+def run_orthanc(work: Path, path: Path) -> dict[str, float] | None:
+    """Orthanc's default configuration (16 KB PDUs, its SQLite index, no compression) with its
+    storage and index under ``work``; None when Orthanc is not installed."""
+    if shutil.which("Orthanc") is None:
+        return None
+    tmp = work / "orthanc"
+    tmp.mkdir()
+    http, dicom = free_port(), free_port()
+    config = {
+        "Name": "BenchOrthanc",
+        "StorageDirectory": str(tmp / "db"),
+        "IndexDirectory": str(tmp / "db"),
+        "HttpPort": http,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomPort": dicom,
+        "DicomAet": "ORTHANC",
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowEcho": True,
+        "Plugins": [],
+    }
+    (tmp / "orthanc.json").write_text(json.dumps(config))
+    log = (tmp / "orthanc.log").open("wb")
+    proc = subprocess.Popen(["Orthanc", str(tmp / "orthanc.json")], stdout=log, stderr=log)
+    rest = f"http://127.0.0.1:{http}"
+
+    def retrievable() -> bool:
+        try:
+            with urllib.request.urlopen(f"{rest}/instances", timeout=30) as r:
+                ids = json.load(r)
+            if not ids:
+                return False
+            with urllib.request.urlopen(
+                f"{rest}/instances/{ids[0]}/frames/0/raw", timeout=600
+            ) as r:
+                r.read()
+        except OSError:
+            return False
+        return True
+
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(
+            ["echoscu", "-q", "-aec", "ORTHANC", "127.0.0.1", str(dicom)], capture_output=True
+        ).returncode:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not start (see {tmp / 'orthanc.log'})")
+            time.sleep(0.05)
+        time.sleep(1.0)
+        idle = tree_rss_mb(proc.pid)
+        with PeakMeter(proc.pid) as meter:
+            t0 = time.perf_counter()
+            seconds = storescu(dicom, "ORTHANC", path)
+            _until(retrievable, 900)
+            ready = time.perf_counter() - t0
+        return {
+            "s": seconds,
+            "idle": idle,
+            "peak_above_idle": meter.peak - idle,
+            "hwm": _status(proc.pid, "VmHWM"),
+            "ready_s": ready,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 def _get(url: str, token: str, accept: str = "") -> bytes:
     headers = {"Authorization": f"Bearer {token}"}
     if accept:
@@ -155,7 +239,7 @@ def _until(check: Callable[[], bool], timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def run_cloudfilm(work: Path, path: Path) -> dict[str, float]:
+def run_cloudfilm(work: Path, path: Path, ready_timeout_s: float) -> dict[str, float]:
     import pydicom
 
     from tests.e2e.conftest import start_server, stop_server
@@ -163,7 +247,11 @@ def run_cloudfilm(work: Path, path: Path) -> dict[str, float]:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     data = work / "cloudfilm"
     data.mkdir()
-    proc, server = start_server(data, work / "serve.log")
+    # the cloud's part limit sized to the instance (its default, 512 MB, refuses a 1 GB one)
+    limit_mb = max(512, 2 * path.stat().st_size // 1024**2)
+    proc, server = start_server(
+        data, work / "serve.log", {"CLOUDFILM_STOW_MAX_PART_MB": str(limit_mb)}
+    )
     try:
         token = server.token()
         time.sleep(2.0)  # settle: the gateway's children and the journal's first segments
@@ -176,28 +264,38 @@ def run_cloudfilm(work: Path, path: Path) -> dict[str, float]:
         )
 
         def retrievable() -> bool:
+            if any((data / "spool" / "failed").glob("*.reason")):
+                raise RuntimeError(f"the gateway gave the instance up (see {work}/serve.log)")
             try:
                 _get(f"{base}/frames/1", token)
             except OSError:
                 return False
             return True
 
+        nan = float("nan")
+        ready = first_frame = whole_s = nan
+        whole = b""
         with PeakMeter(proc.pid) as meter:
             t0 = time.perf_counter()
             seconds = storescu(server.dicom_port, server.ae, path)
-            _until(retrievable, 900)
-            ready = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            _get(f"{base}/frames/{int(ds.NumberOfFrames)}", token)
-            first_frame = time.perf_counter() - t1
+            try:
+                _until(retrievable, ready_timeout_s)
+            except (TimeoutError, RuntimeError) as exc:
+                print(f"CloudFilm: not retrievable: {exc}", file=sys.stderr)
+            else:
+                ready = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                _get(f"{base}/frames/{int(ds.NumberOfFrames)}", token)
+                first_frame = time.perf_counter() - t1
             time.sleep(1.0)
             ingest_peak = meter.peak
-            t2 = time.perf_counter()
-            whole = _get(
-                base, token, 'multipart/related; type="application/dicom"; transfer-syntax=*'
-            )
-            whole_s = time.perf_counter() - t2
-            time.sleep(1.0)
+            if ready == ready:  # retrievable: the whole instance through WADO-RS
+                t2 = time.perf_counter()
+                whole = _get(
+                    base, token, 'multipart/related; type="application/dicom"; transfer-syntax=*'
+                )
+                whole_s = time.perf_counter() - t2
+                time.sleep(1.0)
         hwm = {p: _status(p, "VmHWM") for p in pids}
         # the DICOM gateway process: the child that listens for C-STORE (its cmdline: spawn)
         gateway = max(
@@ -233,8 +331,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=1024)
     ap.add_argument("--max-peak-mb", type=float, default=0.0)
+    ap.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for CloudFilm to serve the instance (then reported as nan)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--no-orthanc", action="store_true", help="leave Orthanc out (quick runs)")
     args = ap.parse_args()
+    from bench.ingest_compare import ensure_netns
+
+    ensure_netns()
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
     os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".venv" / "numba-cache"))
     work = Path(tempfile.mkdtemp(prefix="cloudfilm-large-"))
     try:
@@ -242,26 +351,43 @@ def main() -> int:
         size_mb = path.stat().st_size / 1e6
         print(f"instance: {path.name}, {size_mb:.0f} MB")
         scp = run_storescp(work, path)
-        cf = run_cloudfilm(work, path)
-        print("| receiver | MB/s | peak RSS above idle (MB) | idle RSS (MB) |")
-        print("| --- | --- | --- | --- |")
+        orthanc = None if args.no_orthanc else run_orthanc(work, path)
+        cf = run_cloudfilm(work, path, args.ready_timeout)
+        scp_rate = size_mb / scp["s"]
+        orthanc_rate = size_mb / orthanc["s"] if orthanc else float("nan")
+        cf_rate = size_mb / cf["s"]
+        print("| receiver | MB/s | peak RSS above idle (MB) | idle RSS (MB) | retrievable (s) |")
+        print("| --- | --- | --- | --- | --- |")
         print(
-            f"| storescp +B | {size_mb / scp['s']:.0f} | {scp['peak_above_idle']:.0f} | "
-            f"{scp['idle']:.0f} |"
+            f"| storescp +B | {scp_rate:.0f} | {scp['peak_above_idle']:.0f} | {scp['idle']:.0f} | |"
         )
+        if orthanc:
+            print(
+                f"| Orthanc (default) | {orthanc_rate:.0f} ({orthanc_rate / scp_rate:.2f}x "
+                f"storescp) | {orthanc['peak_above_idle']:.0f} (VmHWM {orthanc['hwm']:.0f}) | "
+                f"{orthanc['idle']:.0f} | {orthanc['ready_s']:.1f} |"
+            )
+        else:
+            print("| Orthanc | not measured (not installed) | | | |")
         print(
-            f"| CloudFilm (whole stack) | {size_mb / cf['s']:.0f} "
-            f"({size_mb / cf['s'] / (size_mb / scp['s']):.2f}x) | "
-            f"{cf['peak_above_idle']:.0f} | {cf['idle']:.0f} |"
+            f"| CloudFilm (whole stack) | {cf_rate:.0f} ({cf_rate / scp_rate:.2f}x storescp, "
+            f"{cf_rate / orthanc_rate:.2f}x Orthanc) | "
+            f"{cf['peak_above_idle']:.0f} | {cf['idle']:.0f} | {cf['ready_s']:.1f} |"
         )
         print(
             f"| CloudFilm, until the first frame is served | | "
-            f"{cf['ingest_peak_above_idle']:.0f} | |"
+            f"{cf['ingest_peak_above_idle']:.0f} | | |"
         )
         print(
             f"| CloudFilm gateway process | | {cf['gateway_hwm_above_idle']:.0f} (VmHWM) | "
-            f"{cf['gateway_idle']:.0f} |"
+            f"{cf['gateway_idle']:.0f} | |"
         )
+        if orthanc:
+            print(
+                f"CloudFilm / Orthanc: peak RSS above idle "
+                f"{cf['peak_above_idle'] / max(orthanc['peak_above_idle'], 1.0):.2f}x, "
+                f"seconds until retrievable {cf['ready_s'] / orthanc['ready_s']:.2f}x"
+            )
         print(
             f"retrievable {cf['ready_s']:.1f} s after storescu started; last frame through "
             f"WADO-RS frames {cf['first_frame_ms']:.1f} ms; whole instance "

@@ -3,6 +3,7 @@
 or scripts' copy: OnStoredInstance → SendToModality).
 
     .venv/bin/python bench/region_ingest.py [--slices 300] [--orthanc-script PATH]
+                                            [--uplink-mbit 100 --uplink-delay-ms 20]
 
 DCMTK storescu (TCP_NODELAY=1) sends the synthetic CT over one association. Reported: inst/s at
 the modality (the gateway's Success is durable: journal + fdatasync), the bytes that crossed the
@@ -10,20 +11,34 @@ wire (the parts the cloud received, after the gateway's lossless edge compressio
 raw files, and the seconds from the last Success until the whole study is queryable at the
 cloud (QIDO-RS lists every instance) and the first slice's rendered frame is served. Loopback
 only, in a private network namespace when run as root (as bench/ingest_compare.py does).
+
+With ``--uplink-mbit`` the gateway reaches the cloud through an emulated WAN link instead of
+straight over loopback: :class:`Link`, a TCP relay on 127.0.0.1 that gives each direction its
+own ``--uplink-mbit`` of bandwidth (serialisation at that rate, a bounded bottleneck queue, so
+TCP's flow control works as over a real link) and ``--uplink-delay-ms`` of one-way delay (the
+kernel here has no netem qdisc). The bench's own queries go to the cloud directly (a viewer
+near the cloud). Reported besides: the seconds from the last Success until the study is
+viewable (every instance queryable and the first rendered frame served) against the ideal,
+the bytes that crossed the link divided by its rate (every byte must cross it, and the
+modality sends faster than the link carries), and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,7 +71,114 @@ def _cli(*args: str) -> str:
     return done.stdout.strip()
 
 
-def cloudfilm_region(files: list[Path], work: Path) -> dict[str, float]:
+class Link:
+    """A full-duplex WAN link emulated in user space: connections to ``127.0.0.1:port`` are
+    relayed to ``target_port``; each direction carries ``mbit`` Mbit/s (a chunk leaves the
+    bottleneck once the ones before it have, at that rate) and delivers ``delay_ms`` after
+    it left. The bottleneck holds at most one bandwidth-delay product plus 256 KiB: a sender
+    faster than the link waits on its socket, as behind a router. Runs its own event loop
+    in a thread; ``bytes_up`` counts what crossed towards ``target_port``."""
+
+    def __init__(self, target_port: int, mbit: float, delay_ms: float) -> None:
+        self.target_port = target_port
+        self.rate = mbit * 1e6 / 8  # bytes per second
+        self.delay = delay_ms / 1000
+        self.queue_bytes = int(self.rate * self.delay) + 256 * 1024
+        self.bytes_up = 0
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="wan-link")
+
+    def __enter__(self) -> Link:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the link emulator did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", 0, limit=1 << 20)
+        )
+        self.port = int(server.sockets[0].getsockname()[1])
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            self._loop.close()
+
+    async def _relay(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            down_w.close()
+            return
+        await asyncio.gather(
+            self._direction(down_r, up_w, upstream=True),
+            self._direction(up_r, down_w, upstream=False),
+            return_exceptions=True,
+        )
+        for w in (up_w, down_w):
+            w.close()
+
+    async def _direction(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        held: deque[tuple[float, bytes]] = deque()  # (delivery time, chunk)
+        queued = 0
+        free_at = 0.0  # when the bottleneck has sent everything before
+        changed = asyncio.Event()
+        done = False
+
+        async def deliver() -> None:
+            nonlocal queued
+            while True:
+                while not held:
+                    if done:
+                        if writer.can_write_eof():
+                            writer.write_eof()
+                        return
+                    changed.clear()
+                    await changed.wait()
+                at, chunk = held[0]
+                wait = at - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                held.popleft()
+                writer.write(chunk)
+                await writer.drain()
+                queued -= len(chunk)
+                changed.set()
+
+        sender = asyncio.ensure_future(deliver())
+        try:
+            while chunk := await reader.read(64 * 1024):
+                while queued >= self.queue_bytes:  # the bottleneck's buffer is full
+                    changed.clear()
+                    await changed.wait()
+                start = max(loop.time(), free_at)
+                free_at = start + len(chunk) / self.rate
+                held.append((free_at + self.delay, chunk))
+                queued += len(chunk)
+                if upstream:
+                    self.bytes_up += len(chunk)
+                changed.set()
+        finally:
+            done = True
+            changed.set()
+            await sender
+
+
+def cloudfilm_region(
+    files: list[Path], work: Path, link: tuple[float, float] | None = None
+) -> dict[str, float]:
     import pydicom
 
     cloud_dir, gw_dir = work / "cloud", work / "gateway"
@@ -69,59 +191,77 @@ def cloudfilm_region(files: list[Path], work: Path) -> dict[str, float]:
         cwd=ROOT,
     )
     gateway = None
-    try:
-        url = _ready(cloud, r"ready: cloud http (\S+)")[1]
-        _cli("hospitals", "add", "H1", "--name", "H1", "--data", str(cloud_dir))
-        _cli("users", "add", "bench.clin", "--hospital", "H1", "--role", "clinician",
-             "--data", str(cloud_dir))  # fmt: skip
-        token = _cli("token", "--data", str(cloud_dir), "--hospital", "H1",
-                     "--role", "clinician", "--subject", "bench.clin")  # fmt: skip
-        cred = work / "cred.json"
-        _cli("gateway", "credential", "--data", str(cloud_dir), "--hospital", "H1",
-             "--out", str(cred), "--cloud-url", url)  # fmt: skip
-        gateway = subprocess.Popen(
-            [*CLI, "gateway", "run", "--data", str(gw_dir), "--dicom", "127.0.0.1:0",
-             "--ae", "GATEWAY", "--cloud", url, "--credential", str(cred)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )  # fmt: skip
-        port = int(_ready(gateway, r"ready: gateway \S+ dicom \S+@[\d.]+:(\d+)")[1])
-        first = pydicom.dcmread(files[0], stop_before_pixels=True)
-        study = f"{url}/dicom-web/studies/{first.StudyInstanceUID}"
-        frame = f"{study}/series/{first.SeriesInstanceUID}/instances/{first.SOPInstanceUID}"
-        send_s = send("GATEWAY", port, [files])
-        t_success = time.perf_counter()
-        queryable = rendered = 0.0
-        deadline = t_success + 300
-        while time.perf_counter() < deadline:
-            status, body = _get(f"{study}/instances", token)
-            if status == 200 and len(json.loads(body)) >= len(files):
-                queryable = time.perf_counter() - t_success
-                break
-            time.sleep(0.02)
-        while time.perf_counter() < deadline:
-            status, _ = _get(f"{frame}/frames/1/rendered", token)
-            if status == 200:
-                rendered = time.perf_counter() - t_success
-                break
-            time.sleep(0.02)
-        with urllib.request.urlopen(f"{url}/metrics") as r:
-            metrics = r.read().decode()
-        m = re.search(r'cloudfilm_ingest_received_bytes_total\{hospital="H1"\} (\d+)', metrics)
-        wire = int(m[1]) if m else 0
-        raw = sum(p.stat().st_size for p in files)
-        return {
-            "inst_s": len(files) / send_s,
-            "wire_pct": 100 * wire / raw,
-            "queryable_s": queryable,
-            "rendered_s": rendered,
-        }
-    finally:
-        for proc in (gateway, cloud):
-            if proc is not None:
-                stop(proc)  # type: ignore[arg-type]
+    with contextlib.ExitStack() as stack:
+        try:
+            url = _ready(cloud, r"ready: cloud http (\S+)")[1]
+            wan = None
+            gateway_url = url
+            if link is not None:
+                wan = stack.enter_context(Link(int(url.rsplit(":", 1)[1]), *link))
+                gateway_url = f"http://127.0.0.1:{wan.port}"
+            _cli("hospitals", "add", "H1", "--name", "H1", "--data", str(cloud_dir))
+            _cli("users", "add", "bench.clin", "--hospital", "H1", "--role", "clinician",
+                 "--data", str(cloud_dir))  # fmt: skip
+            token = _cli("token", "--data", str(cloud_dir), "--hospital", "H1",
+                         "--role", "clinician", "--subject", "bench.clin")  # fmt: skip
+            cred = work / "cred.json"
+            _cli("gateway", "credential", "--data", str(cloud_dir), "--hospital", "H1",
+                 "--out", str(cred), "--cloud-url", gateway_url)  # fmt: skip
+            gateway = subprocess.Popen(
+                [*CLI, "gateway", "run", "--data", str(gw_dir), "--dicom", "127.0.0.1:0",
+                 "--ae", "GATEWAY", "--cloud", gateway_url, "--credential", str(cred)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                cwd=ROOT,
+            )  # fmt: skip
+            port = int(_ready(gateway, r"ready: gateway \S+ dicom \S+@[\d.]+:(\d+)")[1])
+            first = pydicom.dcmread(files[0], stop_before_pixels=True)
+            study = f"{url}/dicom-web/studies/{first.StudyInstanceUID}"
+            frame = f"{study}/series/{first.SeriesInstanceUID}/instances/{first.SOPInstanceUID}"
+            up_before = wan.bytes_up if wan else 0  # the gateway's start-up requests
+            t_start = time.perf_counter()
+            send_s = send("GATEWAY", port, [files])
+            t_success = time.perf_counter()
+            queryable = rendered = 0.0
+            deadline = t_success + 600
+            while time.perf_counter() < deadline:
+                status, body = _get(f"{study}/instances?limit={len(files) + 1}", token)
+                if status == 200 and len(json.loads(body)) >= len(files):
+                    queryable = time.perf_counter() - t_success
+                    break
+                time.sleep(0.02)
+            while time.perf_counter() < deadline:
+                status, _ = _get(f"{frame}/frames/1/rendered", token)
+                if status == 200:
+                    rendered = time.perf_counter() - t_success
+                    break
+                time.sleep(0.02)
+            if not (queryable and rendered):
+                raise RuntimeError(
+                    f"the study was not viewable in the cloud within 600 s "
+                    f"(queryable {queryable:.2f} s, rendered {rendered:.2f} s)"
+                )
+            with urllib.request.urlopen(f"{url}/metrics") as r:
+                metrics = r.read().decode()
+            m = re.search(r'cloudfilm_ingest_received_bytes_total\{hospital="H1"\} (\d+)', metrics)
+            wire = int(m[1]) if m else 0
+            raw = sum(p.stat().st_size for p in files)
+            out = {
+                "inst_s": len(files) / send_s,
+                "wire_pct": 100 * wire / raw,
+                "queryable_s": queryable,
+                "rendered_s": rendered,
+                "send_s": t_success - t_start,
+            }
+            if wan is not None:
+                out["link_bytes"] = wan.bytes_up - up_before
+                out["ideal_s"] = out["link_bytes"] / wan.rate
+            return out
+        finally:
+            for proc in (gateway, cloud):
+                if proc is not None:
+                    stop(proc)  # type: ignore[arg-type]
 
 
 def orthanc_forward(study: Path, script: Path) -> str:
@@ -141,23 +281,46 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--orthanc-script", type=Path, default=ORTHANC_SCRIPT)
+    ap.add_argument(
+        "--uplink-mbit",
+        type=float,
+        default=0.0,
+        help="also run the region through an emulated WAN link of this rate (Mbit/s)",
+    )
+    ap.add_argument("--uplink-delay-ms", type=float, default=20.0, help="one-way delay")
     args = ap.parse_args()
     ensure_netns()
     files = prepare_study(args.slices)
     work = WORK / "region"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        r = cloudfilm_region(files, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    runs: list[tuple[str, tuple[float, float] | None]] = [("loopback", None)]
+    if args.uplink_mbit:
+        link = (args.uplink_mbit, args.uplink_delay_ms)
+        runs.append((f"{args.uplink_mbit:g} Mbit/s, {args.uplink_delay_ms:g} ms uplink", link))
     raw_mb = sum(p.stat().st_size for p in files) / 1e6
-    print(f"study: {len(files)} CT slices, {raw_mb:.0f} MB raw, storescu TCP_NODELAY=1, loopback")
-    print(
-        f"CloudFilm gateway → HTTP → cloud: {r['inst_s']:.0f} inst/s at the modality; wire "
-        f"{r['wire_pct']:.0f} % of raw; queryable {r['queryable_s']:.2f} s and first rendered "
-        f"frame {r['rendered_s']:.2f} s after the last Success"
-    )
+    print(f"study: {len(files)} CT slices, {raw_mb:.0f} MB raw, storescu TCP_NODELAY=1")
+    for name, link_args in runs:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            r = cloudfilm_region(files, work, link_args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(
+            f"CloudFilm gateway → HTTP → cloud, {name}: {r['inst_s']:.0f} inst/s at the "
+            f"modality; wire {r['wire_pct']:.0f} % of raw; queryable {r['queryable_s']:.2f} s "
+            f"and first rendered frame {r['rendered_s']:.2f} s after the last Success"
+        )
+        if "ideal_s" in r:
+            viewable = max(r["queryable_s"], r["rendered_s"])
+            print(
+                f"  over the link: {r['link_bytes'] / 1e6:.1f} MB crossed it (requests, "
+                f"parts, headers); ideal {r['ideal_s']:.2f} s at its rate; the modality sent "
+                f"for {r['send_s']:.2f} s; viewable {viewable:.2f} s after the last Success, "
+                f"{r['send_s'] + viewable:.2f} s after the first byte: "
+                f"{viewable / r['ideal_s']:.2f}x ideal from the last Success, "
+                f"{(r['send_s'] + viewable) / r['ideal_s']:.2f}x from the first byte "
+                f"(target ≤ 1.2x)"
+            )
     print(orthanc_forward(files[0].parent, args.orthanc_script))
     return 0
 

@@ -117,6 +117,12 @@ class StackSettings:
     cloud_ca_file: str = ""
     """``gateway run``: PEM CA certificates the cloud's TLS certificate must chain to (a
     private CA); empty: the system's."""
+    large_object_mb: int = 64
+    """Gateway: instances from this size up go to the cloud through a resumable upload session
+    (pacs_gateway/large_upload.py), in chunks of ``large_chunk_mb``; 0: always in batches."""
+    large_chunk_mb: int = 8
+    upload_session_max_mb: int = 4096
+    """Cloud: the largest instance an upload session may declare (viewer_api/upload_sessions.py)."""
 
     def dicom_ae_rules(self) -> tuple[AeRule, ...]:
         return tuple(parse_ae_rules(self.dicom_allowed_aes).values())

@@ -211,6 +211,8 @@ async def run_gateway_until_signal(
         cloud_url,
         ca_bundle=Path(settings.cloud_ca_file) if settings.cloud_ca_file else None,
         connections=max(2, settings.upload_workers),
+        large_object_bytes=settings.large_object_mb * 1024**2,
+        large_chunk_bytes=settings.large_chunk_mb * 1024**2,
     )
     sink = HttpIngestSink(credential, cloud)
     # workstations' C-FIND/C-GET/C-MOVE are answered through the cloud's priors API, which

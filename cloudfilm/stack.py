@@ -53,6 +53,7 @@ from viewer_api.gateway_auth import GatewayAuth, issue_credential
 from viewer_api.ingest_api import IngestCounters, IngestSettings, add_ingest_routes
 from viewer_api.priors_api import add_priors_routes
 from viewer_api.route_table import Auth, Route, add_routes
+from viewer_api.upload_sessions import UploadSettings, add_upload_routes
 
 __all__ = ["Stack", "gateway_scp_settings", "serve_until_signal"]
 
@@ -269,6 +270,11 @@ class Stack:
             staff_verifier=self.signer.verify,
             on_committed=self.warmer.add,
         )
+        add_upload_routes(
+            app,
+            UploadSettings(s.data_dir / "uploads", max_bytes=s.upload_session_max_mb * 1024**2),
+            self.state.audit,
+        )
         add_priors_routes(
             app,
             self.index,
@@ -288,6 +294,8 @@ class Stack:
                 self.internal_url(),
                 ca_bundle=ca_bundle,
                 connections=max(2, s.upload_workers),
+                large_object_bytes=s.large_object_mb * 1024**2,
+                large_chunk_bytes=s.large_chunk_mb * 1024**2,
             ),
         )
         if s.https_cert_file and not s.cloud_ca_file:

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS audit (
     event TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL,
-    study_uid TEXT NOT NULL DEFAULT ''
+    study_uid TEXT NOT NULL DEFAULT '',
+    via_kind TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS audit_head (
     id INTEGER PRIMARY KEY,
@@ -42,7 +43,12 @@ CREATE TABLE IF NOT EXISTS audit_anchors (
     mac TEXT NOT NULL
 );
 """
-STUDY_INDEX = "CREATE INDEX IF NOT EXISTS audit_study ON audit (study_uid)"
+INDEXES = """
+CREATE INDEX IF NOT EXISTS audit_study ON audit (study_uid);
+CREATE INDEX IF NOT EXISTS audit_via ON audit (via_kind, seq)
+"""
+VIA_KINDS = ("consent", "break-glass")
+"""The ways a read of another hospital's study is allowed, as the ``via`` column keeps them."""
 GENESIS = "0" * 64
 ANCHOR_EVERY = 64
 """Records between two signed anchors (see SqlAuditLog)."""
@@ -90,6 +96,13 @@ def study_of(resource: str) -> str:
     return parts[i + 1] if i + 1 < len(parts) else ""
 
 
+def via_kind(via: str) -> str:
+    """The kind of an event's ``via`` ('consent:<id>' -> 'consent', 'break-glass:<reason>' ->
+    'break-glass'), '' for anything else."""
+    kind = via.split(":", 1)[0]
+    return kind if kind in VIA_KINDS and ":" in via else ""
+
+
 def seal_mac(key: bytes, kind: str, seq: int, digest: str) -> str:
     """The HMAC sealing a head (``kind='head'``) or an anchor at ``seq``."""
     msg = f"{seq}:{digest}" if kind == "head" else f"{kind}:{seq}:{digest}"
@@ -100,7 +113,8 @@ class SqlAuditLog:
     """The log in the state database (the index's: SQLite or PostgreSQL), one chain for every
     writer process. An append is one transaction serialised in the database (BEGIN IMMEDIATE on
     SQLite, an advisory lock on PostgreSQL): it reads the last row, adds the next with its study
-    UID (indexed, for a patient's access history) and, with ``head_key`` (the region's audit
+    UID and the kind of its ``via`` (both indexed: a patient's access history and the
+    break-glass review are indexed queries) and, with ``head_key`` (the region's audit
     key), seals the log in the same transaction:
 
     - ``audit_head``: one row, the last sequence number and hash, HMAC'd. Cutting records from
@@ -123,9 +137,12 @@ class SqlAuditLog:
         self.db = as_db(db)
         self._head_key = head_key
         self.db.ensure_schema(SCHEMA)
-        if "study_uid" not in self.db.columns("audit"):
+        have = self.db.columns("audit")
+        if "study_uid" not in have:
             self._add_study_column()
-        self.db.ensure_schema(STUDY_INDEX)
+        if "via_kind" not in have:
+            self._add_via_column()
+        self.db.ensure_schema(INDEXES)
 
     def _add_study_column(self) -> None:
         """Give a log written by an older version its study column, filled from the events."""
@@ -137,6 +154,18 @@ class SqlAuditLog:
                 if uid:
                     conn.execute("UPDATE audit SET study_uid = ? WHERE seq = ?", (uid, seq))
 
+    def _add_via_column(self) -> None:
+        """Give a log written by an older version its ``via_kind`` column, filled from the
+        events: the canonical JSON holds ``"via":"<kind>:`` verbatim (a quote inside any value
+        is escaped, so no other field can match)."""
+        self.db.add_columns("audit", [("via_kind", "TEXT NOT NULL DEFAULT ''")])
+        with self.db.tx("audit") as conn:
+            for kind in VIA_KINDS:
+                conn.execute(
+                    "UPDATE audit SET via_kind = ? WHERE via_kind = '' AND event LIKE ?",
+                    (kind, f'%"via":"{kind}:%'),
+                )
+
     def append(self, event: AuditEvent) -> None:
         text = _canonical(event)
         with self.db.tx("audit") as conn:
@@ -144,8 +173,9 @@ class SqlAuditLog:
             last, prev = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
             seq, digest = last + 1, chain_hash(prev, text)
             conn.execute(
-                "INSERT INTO audit (seq, event, prev_hash, hash, study_uid) VALUES (?, ?, ?, ?, ?)",
-                (seq, text, prev, digest, study_of(event.resource)),
+                "INSERT INTO audit (seq, event, prev_hash, hash, study_uid, via_kind) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, text, prev, digest, study_of(event.resource), via_kind(event.via)),
             )
             key = self._head_key
             if key is None:
@@ -283,6 +313,20 @@ class SqlAuditLog:
         rows.sort(reverse=True)
         return study_reads((AuditEvent(**json.loads(text)) for _, text in rows[::-1]), uids)
 
+    def reads_via(self, kind: str, limit: int | None = None) -> list[AuditEvent]:
+        """The events whose read was allowed by ``kind`` (one of :data:`VIA_KINDS`, e.g.
+        'break-glass' for the auditors' review), newest first, at most ``limit`` (an indexed
+        query)."""
+        if kind not in VIA_KINDS:
+            raise ValueError(f"via kind is one of {VIA_KINDS}")
+        sql = "SELECT event FROM audit WHERE via_kind = ? ORDER BY seq DESC"
+        params: list[object] = [kind]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        rows = self.db.conn().execute(sql, params).fetchall()
+        return [AuditEvent(**json.loads(text)) for (text,) in rows]
+
     def close(self) -> None:
         self.db.close()
 
@@ -306,7 +350,3 @@ def study_reads(events: Iterable[AuditEvent], study_uids: Collection[str]) -> li
                 }
             )
     return out[::-1]
-
-
-SqliteAuditLog = SqlAuditLog
-"""The name callers written for the SQLite-only log use."""

@@ -502,7 +502,3 @@ class SqlConsents:
 
     def close(self) -> None:
         self.db.close()
-
-
-SqliteConsents = SqlConsents
-"""The name callers written for the per-process SQLite file use."""

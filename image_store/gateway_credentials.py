@@ -195,7 +195,3 @@ class SqlGatewayCredentials:
 
     def close(self) -> None:
         self.db.close()
-
-
-SqliteGatewayCredentials = SqlGatewayCredentials
-"""The name callers written for the per-process SQLite file use."""

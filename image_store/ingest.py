@@ -10,6 +10,7 @@ frame layout is recorded with it, so one frame is later read by its byte range.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -171,25 +172,48 @@ class LocalIngest:
         parsed: list[tuple[int, InstanceHeader, str] | IngestOutcome],
     ) -> list[IngestOutcome]:
         """Store the objects of a parsed batch, commit its index records in one transaction,
-        then settle each instance's outcome."""
+        then settle each instance's outcome. If storing or committing fails (a full disk, the
+        index unreachable), the objects this batch newly created that the index does not list
+        are deleted before the error goes on (:meth:`_drop_unlisted`)."""
         todo = [p for p in parsed if not isinstance(p, IngestOutcome)]
         existing = self._stored_versions(tuple(h.sop_uid for _, h, _ in todo))
         recs: list[InstanceRecord] = []
         refused: dict[str, str] = {}
         fresh: set[str] = set()  # keys that held nothing before this batch
-        for i, header, key in todo:
-            rec_or_reason = self._store_object(
-                hospital, items[i], header, key, existing.get(header.sop_uid), fresh
-            )
-            if isinstance(rec_or_reason, str):
-                refused[header.sop_uid] = rec_or_reason
-            else:
-                recs.append(rec_or_reason)
-        result = self.index.add_instances(recs)
+        try:
+            for i, header, key in todo:
+                rec_or_reason = self._store_object(
+                    hospital, items[i], header, key, existing.get(header.sop_uid), fresh
+                )
+                if isinstance(rec_or_reason, str):
+                    refused[header.sop_uid] = rec_or_reason
+                else:
+                    recs.append(rec_or_reason)
+            result = self.index.add_instances(recs)
+        except Exception:
+            self._drop_unlisted(fresh)
+            raise
         refused.update(result.rejected)
         outcomes, committed = self._settle(parsed, refused, fresh, set(result.replaced_uids))
         self._link_persons(hospital, committed)
         return outcomes
+
+    def _drop_unlisted(self, keys: set[str]) -> None:
+        """Delete the objects under ``keys`` that no index row points at (another batch may
+        have committed the same instance meanwhile: its object stays). If the index cannot
+        be asked, every object stays: an unlisted object is only wasted space, a listed one
+        without its bytes would be a lost instance."""
+        if not keys:
+            return
+        sops = tuple(key.rsplit("/", 1)[1] for key in keys)
+        try:
+            found = self.index.find_instances(InstanceQuery(sop_uids=sops), limit=len(sops) * 4)
+        except Exception:
+            logger.warning("cannot ask the index; %d unlisted objects stay", len(keys))
+            return
+        for key in keys - {s.object_key for s in found}:
+            with contextlib.suppress(Exception):  # best effort: the batch's error goes on
+                self.store.delete(key)
 
     def _stored_versions(self, uids: tuple[str, ...]) -> dict[str, InstanceSummary]:
         """What the index holds already for these SOP Instance UIDs."""

@@ -171,14 +171,20 @@ class HttpPriorsSource:
 @dataclass(frozen=True, slots=True)
 class HttpPriorsFactory:
     """Builds an HttpPriorsSource from the credential file: picklable, so each SCP process
-    opens its own (own session, own token)."""
+    opens its own (own session, own token), with the connect and read timeouts of
+    ``cloud``."""
 
     credential_file: Path
     cloud: CloudSinkSettings
 
     def __call__(self) -> HttpPriorsSource:
         credential = load_credential(self.credential_file)
-        return HttpPriorsSource(HttpIngestSink(credential, self.cloud), credential.hospital)
+        return HttpPriorsSource(
+            HttpIngestSink(credential, self.cloud),
+            credential.hospital,
+            connect_timeout_s=self.cloud.connect_timeout_s,
+            read_timeout_s=self.cloud.read_timeout_s,
+        )
 
 
 def _error_text(resp: requests.Response) -> str:

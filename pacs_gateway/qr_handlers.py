@@ -22,7 +22,7 @@ from pynetdicom.presentation import build_context
 
 from dicom_codecs.errors import CodecError
 from image_store.audit import AuditEvent
-from image_store.consents import SqliteConsents
+from image_store.consents import SqlConsents
 from image_store.errors import ImageStoreError
 from image_store.metadata import text_value
 from image_store.ports import Index, ObjectStore
@@ -73,8 +73,8 @@ class QrSettings:
 
 
 @functools.lru_cache(maxsize=4)
-def _consent_store(path: Path) -> SqliteConsents:
-    return SqliteConsents(path)
+def _consent_store(path: Path) -> SqlConsents:
+    return SqlConsents(path)
 
 
 def local_source(

@@ -10,7 +10,9 @@ refuses peers outside the allowed networks and past a host's connection limit be
 is read; :class:`pacs_gateway.reactor.GatewayACSE` checks the called and calling AE titles,
 the calling AE's host and the association limit, and offers Query/Retrieve only to AEs with
 the query right. A connection that never associates ends after the ACSE timeout, or as soon
-as its peer closes it.
+as its peer closes it. Each accepted association is logged with its calling AE, peer host and
+port, and its end (released or aborted) again with its length, so a hospital can audit which
+modality sent from where.
 """
 
 from __future__ import annotations
@@ -355,6 +357,26 @@ def handle_echo(event: Any) -> int:
     return STATUS_SUCCESS
 
 
+def _peer(assoc: Any) -> str:
+    requestor = assoc.requestor
+    return (
+        f"calling_ae={str(requestor.ae_title).strip()!r} host={requestor.address} "
+        f"port={requestor.port} called_ae={str(assoc.acceptor.ae_title).strip()!r}"
+    )
+
+
+def log_accepted(event: Any) -> None:
+    """One line per accepted association: who called, from where."""
+    event.assoc.accepted_at = event.timestamp
+    logger.info("association accepted: %s", _peer(event.assoc))
+
+
+def log_ended(event: Any, how: str) -> None:
+    started = getattr(event.assoc, "accepted_at", None)
+    took = (event.timestamp - started).total_seconds() if started is not None else 0.0
+    logger.info("association %s: %s after %.1f s", how, _peer(event.assoc), took)
+
+
 def build_ae(settings: ScpSettings) -> Any:
     """An AE that accepts every storage SOP class pynetdicom knows in every transfer syntax."""
     ae = AE(ae_title=settings.ae_title)
@@ -415,6 +437,9 @@ def start_scp(
             [spool, counters, settings.stream_to_disk],
         ),
         (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_ACCEPTED, log_accepted),
+        (evt.EVT_RELEASED, log_ended, ["released"]),
+        (evt.EVT_ABORTED, log_ended, ["aborted"]),
     ]
     if qr is not None:
         for model in QR_MODELS:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_store.gateway_credentials import SqliteGatewayCredentials
+from image_store.gateway_credentials import SqlGatewayCredentials
 from viewer_api.gateway_auth import issue_credential, revoke_credential
-from viewer_api.registry import SqliteRegistry
+from viewer_api.registry import SqlRegistry
 
 GATEWAYS_FILE = "gateways.sqlite"
 REGISTRY_FILE = "registry.sqlite"
@@ -16,8 +16,8 @@ REGISTRY_FILE = "registry.sqlite"
 def issue_gateway_credential(
     data_dir: Path, hospital: str, out_file: Path, *, cloud_url: str = ""
 ) -> str:
-    registry = SqliteRegistry(Path(data_dir) / REGISTRY_FILE)
-    credentials = SqliteGatewayCredentials(Path(data_dir) / GATEWAYS_FILE)
+    registry = SqlRegistry(Path(data_dir) / REGISTRY_FILE)
+    credentials = SqlGatewayCredentials(Path(data_dir) / GATEWAYS_FILE)
     try:
         return issue_credential(credentials, registry, hospital, out_file, cloud_url=cloud_url)
     finally:
@@ -26,7 +26,7 @@ def issue_gateway_credential(
 
 
 def revoke_gateway_credential(data_dir: Path, credential_id: str) -> bool:
-    credentials = SqliteGatewayCredentials(Path(data_dir) / GATEWAYS_FILE)
+    credentials = SqlGatewayCredentials(Path(data_dir) / GATEWAYS_FILE)
     try:
         return revoke_credential(credentials, credential_id)
     finally:

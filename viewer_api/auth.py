@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import secrets
 import threading
 import time
@@ -98,43 +97,6 @@ class Principal:
     @property
     def actor(self) -> str:
         return f"{self.role}:{self.hospital}:{self.subject or '-'}"
-
-
-class RevokedTokens:
-    """Token ids (``jti``) revoked before they expire, in a text file of ``jti expiry`` lines
-    (a ``Container[str]`` for TokenSigner's ``revoked``). The region keeps revocations in its
-    database (image_store.state.revocations); image_store.state.migrate turns an older install's
-    file of this format into rows."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._seen: tuple[float, int] | None = None
-        self._ids: frozenset[str] = frozenset()
-
-    def revoke(self, jti: str, expires_at: float) -> None:
-        if not re.fullmatch(r"[0-9a-f]{16}", jti):
-            raise ValueError("a token id (jti) is 16 hex digits")
-        make_dirs(self.path.parent)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a") as fh:
-            fh.write(f"{jti} {int(expires_at)}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def __contains__(self, jti: object) -> bool:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return False
-        if self._seen != (st.st_mtime, st.st_size):
-            now = time.time()
-            ids = set()
-            for line in self.path.read_text().splitlines():
-                parts = line.split()
-                if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) > now:
-                    ids.add(parts[0])
-            self._ids, self._seen = frozenset(ids), (st.st_mtime, st.st_size)
-        return jti in self._ids
 
 
 class SigningKeys:

@@ -4,7 +4,9 @@ stored values for the browser to window itself, and series thumbnails.
 ``GET /film/{token}/studies/{study}/series/{series}/instances/{sop}/frames/{n}/rendered``
     one slice as JPEG (window, viewport, quality; ``download=1`` when the link allows downloads)
 ``GET /film/{token}/studies/{study}/series/{series}/instances/{sop}/frames/{n}/values``
-    one grey slice's stored values, packed losslessly (viewer_api/film_pixels.py), gzipped
+    one grey slice's stored values, packed losslessly (viewer_api/film_pixels.py), gzipped:
+    as gzip content coding, or with ``form=gzip`` as a gzip body (application/gzip) that the
+    page keeps compressed and inflates itself when the slice comes near the one shown
 ``GET /film/{token}/series/{series}/thumbnail``
     a series thumbnail
 """
@@ -86,11 +88,19 @@ def _packed(store: ObjectStore, inst: InstanceSummary, frame: int) -> bytes:
     return gzip.compress(pack_frame(data, frame), compresslevel=6, mtime=0)
 
 
+VALUES_FORMS = ("gzip",)
+"""The ``form`` a slice's values may be asked in besides gzip content coding."""
+
+
 async def values(request: web.Request) -> web.Response:
-    """One grey frame's stored values (gzip content coding of the packed form); 400 for a
-    colour or oversized image (the page keeps the JPEG), 404 past the last frame."""
-    if request.query:
-        raise BadRequest("values take no query parameters")
+    """One grey frame's stored values (the packed form, gzipped: content coding, or the body
+    itself with ``form=gzip``); 400 for a colour or oversized image (the page keeps the JPEG),
+    404 past the last frame."""
+    form = request.query.get("form")
+    if set(request.query) - {"form"} or len(request.query.getall("form", ())) > 1:
+        raise BadRequest("values take one query parameter: form")
+    if form is not None and form not in VALUES_FORMS:
+        raise BadRequest(f"form must be one of {', '.join(VALUES_FORMS)}, got {form[:20]!r}")
     frame = frame_number(request)
     _, inst = await instance_of_link(request)
     if (inst.rows or 0) * (inst.columns or 0) > MAX_PIXELS:
@@ -101,6 +111,12 @@ async def values(request: web.Request) -> web.Response:
         raise BadRequest(f"no values for instance {inst.sop_uid}: {exc}") from exc
     except IndexError as exc:
         raise NotFound(str(exc)) from exc
+    if form == "gzip":
+        return web.Response(
+            body=body,
+            content_type="application/gzip",
+            headers={"Cache-Control": "private, no-store"},
+        )
     return web.Response(
         body=body,
         content_type="application/octet-stream",

@@ -216,7 +216,7 @@ async def consents(request: web.Request) -> web.Response:
     svc = services(request)
     key = await _person_key(request, link)
     grants = []
-    if key is not None and svc.consents is not None:
+    if key is not None:
         grants = await blocking(svc.consents.of_person, key)
     names = await hospital_names(request)
     out = [
@@ -230,7 +230,7 @@ async def revoke_consent(request: web.Request) -> web.Response:
     link = await _patient_link(request)
     svc = services(request)
     consent_id = request.match_info["id"]
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", consent_id) or svc.consents is None:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", consent_id):
         raise NotFound("no such consent")
     grant = await blocking(svc.consents.get, consent_id)
     key = await _person_key(request, link)
@@ -250,7 +250,7 @@ async def _owner(request: web.Request) -> tuple[ShareLink, str]:
     if link.parent_id is not None or link.scope != "patient":
         raise Forbidden("consent is given from the patient's own link to all their studies")
     key = await _person_key(request, link)
-    if key is None or services(request).consents is None:
+    if key is None:
         raise Forbidden("this link's patient is not in the region's patient index yet")
     return link, key
 
@@ -263,10 +263,9 @@ async def me(request: web.Request) -> web.Response:
     may, pending = False, 0
     if link.parent_id is None and link.scope == "patient":
         key = await _person_key(request, link)
-        consents = services(request).consents
-        if key is not None and consents is not None:
+        if key is not None:
             may = True
-            found = await blocking(consents.requests_of, key)
+            found = await blocking(services(request).consents.requests_of, key)
             pending = sum(1 for r in found if r.state == "pending")
     return web.json_response({"may_give_consent": may, "pending_requests": pending})
 
@@ -274,8 +273,7 @@ async def me(request: web.Request) -> web.Response:
 async def hospitals(request: web.Request) -> web.Response:
     """The region's registered hospitals (id and name), to choose whom to give consent."""
     await _patient_link(request)
-    registry = services(request).registry
-    found = [] if registry is None else await blocking(registry.hospitals)
+    found = await blocking(services(request).registry.hospitals)
     return web.json_response(
         [{"id": h.id, "name": h.name} for h in found],
         dumps=lambda o: json.dumps(o, ensure_ascii=False),
@@ -342,8 +340,6 @@ async def decide_request(request: web.Request) -> web.Response:
     """Approve (the requested grant is made) or decline one of the patient's pending requests."""
     link, key = await _owner(request)
     consents = services(request).consents
-    if consents is None:
-        raise NotFound("no such request of yours")
     request_id = request.match_info["id"]
     if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", request_id):
         raise NotFound("no such request of yours")

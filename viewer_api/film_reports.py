@@ -50,8 +50,6 @@ async def study_reports(request: web.Request, study: StudyRecord) -> list[dict[s
     """The study's reports, newest last: status (and its label), reader, date, whether the
     stored bytes still match their checksum, the text of a text report, the URL of the bytes."""
     svc = services(request)
-    if svc.reports is None:
-        return []
     names = await hospital_names(request)
     base = film_base(request.match_info["token"])
     out = []
@@ -85,7 +83,7 @@ async def report(request: web.Request) -> web.Response:
     link = await open_link_or_error(request)
     report_id = request.match_info["id"]
     svc = services(request)
-    if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", report_id) or svc.reports is None:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", report_id):
         raise NotFound("no such report")
     found = await blocking(svc.reports.get, report_id)
     if found is None:

@@ -19,7 +19,9 @@ boundary) is answered 400 with the same list for the parts that arrived whole: t
 committed (they are independent instances) and the gateway's retry finds them as duplicates;
 the cut part and anything after it were not. A body over the per-request cap is 413 (declared:
 before anything is read). 401 without a live gateway token, 403 for a revoked credential or a
-staff token.
+staff token. Out of disk (ENOSPC, EDQUOT) while a part is written or a group committed is 507
+for the request, never a per-instance refusal: the gateway keeps the instances and sends them
+again; parts committed before it are listed (and found as duplicates then).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 import hashlib
 import logging
 import os
@@ -61,12 +64,25 @@ from viewer_api.route_table import Auth, Route, add_routes
 
 logger = logging.getLogger(__name__)
 
-GATEWAY_PATHS = (TOKEN_PATH, BATCH_PATH)
-"""Paths that authenticate gateways themselves: the staff-token middleware must let them by."""
 MAX_PARTS = 10_000
 WRITE_BYTES = 1 << 20
 _MAX_FORM = 16 * 1024
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class InsufficientStorage(ViewerError):
+    """The cloud's disk (or quota) is full: nothing more is stored until space is freed."""
+
+    status = 507
+
+
+def _out_of_space(exc: OSError) -> InsufficientStorage | None:
+    if exc.errno not in _OUT_OF_SPACE:
+        return None
+    return InsufficientStorage(f"the cloud's storage is full ({exc.strerror}): send again later")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +198,7 @@ def add_ingest_routes(
                 body=s.MULTIPART_BODY,
                 auth=Auth.GATEWAY,
                 ok={"200": s.json("per-instance outcomes")},
-                errors=(413,),
+                errors=(413, 507),
             ),
         ],
     )
@@ -464,8 +480,18 @@ async def ingest_batch(request: web.Request) -> web.Response:
             problem = exc
         except (ValueError, AssertionError, HttpProcessingError) as exc:
             problem = BadRequest(f"the batch is cut short or malformed: {str(exc)[:200]}")
+        except OSError as exc:
+            problem = _out_of_space(exc)
+            if problem is None:
+                raise
         finally:
-            await committer.flush()
+            try:
+                await committer.flush()
+            except OSError as exc:
+                full = _out_of_space(exc)
+                if full is None:
+                    raise
+                problem = full
     refused = sum(1 for p in parts if p.result and p.result["outcome"] == "refused")
     svc.counters.add(who.hospital, batches=1, received_bytes=received, refused=refused)
     body: dict[str, Any] = {"hospital": who.hospital, "instances": _listing(parts)}

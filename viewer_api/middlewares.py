@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from image_store.audit import AuditEvent
-from image_store.gateway_assertion import BATCH_PATH, TOKEN_PATH
 from viewer_api.context import ACTOR, PRINCIPAL, VIA, blocking, services
 from viewer_api.errors import Unauthorized, ViewerError
+from viewer_api.openapi import APP_ROUTES
 from viewer_api.registry import token_problem
+from viewer_api.route_table import Auth, Route
 
 logger = logging.getLogger(__name__)
 
 PROTECTED = ("/dicom-web", "/api/", "/patients/")
-GATEWAY_PATHS = frozenset({TOKEN_PATH, BATCH_PATH})
-"""Paths where hospital gateways authenticate themselves (viewer_api.ingest_api): no staff
-token is asked for there."""
+"""Path prefixes where a staff bearer token is asked for, except on the routes that identify
+their caller another way (see ``paths_without_staff_token``)."""
 AUDITED = ("/dicom-web", "/api/", "/film/", "/patients/")
 
 
@@ -54,20 +58,70 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "internal error")
 
 
+@dataclass(frozen=True, slots=True)
+class OpenPaths:
+    """Path templates under PROTECTED whose routes are not staff routes: a gateway's token
+    (Auth.GATEWAY, checked by its handler) or nobody (Auth.NONE, e.g. the gateway's token
+    exchange). The authenticate middleware asks no staff token there, for any method."""
+
+    templates: frozenset[str]
+    patterns: tuple[re.Pattern[str], ...]
+
+    def covers(self, path: str) -> bool:
+        return any(p.fullmatch(path) for p in self.patterns)
+
+
+def _path_pattern(template: str) -> re.Pattern[str]:
+    """The paths aiohttp routes to ``template`` (``{name}`` and ``{name:regex}`` parts), as
+    aiohttp itself compiles them."""
+    info = web.UrlDispatcher().add_resource(template).get_info()
+    pattern = info.get("pattern")
+    return pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(info["path"]))
+
+
+def paths_without_staff_token(routes: Iterable[Route]) -> OpenPaths:
+    """The templates under PROTECTED declared only by non-bearer routes. A template that also
+    has a bearer route keeps the staff token check for every method."""
+    routes = tuple(routes)
+    staff = {r.path for r in routes if r.auth is Auth.BEARER}
+    open_ = frozenset(
+        r.path
+        for r in routes
+        if r.auth is not Auth.BEARER and r.path.startswith(PROTECTED) and r.path not in staff
+    )
+    return OpenPaths(open_, tuple(_path_pattern(t) for t in sorted(open_)))
+
+
+_open_paths: weakref.WeakKeyDictionary[web.Application, tuple[tuple[Route, ...], OpenPaths]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def open_paths(app: web.Application) -> OpenPaths:
+    """``paths_without_staff_token`` of the app's route table, computed again only when
+    routes were added since."""
+    routes = app.get(APP_ROUTES, ())
+    cached = _open_paths.get(app)
+    if cached is None or cached[0] is not routes:
+        cached = (routes, paths_without_staff_token(routes))
+        _open_paths[app] = cached
+    return cached[1]
+
+
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(PROTECTED) and request.path not in GATEWAY_PATHS:
+    if request.path.startswith(PROTECTED) and not open_paths(request.app).covers(request.path):
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("a bearer token is required")
         who = services(request).signer.verify(token.strip())
+        # every token's user must be registered, enabled and match the token
         registry = services(request).registry
-        if registry is not None:  # every token's user must be registered, enabled and match
-            user = await blocking(registry.user, who.subject) if who.subject else None
-            problem = token_problem(user, who.subject, who.hospital, who.role)
-            if problem is not None:
-                raise Unauthorized(problem)
+        user = await blocking(registry.user, who.subject) if who.subject else None
+        problem = token_problem(user, who.subject, who.hospital, who.role)
+        if problem is not None:
+            raise Unauthorized(problem)
         request[PRINCIPAL] = who
     return await handler(request)
 

@@ -14,9 +14,11 @@ from typing import Any
 from image_store.records import StudyRecord
 
 CSP = (
-    "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
+    "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+"""The message and code pages: their own small style inline, one script from /static (the
+language toggle, static/lang.js), nothing else."""
 PAGE_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
@@ -72,6 +74,10 @@ figcaption{font-size:12px;padding:6px;color:#ccd}
 border:1px solid #3d4d5c}
 .msg button{font-size:16px;padding:10px;border-radius:6px;border:0;background:#1f6feb;color:#fff}
 .err{color:#ff7b72}
+html.js:not(.en) [lang="en"]{display:none}
+html.js.en [lang="zh-CN"]{display:none}
+#lang{position:absolute;top:8px;right:8px;min-width:44px;min-height:44px;font-size:14px;
+border-radius:8px;border:1px solid #3d4d5c;background:#21262d;color:#eee}
 """
 
 
@@ -95,6 +101,12 @@ def _date(d: str) -> str:
     return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else d
 
 
+_MESSAGE_HEAD = f'<style>{_STYLE}</style><script src="{static_url("lang.js")}" defer></script>'
+"""The message pages' head: the inline style and the language toggle's script. Without the
+script both languages show."""
+_LANG_BUTTON = '<button type="button" id="lang" aria-label="Language">EN</button>'
+
+
 def _doc(title: str, body: str, head: str = "") -> str:
     """A page: its own ``head`` elements, or the small inline style of the message pages."""
     return (
@@ -103,7 +115,7 @@ def _doc(title: str, body: str, head: str = "") -> str:
         '<meta name="referrer" content="no-referrer">'
         f"<title>{html.escape(title)}</title>"
         f'<link rel="icon" href="{static_url("favicon.svg")}" type="image/svg+xml">'
-        f"{head or f'<style>{_STYLE}</style>'}</head>"
+        f"{head or _MESSAGE_HEAD}</head>"
         f"<body>{body}</body></html>"
     )
 
@@ -168,7 +180,8 @@ _TOOLS = (
     ("wl", "窗宽窗位", "W/L"),
     ("length", "测距", "Length"),
     ("angle", "角度", "Angle"),
-    ("roi", "椭圆ROI", "ROI"),
+    ("roi", "椭圆ROI", "Ellipse"),
+    ("rect", "矩形ROI", "Rectangle"),
     ("probe", "CT值", "Probe"),
 )
 
@@ -200,7 +213,7 @@ def film_page(study: StudyRecord, names: dict[str, str], manifest: dict[str, Any
         f"{e(study.study_description) or '-'}</div>"
         '<div class="hbtn"><button type="button" id="lang" aria-label="Language">EN</button>'
         f'<button type="button" id="copy">{_bi("复制链接", "Copy link")}</button>'
-        f'<button type="button" id="share" hidden>{_bi("分享", "Share")}</button></div>'
+        f'<button type="button" id="share">{_bi("分享", "Share")}</button></div>'
         "</header>"
         '<div id="studies" hidden></div>'
         '<section id="viewer" tabindex="0" aria-label="图像 Image">'
@@ -224,7 +237,8 @@ def film_page(study: StudyRecord, names: dict[str, str], manifest: dict[str, Any
         f'<meta property="og:description" content="{e(OG_DESCRIPTION)}">'
         '<meta property="og:type" content="website">'
         f'<link rel="stylesheet" href="{static_url("film.css")}">'
-        f'<script src="{static_url("film.js")}" defer></script>'
+        f'<script src="{static_url("film.js")}" data-worker="{static_url("values.js")}" defer>'
+        "</script>"
     )
     return _doc(OG_TITLE, body, assets)
 
@@ -270,28 +284,43 @@ def code_page(
 
 
 MESSAGES = {
-    "invalid": ("链接无效", "请检查链接是否完整。", "This link is not valid."),
+    "invalid": ("链接无效", "请检查链接是否完整。", "Invalid link", "This link is not valid."),
     "expired": (
         "链接已过期",
         "请联系医院重新获取链接。",
+        "Link expired",
         "This link has expired. Ask the hospital for a new one.",
     ),
-    "revoked": ("链接已被撤销", "请联系医院或分享人。", "This link was revoked."),
+    "revoked": (
+        "链接已被撤销",
+        "请联系医院或分享人。",
+        "Link revoked",
+        "This link was revoked. Ask the hospital or the person who shared it.",
+    ),
     "missing": (
         "检查不存在",
         "该链接的检查已不可用。",
+        "Study not found",
         "The study of this link is no longer available.",
     ),
     "blocked": (
         "链接已锁定",
         "提取码错误次数过多，链接已锁定，请联系医院重新获取。",
+        "Link blocked",
         "Too many wrong extraction codes were entered: this link is blocked. Ask the hospital "
         "for a new one.",
     ),
 }
+"""Each closed link's page: (title, advice) in Chinese, then in English."""
 
 
 def message_page(kind: str) -> str:
-    """A closed link's page: what happened and what to do, in Chinese, then English."""
-    title, advice, en = (html.escape(t) for t in MESSAGES[kind])
-    return _doc(title, f'<div class="msg"><h1>{title}</h1><p>{advice}</p><p>{en}</p></div>')
+    """A closed link's page: what happened and what to do, in Chinese first; the language
+    button (static/lang.js) switches to English and remembers the choice, as on the film page."""
+    zh_title, zh_advice, en_title, en_advice = (html.escape(t) for t in MESSAGES[kind])
+    body = (
+        f'<div class="msg">{_LANG_BUTTON}'
+        f'<h1><span lang="zh-CN">{zh_title}</span><span lang="en">{en_title}</span></h1>'
+        f'<p lang="zh-CN">{zh_advice}</p><p lang="en">{en_advice}</p></div>'
+    )
+    return _doc(zh_title, body)

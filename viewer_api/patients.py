@@ -1,6 +1,6 @@
 """The master patient index over HTTP: one click for all of a person's studies in the region,
 person links (admin) and their reviews, consent (the patient's), who opened a patient's
-studies, and break-glass reads for review.
+studies (break-glass reads are reviewed in viewer_api.audit_review).
 
     GET    /patients/{id}/studies[?hospital=H&issuer=I]   all linked studies, newest first
     POST   /api/patients/links        {"hospital", "patient_id", "issuer", "id_issuer", "id"}
@@ -14,7 +14,6 @@ studies, and break-glass reads for review.
     DELETE /api/consents/{id}
     GET    /api/patients/{id}/consents[?hospital=H&issuer=I]
     GET    /api/patients/{id}/access-history[?hospital=H&issuer=I]
-    GET    /api/audit/break-glass     break-glass reads (auditor, admin)
 
 A patient is named by their Patient ID at a hospital (the caller's own by default) and its
 issuer; regional identifiers (resident ID, health card) arrive only in POST bodies and are
@@ -491,52 +490,3 @@ async def access_history(request: web.Request) -> web.Response:
         return svc.audit.study_reads(studies)
 
     return web.json_response(await blocking(scan))
-
-
-# -- break-glass review -----------------------------------------------------------------------
-
-
-def _study_of_resource(resource: str) -> str:
-    parts = resource.split("?", 1)[0].split("/")
-    if "studies" in parts:
-        i = parts.index("studies")
-        if i + 1 < len(parts):
-            return parts[i + 1]
-    return ""
-
-
-async def break_glass_reads(request: web.Request) -> web.Response:
-    """Every break-glass read for review (auditors and admins), newest first: who, when, from
-    which hospital, why, which study and its hospital, and the answer's status."""
-    who = principal(request)
-    if who.role not in ("auditor", "admin"):
-        raise Forbidden("break-glass reads are reviewed by auditors")
-    svc = services(request)
-
-    def scan() -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for e in svc.audit.iter_events():
-            if not e.via.startswith("break-glass:"):
-                continue
-            uid = _study_of_resource(e.resource)
-            study = svc.index.get_study(uid) if uid else None
-            out.append(
-                {
-                    "ts": e.ts,
-                    "actor": e.actor,
-                    "hospital": e.hospital,
-                    "role": e.role,
-                    "reason": e.via.split(":", 1)[1],
-                    "study_uid": uid,
-                    "study_hospital": study.hospital if study else "",
-                    "resource": e.resource.split("?", 1)[0],
-                    "status": e.status,
-                }
-            )
-        return out[::-1]
-
-    names = await hospital_names(request)
-    found = await blocking(scan)
-    for r in found:
-        r["hospital_name"] = names.get(r["hospital"], r["hospital"])
-    return web.json_response(found, dumps=lambda o: json.dumps(o, ensure_ascii=False))

@@ -131,7 +131,3 @@ class SqlRegistry:
 
     def close(self) -> None:
         self.db.close()
-
-
-SqliteRegistry = SqlRegistry
-"""The name callers written for the per-process SQLite file use."""

@@ -100,7 +100,3 @@ def report_status(reports: list[Report]) -> tuple[str, bool]:
         return "none", False
     status = "final" if any(r.status == "final" for r in reports) else "preliminary"
     return status, any(r.mutual_recognition and r.status == "final" for r in reports)
-
-
-SqliteReports = SqlReports
-"""The name callers written for the per-process SQLite file use."""

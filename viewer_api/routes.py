@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from viewer_api import admin, film, film_patient, film_viewer, openapi, patients
+from viewer_api import admin, audit_review, film, film_patient, film_viewer, openapi, patients
 from viewer_api import openapi_schemas as s
 from viewer_api import reports as reports_api
 from viewer_api.dicomweb import qido, rendered, stow, wado
@@ -275,7 +275,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/api/audit/break-glass",
-        patients.break_glass_reads,
+        audit_review.break_glass_reads,
         "break-glass reads for review (auditor, admin)",
         REVIEWERS,
         ok=_JSON_LIST,
@@ -444,7 +444,8 @@ ROUTES: tuple[Route, ...] = (
         film_viewer.values,
         "a grey slice's stored values, packed losslessly, for the page to window",
         auth=Auth.LINK,
-        ok={"200": {"description": "application/octet-stream (gzip content coding)"}},
+        query=(s.query("form", {"type": "string", "enum": ["gzip"]}),),
+        ok={"200": {"description": "gzip content coding, or application/gzip (form=gzip)"}},
     ),
     Route(
         "GET",

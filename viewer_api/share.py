@@ -254,7 +254,3 @@ class SqlShareLinks:
 
     def close(self) -> None:
         self.db.close()
-
-
-SqliteShareLinks = SqlShareLinks
-"""The name callers written for the per-process SQLite file use."""

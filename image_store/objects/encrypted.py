@@ -7,8 +7,11 @@ returns) are unchanged. A byte that was changed, a segment that was dropped, mov
 a key that does not match: IntegrityError, never bad bytes.
 
 Memory: a stream given to ``put`` is sealed one segment at a time as the inner store reads it
-(the filesystem store then writes in constant memory); a byte range reads and opens only the
-segments it covers; ``stat`` opens the object in 64 MiB ranges. ``get`` of a whole object
+(the filesystem store then writes in constant memory). The sealed stream of a seekable source
+(a file) is seekable back to its start and seals the same bytes again (the data key and the
+segment nonces are fixed once per put), so the S3 store can hash it in one pass and upload it
+by multipart in a second without holding it; a byte range reads and opens only the
+segments it covers; ``stat`` opens the object in 16 MiB ranges. ``get`` of a whole object
 returns it whole, as the ObjectStore interface does.
 """
 
@@ -40,7 +43,7 @@ from image_store.keys import check_key
 from image_store.ports import ObjectStore
 from image_store.records import ByteRange, ObjectInfo
 
-_STAT_SEGMENTS = 16
+_STAT_SEGMENTS = 4
 
 
 def _hospital(key: str) -> str:
@@ -52,7 +55,9 @@ class _SealingReader(io.RawIOBase):
     """A read-only stream of the sealed form of ``source``, produced segment by segment.
 
     Hashes the plaintext as it goes; at its end it checks ``expected_sha256`` and raises
-    IntegrityError before the final segment, so the inner store never completes the put."""
+    IntegrityError before the final segment, so the inner store never completes the put.
+    Seekable (to its start only) when ``source`` is and ``rewindable``: ``seek(0)`` seeks the
+    source back and starts the same sealed stream again."""
 
     def __init__(
         self,
@@ -62,15 +67,23 @@ class _SealingReader(io.RawIOBase):
         data_key: bytes,
         key: str,
         expected_sha256: str | None,
+        *,
+        rewindable: bool = True,
     ) -> None:
         super().__init__()
         self._src = source
         self._header = header
+        self._header_bytes = header_bytes
         self._dk = data_key
         self._key = key
         self._expected = expected_sha256
-        self._out: deque[bytes] = deque([header_bytes])  # sealed bytes not read yet
+        self._src_start = _tell(source) if rewindable else None
+        self._restart()
+
+    def _restart(self) -> None:
+        self._out: deque[bytes] = deque([self._header_bytes])  # sealed bytes not read yet
         self._pos = 0  # read from self._out[0] so far
+        self._delivered = 0
         self._next = self._read_segment()
         self._index = 0
         self._done = False
@@ -106,7 +119,34 @@ class _SealingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return self._src_start is not None
+
+    def tell(self) -> int:
+        return self._delivered
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Back to the start (``seek(0)``), or nowhere (a seek to the current position)."""
+        if whence == io.SEEK_SET:
+            target = offset
+        elif whence == io.SEEK_CUR:
+            target = self._delivered + offset
+        else:
+            raise io.UnsupportedOperation("a sealed stream has no known end to seek from")
+        if target == self._delivered:
+            return target
+        if target != 0 or self._src_start is None:
+            raise io.UnsupportedOperation("a sealed stream seeks back to its start only")
+        self._src.seek(self._src_start)
+        self._restart()
+        return 0
+
     def read(self, size: int | None = -1) -> bytes:
+        out = self._read(size)
+        self._delivered += len(out)
+        return out
+
+    def _read(self, size: int | None) -> bytes:
         if size is None or size < 0:
             while not self._done:
                 self._advance()
@@ -137,6 +177,14 @@ class _SealingReader(io.RawIOBase):
         return len(data)
 
 
+def _tell(source: BinaryIO) -> int | None:
+    """Where a seekable source stands now; None for a stream that cannot seek."""
+    try:
+        return source.tell() if source.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 class EncryptedObjectStore:
     """An ObjectStore that seals every object with a fresh data key under its hospital's KEK."""
 
@@ -158,9 +206,12 @@ class EncryptedObjectStore:
     def put(self, key: str, data: bytes | BinaryIO, *, sha256: str | None = None) -> ObjectInfo:
         kek = self.keys.current(_hospital(key))
         raw, header, dk = new_header(self.algorithm, kek.key_id, kek.key, key, self.segment_log2)
+        in_memory = isinstance(data, bytes | bytearray | memoryview)
         if isinstance(data, bytes | bytearray | memoryview):
             data = io.BytesIO(data)
-        reader = _SealingReader(data, raw, header, dk, key, sha256)
+        # bytes already in memory are sealed once (the inner store may hold the sealed form);
+        # a file is sealed twice rather than held
+        reader = _SealingReader(data, raw, header, dk, key, sha256, rewindable=not in_memory)
         self.inner.put(key, reader)  # type: ignore[arg-type]
         return ObjectInfo(key=key, size=reader.size, sha256=reader.digest.hexdigest())
 
@@ -233,7 +284,7 @@ class EncryptedObjectStore:
         return plain[lo:hi]
 
     def stat(self, key: str) -> ObjectInfo | None:
-        """Plaintext size and sha256: the object is read and opened (64 MiB at a time)."""
+        """Plaintext size and sha256: the object is read and opened (16 MiB at a time)."""
         try:
             digest = hashlib.sha256()
             size = 0
@@ -245,7 +296,7 @@ class EncryptedObjectStore:
         return ObjectInfo(key=key, size=size, sha256=digest.hexdigest())
 
     def iter_plaintext(self, key: str) -> Iterator[bytes]:
-        """The object's plaintext in pieces of up to 16 segments, each checked before it is
+        """The object's plaintext in pieces of up to 4 segments, each checked before it is
         yielded (a damaged later piece raises IntegrityError after the earlier ones)."""
         header, dk = self._open_header(key, self.inner.get(key, ByteRange(0, MAX_HEADER)))
         step = header.segment_size + TAG
@@ -257,7 +308,7 @@ class EncryptedObjectStore:
             to_end = len(body) <= want
             if not body:
                 raise IntegrityError(f"object {key!r}: segment {first} is missing")
-            yield self._open_body(key, header, dk, memoryview(body[:want]), first, to_end)
+            yield self._open_body(key, header, dk, memoryview(body)[:want], first, to_end)
             if to_end:
                 return
             first += _STAT_SEGMENTS

@@ -11,10 +11,16 @@ what still fails becomes StoreUnavailable (an OSError: the uploader retries it l
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
+import itertools
 import logging
+import shutil
+import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -102,7 +108,17 @@ class S3ObjectStore:
         if not isinstance(data, bytes | bytearray | memoryview):
             if _seekable(data):
                 return self._put_file(key, full, data, sha256)
-            data = data.read()  # S3 needs the hash before the upload starts
+            # S3 needs the hash before the upload starts: a stream that is not seekable is
+            # read whole when below the multipart threshold, else copied to a temporary file
+            head = _read_up_to(data, self._transfer.multipart_threshold)
+            if len(head) == self._transfer.multipart_threshold:
+                with tempfile.TemporaryFile() as spill:
+                    spill.write(head)
+                    del head
+                    shutil.copyfileobj(data, spill, _CHUNK)
+                    spill.seek(0)
+                    return self._put_file(key, full, spill, sha256)
+            data = head
         payload = bytes(data)
         digest = hashlib.sha256(payload).hexdigest()
         if sha256 is not None and digest != sha256:
@@ -130,10 +146,12 @@ class S3ObjectStore:
         return ObjectInfo(key=key, size=len(payload), sha256=digest)
 
     def _put_file(self, key: str, full: str, fh: BinaryIO, sha256: str | None) -> ObjectInfo:
-        """Upload a seekable stream (a large instance's file) without holding it: one pass
-        hashes it (the sha256 goes in the object's metadata, so it is needed first), a second
-        streams it, by multipart above the threshold, hashing again; bytes that changed
-        between the passes are an IntegrityError and their object is deleted."""
+        """Upload a seekable stream (a large instance's file, a sealed one) without holding it:
+        one pass hashes it (the sha256 goes in the object's metadata, so it is needed first), a
+        second uploads it, hashing again: below the multipart threshold in one request, above
+        it in parts of ``multipart_chunksize`` with at most ``max_concurrency`` parts in memory
+        (:meth:`_put_parts`). Bytes that changed between the passes are an IntegrityError and
+        their object is deleted."""
         start = fh.tell()
         first = hashlib.sha256()
         size = 0
@@ -146,19 +164,66 @@ class S3ObjectStore:
         fh.seek(start)
         reader = _HashingReader(fh)
         try:
-            self.client.upload_fileobj(
-                reader,
-                self.bucket,
-                full,
-                ExtraArgs={"Metadata": {"sha256": digest}},
-                Config=self._transfer,
-            )
+            if size < self._transfer.multipart_threshold:
+                self.client.upload_fileobj(
+                    reader,
+                    self.bucket,
+                    full,
+                    ExtraArgs={"Metadata": {"sha256": digest}},
+                    Config=self._transfer,
+                )
+            else:
+                self._put_parts(full, reader, digest)
         except (ClientError, BotoCoreError) as exc:
             raise StoreUnavailable(f"S3 put of {key!r} failed: {exc}") from exc
         if reader.digest.hexdigest() != digest:
             self.delete(key)
             raise IntegrityError(f"object {key!r} changed while it was uploaded")
         return ObjectInfo(key=key, size=size, sha256=digest)
+
+    def _put_parts(self, full: str, reader: _HashingReader, digest: str) -> None:
+        """A multipart upload read in order from ``reader``: each part is sent with its
+        Content-MD5 on a small pool while the next is read, never more than
+        ``max_concurrency`` parts read and not yet sent; aborted on any failure."""
+        part_size = self._transfer.multipart_chunksize
+        in_flight = max(1, self._transfer.max_request_concurrency)
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=full, Metadata={"sha256": digest}
+        )["UploadId"]
+
+        def send(number: int, body: bytes) -> dict[str, Any]:
+            md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+            etag = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentMD5=md5,
+            )["ETag"]
+            return {"ETag": etag, "PartNumber": number}
+
+        try:
+            with ThreadPoolExecutor(in_flight, thread_name_prefix="s3-part") as pool:
+                pending: deque[Future[dict[str, Any]]] = deque()
+                parts: list[dict[str, Any]] = []
+                for number in itertools.count(1):
+                    body = _read_up_to(reader, part_size)  # type: ignore[arg-type]
+                    if not body and number > 1:
+                        break
+                    if len(pending) >= in_flight:
+                        parts.append(pending.popleft().result())
+                    pending.append(pool.submit(send, number, body))
+                    del body
+                while pending:
+                    parts.append(pending.popleft().result())
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
 
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         full = self._key(key)
@@ -238,6 +303,19 @@ class S3ObjectStore:
 
 
 _CHUNK = 8 << 20
+
+
+def _read_up_to(fh: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a stream (fewer only at its end)."""
+    parts: list[bytes] = []
+    want = limit
+    while want > 0:
+        chunk = fh.read(min(want, _CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        want -= len(chunk)
+    return b"".join(parts)
 
 
 def _seekable(fh: BinaryIO) -> bool:

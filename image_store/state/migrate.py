@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_store.audit import study_of
+from image_store.audit import study_of, via_kind
 from image_store.state.db import StateDb
 from image_store.state.ports import Revocations
 
@@ -108,15 +108,17 @@ def _copy_tables(db: StateDb, path: Path, tables: Sequence[str]) -> None:
 
 
 def _copy_audit(db: StateDb, path: Path) -> None:
-    """The old chain's rows (each given its study UID), head and anchors."""
+    """The old chain's rows (each given its study UID and via kind), head and anchors."""
     _cols, rows = _old_rows(path, "audit")
     with db.tx("audit") as conn:
         for seq, text, prev_hash, digest, *_rest in rows:
-            uid = study_of(str(json.loads(str(text)).get("resource", "")))
+            event = json.loads(str(text))
+            uid = study_of(str(event.get("resource", "")))
+            kind = via_kind(str(event.get("via", "")))
             conn.execute(
-                "INSERT INTO audit (seq, event, prev_hash, hash, study_uid) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (seq, text, prev_hash, digest, uid),
+                "INSERT INTO audit (seq, event, prev_hash, hash, study_uid, via_kind) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (seq, text, prev_hash, digest, uid, kind),
             )
         head = _signed(path.with_name(path.name + ".head"))
         if head is not None:

@@ -62,12 +62,12 @@ def test_audit_verify_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     import sqlite3
     import time
 
-    from image_store.audit import AuditEvent, SqliteAuditLog
+    from image_store.audit import AuditEvent, SqlAuditLog
     from image_store.state.db import SqliteStateDb
 
     assert main(["init", "--data", str(tmp_path)]) == 0
     key = (tmp_path / "secrets" / "audit.key").read_bytes()
-    log = SqliteAuditLog(SqliteStateDb(tmp_path / "index.sqlite"), head_key=key)
+    log = SqlAuditLog(SqliteStateDb(tmp_path / "index.sqlite"), head_key=key)
     for i in range(3):
         log.append(AuditEvent(time.time(), "a", "H1", "admin", "GET", f"/x/{i}", 200, "127.0.0.1"))
     log.close()
@@ -164,13 +164,13 @@ def test_audit_verify_detects_records_cut_from_the_end(
     import sqlite3
     import time
 
-    from image_store.audit import AuditEvent, SqliteAuditLog
+    from image_store.audit import AuditEvent, SqlAuditLog
     from image_store.state.db import SqliteStateDb
     from viewer_api.auth import load_or_create_secret
 
     assert main(["init", "--data", str(tmp_path)]) == 0
     key = load_or_create_secret(tmp_path / "secrets" / "audit.key")  # as the stack makes it
-    log = SqliteAuditLog(SqliteStateDb(tmp_path / "index.sqlite"), head_key=key)
+    log = SqlAuditLog(SqliteStateDb(tmp_path / "index.sqlite"), head_key=key)
     for i in range(4):
         log.append(AuditEvent(time.time(), "a", "H1", "admin", "GET", f"/x/{i}", 200, "127.0.0.1"))
     log.close()

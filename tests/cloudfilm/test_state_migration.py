@@ -9,39 +9,39 @@ from pathlib import Path
 
 from cloudfilm.config import load_settings
 from cloudfilm.stores import open_state
-from image_store.consents import SqliteConsents
-from image_store.gateway_credentials import GatewayCredential, SqliteGatewayCredentials
+from image_store.consents import SqlConsents
+from image_store.gateway_credentials import GatewayCredential, SqlGatewayCredentials
 from image_store.state.records import Report
-from viewer_api.auth import RevokedTokens
-from viewer_api.registry import SqliteRegistry
-from viewer_api.report_store import SqliteReports
-from viewer_api.share import SqliteShareLinks
+from viewer_api.registry import SqlRegistry
+from viewer_api.report_store import SqlReports
+from viewer_api.share import SqlShareLinks
 
 
 def test_old_files_migrate_on_first_open_and_are_kept_aside(tmp_path: Path) -> None:
     data = tmp_path / "data"
     later = time.time() + 3600
-    shares = SqliteShareLinks(data / "shares.sqlite")
+    shares = SqlShareLinks(data / "shares.sqlite")
     link = shares.create("1.2.3", "H1", "clinician:H1:dr", later, code="1234")
     shares.close()
-    consents = SqliteConsents(data / "consents.sqlite")
+    consents = SqlConsents(data / "consents.sqlite")
     grant = consents.grant("pk", "H2", created_by="patient", ttl_s=3600)
     consents.close()
-    registry = SqliteRegistry(data / "registry.sqlite")
+    registry = SqlRegistry(data / "registry.sqlite")
     registry.add_hospital("H1", "City")
     registry.add_user("dr.li", "H1", "radiologist")
     registry.set_enabled("dr.li", False)
     registry.close()
-    reports = SqliteReports(data / "reports.sqlite")
+    reports = SqlReports(data / "reports.sqlite")
     report = Report(
         "r1", "1.2.3", "H1", "text/plain", "CT", "final", False, "k", 1, "0" * 64, "x", 1.0
     )
     reports.add(report)
     reports.close()
-    creds = SqliteGatewayCredentials(data / "gateways.sqlite")
+    creds = SqlGatewayCredentials(data / "gateways.sqlite")
     creds.add(GatewayCredential("gw-1", "H1", b"k" * 32, 1.0))
     creds.close()
-    RevokedTokens(data / "secrets" / "revoked-tokens").revoke("0123456789abcdef", later)
+    (data / "secrets").mkdir(mode=0o700)
+    (data / "secrets" / "revoked-tokens").write_text(f"0123456789abcdef {int(later)}\n")
 
     settings = load_settings({"data_dir": str(data)}, env={})
     state = open_state(settings, audit_key=None)

@@ -4,12 +4,13 @@ StateContract and provide ``state`` (a RegionalState on a fresh database, its ``
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
 import pytest
 
-from image_store.audit import ANCHOR_EVERY, AuditEvent
+from image_store.audit import ANCHOR_EVERY, AuditEvent, SqlAuditLog
 from image_store.consents import CODE_MAX_TRIES
 from image_store.gateway_credentials import GatewayCredential
 from image_store.state.ports import RegionalState
@@ -175,6 +176,17 @@ class ReportsContract:
         assert state.reports.get("r1") == r and state.reports.get("r2") is None
 
 
+def _query_plan(state: RegionalState, sql: str) -> str:
+    """How the database runs ``sql`` (sequential scans discouraged on PostgreSQL, whose planner
+    would scan a table this small whatever its indexes)."""
+    if state.db.dialect == "sqlite":
+        rows = state.db.conn().execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+        return " ".join(str(r[-1]) for r in rows)
+    with state.db.tx("explain") as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")
+        return " ".join(str(r[0]) for r in conn.execute(f"EXPLAIN {sql}").fetchall())
+
+
 class AuditLogContract:
     def test_appends_verify_and_a_cut_tail_is_detected(self, state: RegionalState) -> None:
         for i in range(ANCHOR_EVERY + 2):
@@ -207,6 +219,45 @@ class AuditLogContract:
         reads = state.audit.study_reads(["1.2.3"])
         assert [r["ts"] for r in reads] == [T0 + 3, T0]
         assert state.audit.study_reads([]) == []
+
+    def test_break_glass_reads_come_from_the_via_index_newest_first(
+        self, state: RegionalState
+    ) -> None:
+        vias = ["", "consent:c1", "break-glass:ER", "", "break-glass:trauma", "break-glass"]
+        for i, via in enumerate(vias):
+            state.audit.append(dataclasses.replace(_event(i, "1.2.3"), via=via))
+        forged = '/dicom-web/studies/1.2.3?x="via":"break-glass:forged'  # in another field
+        state.audit.append(dataclasses.replace(_event(9), resource=forged))
+        glass = state.audit.reads_via("break-glass")
+        assert [(e.ts, e.via) for e in glass] == [
+            (T0 + 4, "break-glass:trauma"),
+            (T0 + 2, "break-glass:ER"),
+        ]
+        assert [e.ts for e in state.audit.reads_via("break-glass", limit=1)] == [T0 + 4]
+        assert [e.via for e in state.audit.reads_via("consent")] == ["consent:c1"]
+        with pytest.raises(ValueError):
+            state.audit.reads_via("own' OR 1=1 --")
+        assert "audit_via" in _query_plan(
+            state, "SELECT event FROM audit WHERE via_kind = 'break-glass' ORDER BY seq DESC"
+        )
+
+    def test_a_log_written_before_the_via_column_gets_it_on_open(
+        self, state: RegionalState
+    ) -> None:
+        state.audit.append(dataclasses.replace(_event(0, "1.2.3"), via="break-glass:ER"))
+        state.audit.append(dataclasses.replace(_event(1), resource='/x?"via":"break-glass:no'))
+        state.audit.append(dataclasses.replace(_event(2, "1.2.3"), via="consent:c1"))
+        with state.db.tx("audit") as conn:  # the older version's table
+            conn.execute("DROP INDEX audit_via")
+            conn.execute("ALTER TABLE audit DROP COLUMN via_kind")
+        assert "via_kind" not in state.db.columns("audit")
+        reopened = SqlAuditLog(state.db, head_key=AUDIT_KEY)
+        assert [e.via for e in reopened.reads_via("break-glass")] == ["break-glass:ER"]
+        assert [e.via for e in reopened.reads_via("consent")] == ["consent:c1"]
+        assert reopened.check().ok
+        assert "audit_via" in _query_plan(
+            state, "SELECT event FROM audit WHERE via_kind = 'consent' ORDER BY seq DESC"
+        )
 
 
 class RevocationsContract:

@@ -191,19 +191,23 @@ def _drag(page: Any, a: tuple[float, float], b: tuple[float, float]) -> None:
     page.mouse.up()
 
 
+def _zoom_on_the_disc(page: Any, steps: int) -> None:
+    """Zoom in ``steps`` times and pan the calibration disc to the middle of the viewer."""
+    page.wait_for_function("() => window.cloudfilm.state().values")
+    for _ in range(steps):
+        page.keyboard.press("+")
+    box = page.locator("#viewer").bounding_box()
+    mid = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    disc = _client(page, _disc_point(0, 0))
+    page.click("#tools button[data-mode=pan]")
+    _drag(page, mid, (2 * mid[0] - disc[0], 2 * mid[1] - disc[1]))
+
+
 def test_a_length_on_the_calibration_disc_is_within_one_percent_and_the_probe_reads_its_hu(
     server: Server, study: str, phone: Any
 ) -> None:
     open_film(phone, server, study)
-    phone.wait_for_function("() => window.cloudfilm.state().values")
-    for _ in range(4):
-        phone.keyboard.press("+")
-    # pan the disc to the middle of the viewer
-    box = phone.locator("#viewer").bounding_box()
-    mid = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    disc = _client(phone, _disc_point(0, 0))
-    phone.click("#tools button[data-mode=pan]")
-    _drag(phone, mid, (2 * mid[0] - disc[0], 2 * mid[1] - disc[1]))
+    _zoom_on_the_disc(phone, 4)
 
     phone.click("#tools button[data-mode=length]")
     r = CALIBRATION_DIAMETER_MM / 2
@@ -260,7 +264,7 @@ def test_a_radiograph_measures_at_the_detector_and_says_it_is_uncalibrated(
     wait_indexed(server, server.token(), str(dx.StudyInstanceUID), 1)
     open_film(phone, server, str(dx.StudyInstanceUID))
     phone.wait_for_function("() => window.cloudfilm.state().values", timeout=60_000)
-    assert "uncalibrated" in phone.locator("#note").inner_text()
+    assert "未校准" in phone.locator("#note").inner_text()  # uncalibrated
     assert "lung" not in state(phone)["presets"]
     phone.click("#tools button[data-mode=length]")
     rows, cols = int(dx.Rows), int(dx.Columns)
@@ -409,8 +413,14 @@ def test_an_expired_link_gets_a_clear_page(server: Server, study: str, phone: An
     assert response.status == 403
     assert "链接已过期" in phone.locator("h1").inner_text()
     assert "请联系医院" in phone.locator("p").first.inner_text()  # the advice, in Chinese first
-    assert "expired" in phone.locator("p").nth(1).inner_text()
+    assert not phone.locator("p[lang=en]").is_visible()
     shot(phone, "06-expired")
+    phone.click("#lang")  # the advice in English, and the choice kept for the film page
+    assert phone.locator("h1").inner_text() == "Link expired"
+    assert "Ask the hospital" in phone.locator("p[lang=en]").inner_text()
+    assert not phone.locator("p[lang=zh-CN]").is_visible()
+    assert phone.evaluate("() => localStorage.getItem('cloudfilm-lang')") == "en"
+    shot(phone, "16-expired-english")
 
 
 def test_the_patient_makes_a_link_for_a_doctor_on_the_page(
@@ -453,11 +463,12 @@ def test_the_patient_answers_a_request_gives_consent_and_shows_a_code_on_the_pag
     phone.wait_for_selector("#requests.pending")
     phone.click("#requests summary")
     phone.click("#requests button.approve")
-    phone.wait_for_selector("#requests >> text=已同意 approved")
+    phone.wait_for_selector("#requests >> text=已同意")
     phone.click("#grant summary")
     phone.select_option("#grant select[name=hospital]", "HOSP2")
     phone.click("#grant button[type=submit]")
-    phone.wait_for_selector("#grant-out >> text=已授权 Consent given: 市中医院")
+    phone.wait_for_selector("#grant-out >> text=已授权")
+    assert "市中医院" in phone.locator("#grant-out").inner_text()
     phone.click("#consents summary")
     phone.wait_for_selector("#consents >> text=市中医院")
     phone.click("#code summary")
@@ -503,4 +514,205 @@ def test_a_patient_link_lists_the_studies_as_cards_and_opens_the_one_tapped(
     phone.wait_for_function(f"() => window.cloudfilm.state().study !== '{first}'")
     assert cards.nth(other).get_attribute("aria-current") == "true"
     shot(phone, "12-study-cards")
+    assert phone.errors == []
+
+
+def test_a_rectangle_roi_on_the_calibration_disc_gives_its_area_within_one_percent_and_its_hu(
+    server: Server, study: str, phone: Any
+) -> None:
+    open_film(phone, server, study)
+    _zoom_on_the_disc(phone, 6)
+    phone.click("#tools button[data-mode=rect]")
+    box = phone.locator("#tools button[data-mode=rect]").bounding_box()
+    assert box["width"] >= 44 and box["height"] >= 44
+    # a 34 x 30 mm rectangle inside the disc (its corners 22.7 mm from the centre, r = 25 mm)
+    _drag(phone, _client(phone, _disc_point(-17, -15)), _client(phone, _disc_point(17, 15)))
+    (rect,) = state(phone)["marks"]
+    assert rect["kind"] == "rect"
+    assert rect["area"] == pytest.approx(34 * 30, rel=0.01)
+    assert (rect["mean"], rect["sd"]) == (CALIBRATION_HU, 0)
+    # one straddling the disc's edge: its mean lies between the disc's and the tissue's
+    _drag(phone, _client(phone, _disc_point(10, -8)), _client(phone, _disc_point(40, 8)))
+    edge = state(phone)["marks"][-1]
+    assert edge["area"] == pytest.approx(30 * 16, rel=0.01)
+    assert edge["sd"] > 0 and edge["mean"] != CALIBRATION_HU
+    shot(phone, "14-rectangle-roi")
+    phone.keyboard.press("ArrowDown")  # the next slice: the rectangles were of that slice only
+    assert state(phone)["marks"] == []
+    assert phone.errors == []
+
+
+HAN = re.compile(r"[\u3400-\u9fff]")
+
+
+def _patient_with_a_request(
+    server: Server, tmp_path: Path, pid: str, resident: str
+) -> dict[str, str]:
+    """A one-study patient linked to a resident ID, with hospitals in the registry and a
+    consent request waiting: everything the patient's tools panel can show."""
+    server.cli("synth", str(tmp_path), "--modality", "CT", "--images", "1", "--seed", "88",
+               "--patient-id", pid)  # fmt: skip
+    storescu(server, tmp_path)
+    uid = str(pydicom.dcmread(sorted(tmp_path.glob("*.dcm"))[0]).StudyInstanceUID)
+    wait_indexed(server, server.token(), uid, 2)
+    patient = {"patient_id": pid, "issuer": "CLOUDFILM-SYNTH"}
+    admin = server.token(role="admin")
+    for h, name in (("HOSP1", "市第一人民医院"), ("HOSP2", "市中医院")):
+        r = http(f"{server.base}/api/admin/hospitals", token=admin, method="POST",
+                 body={"id": h, "name": name})  # fmt: skip
+        assert r.status in (201, 409), r.body  # an earlier test may have registered it
+    r = http(f"{server.base}/api/patients/links", token=admin, method="POST",
+             body={"hospital": "HOSP1", **patient, "id_issuer": "CN_RESIDENT_ID",
+                   "id": resident})  # fmt: skip
+    assert r.status == 201, r.body
+    r = http(f"{server.base}/api/consent-requests", token=server.token(), method="POST",
+             body={"patient": patient})  # fmt: skip
+    assert r.status == 201, r.body
+    return patient
+
+
+def test_english_switches_every_label_of_the_tools_panel_and_stays_chosen_after_a_reload(
+    server: Server, phone: Any, tmp_path: Path
+) -> None:
+    patient = _patient_with_a_request(server, tmp_path, "K-LANG-1", "44030519800101777X")
+    link = share(server, "", scope="patient", **patient)
+    phone.goto(link["url"])
+    phone.wait_for_selector("#viewer.ready")
+    phone.wait_for_selector("#requests.pending")
+    phone.click("#lang")
+    # everything the panel holds: a consent given, the request, history, links, the code form
+    phone.click("#grant summary")
+    phone.click("#grant button[type=submit]")
+    phone.wait_for_selector("#grant-out >> text=Consent given")
+    phone.click("#links summary")
+    phone.click("#new-link button[type=submit]")
+    phone.wait_for_selector("#new-link-out img.qr")
+    for part in ("consents", "requests", "history", "code"):
+        phone.click(f"#{part} summary")
+    for ready in ("#consents table", "#requests button.approve", "#history table", "#links table"):
+        phone.wait_for_selector(ready)
+    hospitals = phone.evaluate(
+        "async (b) => (await (await fetch(b + '/api/hospitals')).json()).map((h) => h.name)",
+        link["url"].removeprefix(server.base),
+    )
+    text = phone.locator("#mine").inner_text()
+    for name in hospitals:  # hospital names are data, not labels
+        text = text.replace(name, "")
+    assert "Give consent" in text and "Approve" in text and "radiologist" not in text
+    assert HAN.findall(text) == [], text
+    for area in ("#tools", "#presets", "#strip .count", "#copy", "#share"):
+        for label in phone.locator(area).all_inner_texts():
+            assert not HAN.search(label), (area, label)
+    shot(phone, "15-english-tools")
+    # the choice survives a reload (localStorage), labels made after it included
+    phone.reload()
+    phone.wait_for_selector("#viewer.ready")
+    assert phone.evaluate("() => document.documentElement.lang") == "en"
+    assert phone.locator("#tools button[data-mode=rect]").inner_text() == "Rectangle"
+    phone.click("#code summary")
+    assert not HAN.search(phone.locator("#code").inner_text())
+    phone.click("#lang")  # and back to Chinese
+    assert phone.locator("#code summary").inner_text() == "授权码"
+    assert phone.errors == []
+
+
+def _phone_page(browser: Any, server: Server, init: str = "") -> Any:
+    context = browser.new_context(**PHONE)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.base)
+    if init:
+        context.add_init_script(init)
+    return context.new_page()
+
+
+NO_SHARE = "delete Navigator.prototype.share;"
+RECORD_SHARE = """
+Object.defineProperty(Navigator.prototype, "share", {
+  configurable: true,
+  value: function (data) {
+    (window.__shared = window.__shared || []).push(data);
+    return Promise.resolve();
+  },
+});
+"""
+
+
+def test_copy_puts_the_link_in_the_clipboard_and_share_sends_no_patient_data(
+    server: Server, study: str, browser: Any
+) -> None:
+    page = _phone_page(browser, server, NO_SHARE)
+    link = share(server, study)
+    page.goto(link["url"])
+    page.wait_for_selector("#viewer.ready")
+    for b in ("#copy", "#share"):
+        box = page.locator(b).bounding_box()
+        assert box["width"] >= 44 and box["height"] >= 44
+    page.click("#copy")
+    page.wait_for_selector("#copy[data-done]")
+    shot(page, "17-link-copied")
+    assert page.evaluate("() => navigator.clipboard.readText()") == link["url"]
+    # no Web Share in this browser: the share button copies the link instead
+    page.evaluate("() => navigator.clipboard.writeText('something else')")
+    page.click("#share")
+    page.wait_for_function(
+        f"async () => (await navigator.clipboard.readText()) === '{link['url']}'"
+    )
+    page.context.close()
+
+    page = _phone_page(browser, server, RECORD_SHARE)
+    page.goto(link["url"])
+    page.wait_for_selector("#viewer.ready")
+    page.evaluate("() => navigator.clipboard.writeText('untouched')")
+    page.click("#share")
+    page.wait_for_function("() => window.__shared")
+    (sent,) = page.evaluate("() => window.__shared")
+    assert sent == {"title": "云胶片 Cloud film", "url": link["url"]}
+    header = page.evaluate("() => window.cloudfilm.state().study")
+    masked = page.locator("#pname").inner_text()
+    assert masked not in sent["title"] and header not in sent["title"]
+    assert page.evaluate("() => navigator.clipboard.readText()") == "untouched"
+    page.context.close()
+
+
+LONG = 72  # slices: more than the 65 (32 each side) the page keeps decoded
+
+WALK = """async () => {
+  // every slice in turn, each shown from its values; the most the page held decoded meanwhile
+  const cf = window.cloudfilm;
+  let most = 0;
+  for (let i = 0; i < cf.state().count; i += 1) {
+    cf.go(i);
+    const t0 = performance.now();
+    while (!cf.state().values) {
+      if (performance.now() - t0 > 10000) throw new Error(`slice ${i} never decoded`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    most = Math.max(most, cf.state().held.decoded);
+  }
+  return { most, held: cf.state().held };
+}"""
+
+
+def test_a_long_series_keeps_only_the_slices_near_the_current_one_decoded(
+    server: Server, phone: Any, tmp_path: Path
+) -> None:
+    server.cli("synth", str(tmp_path), "--modality", "CT", "--images", str(LONG), "--seed", "89")
+    storescu(server, tmp_path)
+    uid = str(pydicom.dcmread(sorted(tmp_path.glob("*.dcm"))[0]).StudyInstanceUID)
+    wait_indexed(server, server.token(), uid, LONG + 1)
+    open_film(phone, server, uid)
+    phone.wait_for_function(f"() => window.cloudfilm.state().loaded === {LONG}", timeout=30_000)
+    phone.evaluate("() => window.cloudfilm.go(0)")
+    phone.wait_for_function("() => window.cloudfilm.state().values")
+    first = canvas_digest(phone)
+    walked = phone.evaluate(WALK)
+    slice_bytes = CT_COLUMNS * CT_COLUMNS * 2
+    assert walked["most"] <= 65
+    held = walked["held"]
+    assert held["packed"] == LONG and held["packedBytes"] < 0.5 * LONG * slice_bytes
+    assert held["decodedBytes"] <= (65 + 8) * slice_bytes  # the window and a few spare buffers
+    # back at the start: slice 1 had left the window, and is decoded again to the same pixels
+    phone.evaluate("() => window.cloudfilm.go(0)")
+    phone.wait_for_function("() => window.cloudfilm.state().values")
+    phone.wait_for_function("() => window.cloudfilm.state().held.decoded <= 33")
+    assert canvas_digest(phone) == first
     assert phone.errors == []

@@ -31,6 +31,12 @@ def _multipart_related(ctx: Any, value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+@schemathesis.serializer("application/offset+octet-stream")
+def _upload_chunk(ctx: Any, value: Any) -> bytes:
+    """Generated chunks of a resumable upload go as raw bytes."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str, str]]:
     d = tmp_path_factory.mktemp("fuzz")

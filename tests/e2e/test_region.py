@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,18 +181,30 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
     root = tmp_path_factory.mktemp("region")
     reg = Region(root, root / "cloud")
     reg.start_cloud()
-    for h in HOSPITALS:
-        cli("hospitals", "add", h, "--name", f"Hospital {h}", "--data", str(reg.data))
-        gw = Gateway(h, root / f"gw-{h}", root / f"cred-{h}.json", root / f"gw-{h}.log")
-        gw.data.mkdir(mode=0o700)
-        reg.issue(h, gw.credential)
-        gw.start(reg.url)
-        reg.gateways[h] = gw
-    yield reg
-    for gw in reg.gateways.values():
-        gw.stop()
-    if reg.proc is not None:
-        _stop(reg.proc)
+    try:
+        for h in HOSPITALS:
+            cli("hospitals", "add", h, "--name", f"Hospital {h}", "--data", str(reg.data))
+            gw = Gateway(h, root / f"gw-{h}", root / f"cred-{h}.json", root / f"gw-{h}.log")
+            gw.data.mkdir(mode=0o700)
+            reg.gateways[h] = gw
+
+        def issue_and_start(gw: Gateway) -> None:
+            reg.issue(gw.hospital, gw.credential)
+            gw.start(reg.url)
+
+        each_gateway(issue_and_start, reg.gateways.values())
+        yield reg
+    finally:
+        each_gateway(Gateway.stop, reg.gateways.values())
+        if reg.proc is not None:
+            _stop(reg.proc)
+
+
+def each_gateway(run: Callable[[Gateway], None], gateways: Iterable[Gateway]) -> None:
+    """``run`` on every gateway at once (process start-up and shut-down dominate); the first
+    error is raised once all are done."""
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(run, gateways))
 
 
 def test_each_hospitals_study_reaches_the_cloud_byte_identical_under_its_hospital(

@@ -55,3 +55,16 @@ def test_whitespace_reason_is_no_break_glass_and_via_names_the_grant() -> None:
     assert access is not None and access.via == "consent:abc"
     assert not needs_consent(Reader("H1", "auditor"), "H2")
     assert not needs_consent(Reader("H1", "admin"), "H2")
+
+
+def test_an_admin_reads_every_hospital_without_consent_and_an_auditor_not_even_its_own() -> None:
+    admin, auditor = Reader("H1", "admin"), Reader("H1", "auditor")
+    assert admin.reads_without_consent("H1") and admin.reads_without_consent("H2")
+    assert not auditor.reads_without_consent("H1")
+    wide = Reader("H1", "auditor", readable=frozenset({"H1", "H2"}))
+    assert not wide.reads_without_consent("H2")
+
+
+def test_another_hospitals_study_is_denied_when_no_reason_is_given_at_all() -> None:
+    for role in ("radiologist", "clinician"):
+        assert decide_access(Reader("H1", role, "dr"), "H2") is None  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_store.consents import CODE_MAX_TRIES, CODE_TTL_S, REQUEST_TTL_S, SqliteConsents
+from image_store.consents import CODE_MAX_TRIES, CODE_TTL_S, REQUEST_TTL_S, SqlConsents
 
 PERSON = "p" * 64
 
@@ -21,7 +21,7 @@ class Clock:
 
 def test_a_code_expires_after_ten_minutes_and_is_kept_only_as_a_hash(tmp_path: Path) -> None:
     clock = Clock()
-    store = SqliteConsents(tmp_path / "consents.sqlite", clock=clock)
+    store = SqlConsents(tmp_path / "consents.sqlite", clock=clock)
     code, expires_at = store.issue_code(PERSON, bind_subject=False, ttl_s=3600, created_by="p")
     assert expires_at == clock.now + CODE_TTL_S
     assert code.encode() not in (tmp_path / "consents.sqlite").read_bytes()
@@ -41,7 +41,7 @@ def test_a_code_expires_after_ten_minutes_and_is_kept_only_as_a_hash(tmp_path: P
 
 
 def test_wrong_codes_count_down_and_then_burn_the_code(tmp_path: Path) -> None:
-    store = SqliteConsents(tmp_path / "consents.sqlite")
+    store = SqlConsents(tmp_path / "consents.sqlite")
     code, _ = store.issue_code(PERSON, bind_subject=False, ttl_s=3600, created_by="p")
     wrong = f"{(int(code) + 1) % 10**8:08d}"
     outcomes = [
@@ -58,7 +58,7 @@ def test_wrong_codes_count_down_and_then_burn_the_code(tmp_path: Path) -> None:
 
 def test_a_request_is_decided_once_and_expires_unanswered(tmp_path: Path) -> None:
     clock = Clock()
-    store = SqliteConsents(tmp_path / "consents.sqlite", clock=clock)
+    store = SqlConsents(tmp_path / "consents.sqlite", clock=clock)
     first = store.request(PERSON, "H1", subject="dr", requested_by="c", ttl_s=3600)
     second = store.request(PERSON, "H1", requested_by="c", ttl_s=3600)
     approved = store.decide(first.id, approve=True, by="patient")

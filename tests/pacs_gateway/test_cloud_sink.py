@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 
 from cloudfilm.synth import synthesize_study
 from image_store.gateway_assertion import BATCH_PATH, TOKEN_PATH
-from image_store.gateway_credentials import SqliteGatewayCredentials
+from image_store.gateway_credentials import SqlGatewayCredentials
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
@@ -38,7 +38,7 @@ from tests.threaded_server import ThreadedServer
 from viewer_api import middlewares
 from viewer_api.gateway_auth import GatewayAuth
 from viewer_api.ingest_api import add_ingest_routes
-from viewer_api.registry import SqliteRegistry
+from viewer_api.registry import SqlRegistry
 
 
 class ThreadedCloud:
@@ -48,7 +48,7 @@ class ThreadedCloud:
     def __init__(self, root: Path) -> None:
         self.data = root / "cloud"
         self.data.mkdir()
-        registry = SqliteRegistry(self.data / REGISTRY_FILE)
+        registry = SqlRegistry(self.data / REGISTRY_FILE)
         registry.add_hospital("H1", "First")
         registry.close()
         self.server = ThreadedServer()
@@ -65,7 +65,7 @@ class ThreadedCloud:
         add_ingest_routes(
             app,
             GatewayAuth(
-                SqliteGatewayCredentials(self.data / GATEWAYS_FILE),
+                SqlGatewayCredentials(self.data / GATEWAYS_FILE),
                 self.url + TOKEN_PATH,
                 clock=lambda: self.clock[0],
             ),

@@ -20,10 +20,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from cloudfilm.synth import synthesize_study
-from image_store.audit import SqliteAuditLog
-from image_store.consents import SqliteConsents
+from image_store.audit import SqlAuditLog
+from image_store.consents import SqlConsents
 from image_store.gateway_assertion import TOKEN_PATH
-from image_store.gateway_credentials import SqliteGatewayCredentials
+from image_store.gateway_credentials import SqlGatewayCredentials
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
@@ -46,7 +46,7 @@ from viewer_api import middlewares
 from viewer_api.gateway_auth import GatewayAuth
 from viewer_api.ingest_api import add_ingest_routes
 from viewer_api.priors_api import add_priors_routes
-from viewer_api.registry import SqliteRegistry
+from viewer_api.registry import SqlRegistry
 
 PERSON = "p" * 64
 
@@ -70,7 +70,7 @@ class ThreadedCloud:
         self.root = root
         self.data = root / "cloud"
         self.data.mkdir()
-        registry = SqliteRegistry(self.data / REGISTRY_FILE)
+        registry = SqlRegistry(self.data / REGISTRY_FILE)
         for h in ("H1", "H2"):
             registry.add_hospital(h, h)
         registry.close()
@@ -78,12 +78,12 @@ class ThreadedCloud:
         self.url = self.server.url
         self.index = SqliteIndex(self.data / "index.sqlite")
         self.store = FilesystemObjectStore(self.data / "objects")
-        self.consents = SqliteConsents(self.data / "consents.sqlite")
-        self.audit = SqliteAuditLog(self.data / "audit.sqlite")
+        self.consents = SqlConsents(self.data / "consents.sqlite")
+        self.audit = SqlAuditLog(self.data / "audit.sqlite")
         app = web.Application(middlewares=[middlewares.errors])
         add_ingest_routes(
             app,
-            GatewayAuth(SqliteGatewayCredentials(self.data / GATEWAYS_FILE), self.url + TOKEN_PATH),
+            GatewayAuth(SqlGatewayCredentials(self.data / GATEWAYS_FILE), self.url + TOKEN_PATH),
             LocalIngest(self.store, self.index, trusted_links=True),
         )
         add_priors_routes(app, self.index, self.store, consents=self.consents, audit=self.audit)
@@ -244,7 +244,7 @@ def test_findscu_getscu_and_movescu_at_the_gateway_fetch_consented_priors_throug
     cloud: tuple[ThreadedCloud, Studies], h1: HttpPriorsSource, tmp_path: Path
 ) -> None:
     c, st = cloud
-    audit = SqliteAuditLog(tmp_path / "gateway-audit.sqlite")
+    audit = SqlAuditLog(tmp_path / "gateway-audit.sqlite")
     moved: list[str] = []
 
     def on_store(event: Any) -> int:

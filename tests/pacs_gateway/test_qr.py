@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from image_store.consents import SqliteConsents
+from image_store.consents import SqlConsents
 from image_store.index.sqlite import SqliteIndex
 from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.records import InstanceSummary, PatientRef
@@ -213,7 +213,7 @@ def test_c_move_sends_the_syntax_the_instance_arrived_in() -> None:
 def test_the_patients_consent_lets_the_gateway_serve_another_hospitals_priors(
     src: Src, index: SqliteIndex, tmp_path: Path
 ) -> None:
-    consents = SqliteConsents(tmp_path / "consents.sqlite")
+    consents = SqlConsents(tmp_path / "consents.sqlite")
     settings = QrSettings(
         ae_title="GW",
         hospitals=frozenset({"H1"}),
@@ -252,7 +252,7 @@ def test_a_consent_through_an_untrusted_person_link_serves_no_priors(
 ) -> None:
     """A link no trusted source made (e.g. from an instance a user uploaded) opens nothing,
     even with a consent grant on the person."""
-    consents = SqliteConsents(tmp_path / "consents.sqlite")
+    consents = SqlConsents(tmp_path / "consents.sqlite")
     settings = QrSettings(
         ae_title="GW",
         hospitals=frozenset({"H1"}),

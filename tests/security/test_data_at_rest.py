@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from cloudfilm.synth import synthesize_study
-from image_store.audit import AuditEvent, SqliteAuditLog
+from image_store.audit import AuditEvent, SqlAuditLog
 from image_store.index.sqlite import SqliteIndex
 from image_store.objects.filesystem import FilesystemObjectStore
+from image_store.state.revocations import SqlRevocations
 from tests.e2e.conftest import start_server, stop_server
 from tests.e2e.fault_harness import _storescu, acked_files
-from viewer_api.auth import RevokedTokens, load_or_create_secret
+from viewer_api.auth import load_or_create_secret
 
 
 def _open_to_others(root: Path) -> list[str]:
@@ -67,9 +68,11 @@ def test_the_stores_create_private_files_whatever_the_umask(
     store.put("H1/1.2/1.2.3/1.2.3.4", b"DICM")
     index = SqliteIndex(root / "db" / "index.sqlite")
     index.close()
-    log = SqliteAuditLog(root / "audit.sqlite", head_key=b"k" * 32)
+    log = SqlAuditLog(root / "audit.sqlite", head_key=b"k" * 32)
     log.append(AuditEvent(time.time(), "a", "H1", "admin", "GET", "/x", 200, "::1"))
     log.close()
     load_or_create_secret(root / "secrets" / "api.key")
-    RevokedTokens(root / "secrets" / "revoked-tokens").revoke("0" * 16, time.time() + 60)
+    revocations = SqlRevocations(root / "db" / "index.sqlite")
+    revocations.revoke("0" * 16, time.time() + 60)
+    revocations.close()
     assert _open_to_others(root) == []

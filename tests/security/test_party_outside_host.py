@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from cloudfilm.synth import synthesize_study
-from image_store.audit import SqliteAuditLog
+from image_store.audit import SqlAuditLog
 from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_end_to_end import storescu, wait_indexed
 
@@ -234,7 +234,7 @@ def test_queries_and_retrieves_are_audited_without_patient_identifiers(
         StudyRootQueryRetrieveInformationModelGet,
     )
     assert len(received) == len(study) and int(statuses[-1].Status) == 0
-    log = SqliteAuditLog(srv.data / "index.sqlite")  # the region's state is in the index database
+    log = SqlAuditLog(srv.data / "index.sqlite")  # the region's state is in the index database
     try:
         events = [e for e in log.iter_events() if e.role == "dicom"]
     finally:

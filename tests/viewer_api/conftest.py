@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 from pydicom.data import get_testdata_file
 
 from cloudfilm.synth import synthesize_study
-from image_store.audit import SqliteAuditLog
-from image_store.consents import SqliteConsents
+from image_store.audit import SqlAuditLog
+from image_store.consents import SqlConsents
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
@@ -23,9 +23,9 @@ from image_store.persons import PersonKeyer
 from image_store.state.db import SqliteStateDb
 from viewer_api.app import ViewerSettings, create_app
 from viewer_api.auth import Role, TokenSigner
-from viewer_api.registry import SqliteRegistry
-from viewer_api.report_store import SqliteReports
-from viewer_api.share import SqliteShareLinks
+from viewer_api.registry import SqlRegistry
+from viewer_api.report_store import SqlReports
+from viewer_api.share import SqlShareLinks
 
 BASE = "http://films.example"
 
@@ -67,10 +67,10 @@ class Api:
     signer: TokenSigner
     store: Spy
     index: Spy
-    shares: SqliteShareLinks
-    audit: SqliteAuditLog
+    shares: SqlShareLinks
+    audit: SqlAuditLog
     files: dict[str, bytes]
-    registry: SqliteRegistry | None = None
+    registry: SqlRegistry | None = None
 
     def token(self, hospital: str = "H1", role: Role = "clinician") -> dict[str, str]:
         """A bearer token of a user registered (here, on first use) as ``role`` at ``hospital``:
@@ -81,7 +81,7 @@ class Api:
         return {"Authorization": f"Bearer {self.signer.issue(hospital, role, subject=subject)}"}
 
 
-def register_user(registry: SqliteRegistry, subject: str, hospital: str, role: str) -> None:
+def register_user(registry: SqlRegistry, subject: str, hospital: str, role: str) -> None:
     """Register ``hospital`` (if new) and ``subject`` there as ``role`` (if new)."""
     if hospital not in registry.hospital_names():
         registry.add_hospital(hospital, hospital)
@@ -118,10 +118,10 @@ async def make_api(
 ) -> Api:
     signer = TokenSigner(b"k" * 32)
     db = SqliteStateDb(tmp_path / "index.sqlite")  # the state lives in the index's database
-    shares = SqliteShareLinks(db)
-    audit = SqliteAuditLog(db)
+    shares = SqlShareLinks(db)
+    audit = SqlAuditLog(db)
     spy_store, spy_index = Spy(store), Spy(index)
-    registry = SqliteRegistry(db)
+    registry = SqlRegistry(db)
     app = create_app(
         settings or ViewerSettings(public_base_url=BASE),
         spy_store,
@@ -129,9 +129,9 @@ async def make_api(
         shares,
         audit,
         signer,
-        consents=SqliteConsents(db),
+        consents=SqlConsents(db),
         persons=PersonKeyer(b"p" * 32),
-        reports=SqliteReports(db),
+        reports=SqlReports(db),
         registry=registry,
     )
     client = await aiohttp_client(app)

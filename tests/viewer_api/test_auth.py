@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from image_store.state.revocations import SqlRevocations
 from viewer_api.auth import (
     Principal,
-    RevokedTokens,
     TokenSigner,
     b64d,
     b64e,
@@ -162,7 +162,7 @@ def test_after_a_rotation_old_tokens_and_links_still_verify_until_the_key_is_ret
 
 
 def test_a_revoked_token_is_refused_before_it_expires(tmp_path: Path) -> None:
-    revoked = RevokedTokens(tmp_path / "revoked")
+    revoked = SqlRevocations(tmp_path / "index.sqlite")
     signer = TokenSigner(SECRET, revoked=revoked)
     token, other = signer.issue("H1", "clinician"), signer.issue("H1", "clinician")
     jti, exp = signer.token_id(token)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from image_store.audit import AuditEvent, SqliteAuditLog, chain_hash
+from image_store.audit import AuditEvent, SqlAuditLog, chain_hash
 from image_store.ingest import LocalIngest
 from tests.viewer_api.conftest import BASE, Api, Regional, uids
 from viewer_api.film import render_qr
@@ -177,7 +177,7 @@ def test_names_are_masked(name: str, shown: str) -> None:
 
 def test_audit_chain_detects_edited_and_deleted_rows(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite"
-    log = SqliteAuditLog(path)
+    log = SqlAuditLog(path)
     for i in range(5):
         log.append(AuditEvent(time.time(), "a", "H1", "admin", "GET", f"/r/{i}", 200, "127.0.0.1"))
     assert log.verify() is None
@@ -188,7 +188,7 @@ def test_audit_chain_detects_edited_and_deleted_rows(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute("UPDATE audit SET event = replace(event, '/r/9', '/r/2') WHERE seq = 3")
         db.execute("DELETE FROM audit WHERE seq = 2")
-    log = SqliteAuditLog(path)
+    log = SqlAuditLog(path)
     assert log.verify() == 2
     log.close()
 
@@ -315,7 +315,7 @@ def test_names_keep_their_first_and_last_character(name: str, shown: str) -> Non
 
 
 def test_an_audit_row_edited_in_place_is_found(tmp_path: Path) -> None:
-    log = SqliteAuditLog(tmp_path / "audit.sqlite")
+    log = SqlAuditLog(tmp_path / "audit.sqlite")
     for status in (200, 403, 404):
         log.append(AuditEvent(1.0, "share:abc", "", "", "GET", "/film/abc", status, "::1"))
     assert log.verify() is None

@@ -22,7 +22,7 @@ from image_store.state.records import BLOCK_AFTER
 from tests.viewer_api.conftest import BASE, Api, Regional
 from tests.viewer_api.test_film import manifest_of
 from tests.viewer_api.test_patients import ISSUER, _grant, _linked
-from viewer_api.share import LOCK_AFTER, LOCK_S, SqliteShareLinks
+from viewer_api.share import LOCK_AFTER, LOCK_S, SqlShareLinks
 
 
 async def _share(api: Api, **body: Any) -> dict[str, Any]:
@@ -129,7 +129,7 @@ async def test_wrong_codes_lock_the_link_then_block_it_for_good(regional: Region
 def test_concurrent_guesses_never_get_past_the_lockout(tmp_path: Any) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    shares = SqliteShareLinks(tmp_path / "s.sqlite")
+    shares = SqlShareLinks(tmp_path / "s.sqlite")
     link = shares.create("1.2.3", "H1", "t", time.time() + 3600, code="9876")
     with ThreadPoolExecutor(8) as pool:
         outcomes = list(

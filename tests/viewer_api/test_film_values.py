@@ -143,6 +143,30 @@ async def test_values_go_only_through_the_link_of_their_study(regional: Regional
     assert (await api.client.get(own + "?window=1,2")).status == 400
 
 
+async def test_values_come_as_a_gzip_body_the_page_keeps_compressed_and_nothing_else(
+    regional: Regional,
+) -> None:
+    api = regional.api
+    share = await _share(api, study_uid=str(regional.ct[0].StudyInstanceUID))
+    manifest = manifest_of((await _page(api, share["url"]))[1])
+    own = _path(_frame_url(manifest, manifest["study"]["main"], 1, "values"))
+    r = await api.client.get(own + "?form=gzip", auto_decompress=False)
+    assert r.status == 200 and r.headers["Content-Type"] == "application/gzip"
+    assert "Content-Encoding" not in r.headers and r.headers["Cache-Control"] == "private, no-store"
+    got = unpack_values(gzip.decompress(await r.read()))
+    want = pydicom.dcmread(io.BytesIO(regional.ct_bytes[2])).pixel_array
+    assert np.array_equal(got, want.astype(np.int32))
+    for bad in (
+        "?form=png",
+        "?form=gzip&form=gzip",
+        "?form=gzip&window=1,2",
+        "?form=" + "g" * 5000,
+    ):
+        assert (await api.client.get(own + bad)).status == 400, bad
+    forged = own.replace(share["token"], share["token"][:-4] + "AAAA")
+    assert (await api.client.get(forged + "?form=gzip")).status == 403
+
+
 async def test_the_zip_has_a_dicomdir_that_pydicom_and_dcmdump_read(
     regional: Regional, tmp_path: Path
 ) -> None:

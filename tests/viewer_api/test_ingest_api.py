@@ -24,7 +24,7 @@ from image_store.gateway_assertion import (
     new_key_pair,
     sign_assertion,
 )
-from image_store.gateway_credentials import SqliteGatewayCredentials
+from image_store.gateway_credentials import SqlGatewayCredentials
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
@@ -40,7 +40,7 @@ from viewer_api import middlewares
 from viewer_api.auth import TokenSigner
 from viewer_api.gateway_auth import GatewayAuth
 from viewer_api.ingest_api import IngestCounters, IngestSettings, add_ingest_routes
-from viewer_api.registry import RegistryError, SqliteRegistry
+from viewer_api.registry import RegistryError, SqlRegistry
 
 BASE = "http://cloud.test"
 AUDIENCE = BASE + TOKEN_PATH
@@ -138,7 +138,7 @@ async def make_cloud(
 ) -> Cloud:
     data = tmp_path / "cloud"
     data.mkdir()
-    registry = SqliteRegistry(data / REGISTRY_FILE)
+    registry = SqlRegistry(data / REGISTRY_FILE)
     registry.add_hospital("H1", "First")
     registry.add_hospital("H2", "Second")
     registry.close()
@@ -147,7 +147,7 @@ async def make_cloud(
     index = SqliteIndex(data / "index.sqlite")
     clock = [1_800_000_000.0]
     auth = GatewayAuth(
-        SqliteGatewayCredentials(data / GATEWAYS_FILE), AUDIENCE, clock=lambda: clock[0]
+        SqlGatewayCredentials(data / GATEWAYS_FILE), AUDIENCE, clock=lambda: clock[0]
     )
     signer = TokenSigner(b"k" * 32)
     app = web.Application(middlewares=[middlewares.errors])
@@ -352,7 +352,7 @@ async def test_a_truncated_batch_is_400_and_only_whole_parts_are_committed(
 
 
 def test_a_credential_is_issued_only_for_a_registered_hospital(tmp_path: Path) -> None:
-    SqliteRegistry(tmp_path / REGISTRY_FILE).add_hospital("H1", "First")
+    SqlRegistry(tmp_path / REGISTRY_FILE).add_hospital("H1", "First")
     with pytest.raises(RegistryError, match="unknown hospital"):
         issue_gateway_credential(tmp_path, "H9", tmp_path / "h9.cred")
     assert not (tmp_path / "h9.cred").exists()
@@ -364,7 +364,7 @@ def test_a_credential_is_issued_only_for_a_registered_hospital(tmp_path: Path) -
 
 
 def test_a_credential_file_others_may_read_is_refused(tmp_path: Path) -> None:
-    SqliteRegistry(tmp_path / REGISTRY_FILE).add_hospital("H1", "First")
+    SqlRegistry(tmp_path / REGISTRY_FILE).add_hospital("H1", "First")
     issue_gateway_credential(tmp_path, "H1", tmp_path / "h1.cred")
     os.chmod(tmp_path / "h1.cred", 0o644)
     with pytest.raises(CredentialFileError, match="chmod 600"):

@@ -141,3 +141,108 @@ def test_parsing_keeps_the_clients_order_among_equal_q_and_caps_the_list() -> No
     assert [r.media_type for r in ranges] == ["image/png", "application/dicom", "image/jpeg", "*/*"]
     assert ranges[0] == MediaRange("image/png", "", 1.0)
     assert len(parse_accept(",".join(["image/png"] * 10_000))) == 64
+
+
+def test_q_values_out_of_range_or_unreadable_count_as_one_so_the_clients_order_decides() -> None:
+    ranges = parse_accept("image/png, image/jpeg;q=5, application/dicom;q=high")
+    assert [(r.media_type, r.q) for r in ranges] == [
+        ("image/png", 1.0),
+        ("image/jpeg", 1.0),
+        ("application/dicom", 1.0),
+    ]
+    assert parse_accept("image/png;q=-1, image/jpeg") == [MediaRange("image/jpeg")]
+
+
+def test_empty_items_are_skipped_and_every_accept_parameter_is_read() -> None:
+    assert [r.media_type for r in parse_accept(" , ,image/png")] == ["image/png"]
+    ranges = parse_accept(None, ["image/png", " ", "image/jpeg"])
+    assert [r.media_type for r in ranges] == ["image/png", "image/jpeg"]
+
+
+def test_multipart_wildcard_takes_its_type_parameter() -> None:
+    ranges = parse_accept('multipart/*; type="application/dicom"; transfer-syntax=*')
+    assert ranges == [MediaRange("application/dicom", "*", 1.0)]
+    assert parse_accept("multipart/*") == [MediaRange("*/*")]
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/*", "application/octet-stream"])
+def test_bulk_data_comes_as_octets_without_a_syntax(accept: str | None) -> None:
+    assert choose(parse_accept(accept), Resource.BULK, "", can) == Choice(
+        "application/octet-stream", ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("resource", "stored", "expected"),
+    [
+        (Resource.INSTANCES, JLS, Choice("application/dicom", ELE)),
+        (Resource.PIXELS, JLS, Choice("application/octet-stream", ELE)),
+    ],
+)
+def test_an_application_wildcard_gets_the_default(
+    resource: Resource, stored: str, expected: Choice
+) -> None:
+    assert choose(parse_accept("application/*"), resource, stored, can) == expected
+
+
+def test_pixel_octets_are_refused_when_the_stored_syntax_cannot_be_turned_into_them() -> None:
+    asked: list[tuple[str, str]] = []
+
+    def never(stored: str, target: str) -> bool:
+        asked.append((stored, target))
+        return False
+
+    with pytest.raises(NotAcceptable):
+        choose(parse_accept(OCTETS), Resource.PIXELS, BIG, never)
+    assert asked == [(BIG, ELE)]
+
+
+def test_an_image_type_as_stored_keeps_the_stored_syntax_of_that_type_only() -> None:
+    near_lossless = "1.2.840.10008.1.2.4.81"
+    jls_any = parse_accept("multipart/related; type=image/jls; transfer-syntax=*")
+    assert choose(jls_any, Resource.PIXELS, near_lossless, can) == Choice(
+        "image/jls", near_lossless
+    )
+    jls = parse_accept("multipart/related; type=image/jls")
+    assert choose(jls, Resource.PIXELS, near_lossless, can) == Choice("image/jls", JLS)
+    assert choose(jls_any, Resource.PIXELS, ELE, can) == Choice("image/jls", JLS)
+
+
+def test_not_acceptable_names_what_was_asked_what_is_stored_and_what_to_ask_for() -> None:
+    with pytest.raises(NotAcceptable) as caught:
+        choose(
+            parse_accept(f"{DICOM}; transfer-syntax={JPEG}, image/gif"),
+            Resource.INSTANCES,
+            JLS,
+            can,
+        )
+    message = str(caught.value)
+    assert message.startswith(f"cannot send instances stored as {JLS} in any of: ")
+    assert f"application/dicom; transfer-syntax={JPEG}, image/gif; ask for" in message
+    assert 'type="application/dicom" with no transfer-syntax (Explicit VR' in message
+    with pytest.raises(NotAcceptable) as caught:
+        choose(parse_accept("image/gif"), Resource.BULK, "", can)
+    assert "stored as no pixel data in any of: image/gif; bulk data comes as " in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("resource", "says"),
+    [
+        (Resource.RENDERED, "rendered images come as image/jpeg or image/png"),
+        (Resource.BULK, "bulk data comes as application/octet-stream"),
+        (
+            Resource.INSTANCES,
+            'ask for multipart/related; type="application/dicom" with no transfer-syntax '
+            "(Explicit VR Little Endian), transfer-syntax=* (as stored) or a syntax we encode",
+        ),
+        (
+            Resource.PIXELS,
+            'ask for multipart/related; type="application/octet-stream" (uncompressed), '
+            "transfer-syntax=* (as stored) or the image type of the stored syntax",
+        ),
+    ],
+)
+def test_each_kind_of_resource_says_what_it_can_be_asked_for(resource: Resource, says: str) -> None:
+    with pytest.raises(NotAcceptable) as caught:
+        choose(parse_accept("image/gif"), resource, ELE, can)
+    assert str(caught.value).endswith(f"in any of: image/gif; {says}")

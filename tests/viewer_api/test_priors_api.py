@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from image_store.audit import SqliteAuditLog
-from image_store.consents import SqliteConsents
+from image_store.audit import SqlAuditLog
+from image_store.consents import SqlConsents
 from image_store.gateway_assertion import TOKEN_PATH
-from image_store.gateway_credentials import SqliteGatewayCredentials
+from image_store.gateway_credentials import SqlGatewayCredentials
 from image_store.index.sqlite import SqliteIndex
 from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
@@ -34,7 +34,7 @@ from viewer_api.auth import TokenSigner
 from viewer_api.gateway_auth import GatewayAuth
 from viewer_api.ingest_api import add_ingest_routes
 from viewer_api.priors_api import INSTANCES_PATH, STUDIES_PATH, add_priors_routes
-from viewer_api.registry import SqliteRegistry
+from viewer_api.registry import SqlRegistry
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 Loaded = tuple[FilesystemObjectStore, SqliteIndex, dict[str, bytes]]
@@ -45,7 +45,7 @@ class Cloud:
     client: TestClient[Any, Any]
     data: Path
     index: SqliteIndex
-    audit: SqliteAuditLog
+    audit: SqlAuditLog
     signer: TokenSigner
 
     async def token(self, hospital: str) -> tuple[str, str]:
@@ -87,20 +87,20 @@ async def cloud(
     store, index, _ = loaded
     data = tmp_path / "region"
     data.mkdir()
-    registry = SqliteRegistry(data / REGISTRY_FILE)
+    registry = SqlRegistry(data / REGISTRY_FILE)
     registry.add_hospital("H1", "First")
     registry.add_hospital("H2", "Second")
     registry.close()
     signer = TokenSigner(b"k" * 32)
-    audit = SqliteAuditLog(tmp_path / "priors-audit.sqlite")
+    audit = SqlAuditLog(tmp_path / "priors-audit.sqlite")
     app = web.Application(middlewares=[middlewares.errors])
     add_ingest_routes(
         app,
-        GatewayAuth(SqliteGatewayCredentials(data / GATEWAYS_FILE), BASE + TOKEN_PATH),
+        GatewayAuth(SqlGatewayCredentials(data / GATEWAYS_FILE), BASE + TOKEN_PATH),
         LocalIngest(store, index, trusted_links=True),
         staff_verifier=signer.verify,
     )
-    consents = SqliteConsents(tmp_path / "priors-consents.sqlite")
+    consents = SqlConsents(tmp_path / "priors-consents.sqlite")
     add_priors_routes(app, index, store, consents=consents, audit=audit)
     return Cloud(await aiohttp_client(app), data, index, audit, signer)
 

@@ -1,9 +1,11 @@
 // The cloud-film viewer: a stack viewer for a phone, in plain JavaScript (no framework, nothing
 // from another origin). The first slice is painted from a server-rendered JPEG already in the
 // page; then each grey slice's stored values arrive (.../frames/N/values: losslessly packed,
-// gzipped) and the script windows them itself, so window/level, presets, the value probe,
-// measurements and zoom (smooth interpolation) need no server round trip. Colour images and
-// images without values keep the server-rendered JPEGs.
+// gzipped; kept compressed, the slices near the current one decoded by a worker, static/values.js)
+// and the script windows them itself, so window/level, presets, the value probe, measurements
+// (length, angle, ellipse and rectangle ROI) and zoom (smooth interpolation) need no server
+// round trip. Colour images and images without values keep the server-rendered JPEGs. Every
+// label is in Chinese and English; the language button switches them (kept in localStorage).
 (function () {
   "use strict";
 
@@ -22,6 +24,18 @@
     const span = el("span");
     span.append(el("span", { lang: "zh-CN", text: zh }), el("span", { lang: "en", text: en }));
     return span;
+  };
+  const isEn = () => document.documentElement.classList.contains("en");
+  // a server label in both languages ("初步报告 Preliminary", "45岁 45 y"), shown as one
+  const pair = (text) => {
+    const m = /^(\S*[\u3400-\u9fff]\S*)\s+(.+)$/.exec(text || "");
+    return m ? bi(m[1], m[2]) : document.createTextNode(text || "");
+  };
+  // an <option> holds no markup: its text is swapped when the language changes (data-zh/en)
+  const opt = (value, zh, en) => {
+    const o = el("option", { value, "data-zh": zh, "data-en": en });
+    o.textContent = isEn() ? en : zh;
+    return o;
   };
 
   const M = JSON.parse($("#manifest").textContent);
@@ -70,39 +84,99 @@
   }
 
   // ---- stored values: fetched, unpacked (median edge predictor, zigzag byte planes) ---------
+  //
+  // A phone cannot hold a long series decoded (300 CT slices are 157 MB of 16-bit values): each
+  // slice is kept as it came (gzip, about a third of raw) and only the slices within WINDOW of
+  // the current one are kept decoded; scrolling decodes the ones coming into the window and
+  // drops the ones leaving it (their buffers are reused).
 
-  const values = new Map(); // frame key -> {rows, cols, u, slope, intercept, offset, mono1}
+  const WINDOW = 32;
+  const packed = new Map(); // frame key -> the slice's gzip bytes as sent
+  const values = new Map(); // frame key -> {rows, cols, u, slope, intercept, offset, mono1}: decoded
+  const unpacking = new Map(); // frame key -> the promise of its decoded values
+  const spare = []; // Uint16Arrays of slices that left the window, for the next ones
   const noValues = new Set(); // series whose images have no values (colour): JPEG only
+  let keyIndex = new Map(); // frame key -> slice index, for the current series
 
-  function unpack(buf) {
-    const dv = new DataView(buf);
-    if (dv.getUint32(0, false) !== 0x43465031) throw new Error("not packed values"); // "CFP1"
-    const rows = dv.getUint16(4, true);
-    const cols = dv.getUint16(6, true);
-    const flags = dv.getUint8(8);
-    const slope = dv.getFloat32(12, true);
-    const intercept = dv.getFloat32(16, true);
-    const n = rows * cols;
-    const lo = new Uint8Array(buf, 20, n);
-    const hi = new Uint8Array(buf, 20 + n, n);
-    const u = new Uint16Array(n);
-    for (let y = 0, i = 0; y < rows; y += 1) {
-      for (let x = 0; x < cols; x += 1, i += 1) {
-        const z = lo[i] | (hi[i] << 8);
-        const r = (z >>> 1) ^ -(z & 1);
-        const a = x ? u[i - 1] : 0;
-        const b = y ? u[i - cols] : 0;
-        const c = x && y ? u[i - cols - 1] : 0;
-        const mx = a > b ? a : b;
-        const mn = a > b ? b : a;
-        const p = c >= mx ? mn : c <= mn ? mx : a + b - c;
-        u[i] = (p + r) & 0xffff;
-      }
-    }
-    return { rows, cols, u, slope, intercept, offset: flags & 1 ? 32768 : 0, mono1: (flags & 2) !== 0 };
+
+  function inWindow(key) {
+    const i = keyIndex.get(key);
+    return i !== undefined && Math.abs(i - state.index) <= WINDOW;
   }
 
-  const decoding = { n: 0, ms: 0 }; // values unpacked, and the time it took (the bench reads it)
+  const decoding = { n: 0, ms: 0 }; // slices decoded, and the worker's time (the bench reads it)
+
+  // slices are decoded in a worker (static/values.js), off the thread that paints and scrolls
+  // (two where the phone has the cores for it, each taking every other slice)
+  const workerUrl = $("script[data-worker]").dataset.worker;
+  const workers = [new Worker(workerUrl)];
+  if ((navigator.hardwareConcurrency || 1) >= 4) workers.push(new Worker(workerUrl));
+  let nextWorker = 0;
+  const waiting = new Map(); // frame key -> the resolve of its decode()
+  const decoded = (ev) => {
+    const { key, v, ms } = ev.data;
+    const resolve = waiting.get(key);
+    waiting.delete(key);
+    if (v) {
+      decoding.ms += ms;
+      decoding.n += 1;
+    }
+    if (v && inWindow(key)) {
+      values.set(key, v);
+      if (resolve) resolve(v);
+      return;
+    }
+    if (v && spare.length < 8) spare.push(v.u); // it left the window meanwhile
+    if (resolve) resolve(null);
+  };
+  for (const w of workers) w.onmessage = decoded;
+
+  // the decoded values of a fetched slice (null once it has left the window)
+  function decode(key) {
+    if (values.has(key)) return Promise.resolve(values.get(key));
+    let pending = unpacking.get(key);
+    if (pending) return pending;
+    const gz = packed.get(key);
+    if (!gz) return Promise.resolve(null);
+    pending = new Promise((resolve) => waiting.set(key, resolve)).finally(() => unpacking.delete(key));
+    unpacking.set(key, pending);
+    const u = spare.pop(); // a buffer to decode into, handed over (not copied)
+    nextWorker = (nextWorker + 1) % workers.length;
+    workers[nextWorker].postMessage({ key, gz, u }, u ? [u.buffer] : []);
+    return pending;
+  }
+
+  // drop the decoded slices outside the window, decode the fetched ones inside it (nearest first)
+  function fillWindow() {
+    for (const [key, v] of values) {
+      if (inWindow(key)) continue;
+      values.delete(key);
+      if (spare.length < 8) spare.push(v.u);
+    }
+    const n = series().images.length;
+    for (let d = 0; d <= WINDOW; d += 1) {
+      for (const i of d ? [state.index + d, state.index - d] : [state.index]) {
+        if (i < 0 || i >= n) continue;
+        const key = frameKey(i);
+        if (packed.has(key) && !values.has(key)) decode(key).then(paintIfCurrent, () => {});
+      }
+    }
+  }
+
+  function paintIfCurrent(v) {
+    if (v && values.get(frameKey(state.index)) === v) paint();
+  }
+
+  // what the page holds of the series' values (the bench and the tests read it)
+  function held() {
+    let decodedBytes = 0;
+    let packedBytes = 0;
+    for (const v of values.values()) decodedBytes += v.u.byteLength;
+    for (const a of spare) decodedBytes += a.byteLength;
+    for (const b of packed.values()) packedBytes += b.byteLength;
+    return { decoded: values.size, decodedBytes, packed: packed.size, packedBytes, bytes: decodedBytes + packedBytes };
+  }
+
   let valueGen = 0;
   let valueQueue = [];
   let valueInFlight = 0;
@@ -118,14 +192,14 @@
       if (state.index + d < n) order.push(state.index + d);
       if (d > 0 && state.index - d >= 0) order.push(state.index - d);
     }
-    valueQueue = order.map((i) => [frameKey(i), `${framePath(i)}/values`, s.uid]);
+    valueQueue = order.map((i) => [frameKey(i), `${framePath(i)}/values?form=gzip`, s.uid]);
     pumpValues(valueGen);
   }
 
   function pumpValues(gen) {
     while (valueInFlight < PARALLEL && valueQueue.length && gen === valueGen) {
       const [key, url, suid] = valueQueue.shift();
-      if (values.has(key) || noValues.has(suid)) continue;
+      if (packed.has(key) || noValues.has(suid)) continue;
       valueInFlight += 1;
       fetch(url, { credentials: "same-origin" })
         .then((r) => {
@@ -133,17 +207,15 @@
           return r.ok ? r.arrayBuffer() : null;
         })
         .then((buf) => {
-          if (!buf) return;
-          const t0 = performance.now();
-          values.set(key, unpack(buf));
-          decoding.ms += performance.now() - t0;
-          decoding.n += 1;
+          if (!buf || !keyIndex.has(key)) return null;
+          packed.set(key, buf);
+          return inWindow(key) ? decode(key) : null;
         })
+        .then(paintIfCurrent)
         .catch(() => {})
         .finally(() => {
           valueInFlight -= 1;
           progress();
-          if (key === frameKey(state.index)) paint();
           if (noValues.has(suid) && series().uid === suid) preload(); // the JPEGs then
           pumpValues(valueGen);
         });
@@ -223,7 +295,7 @@
       if (jpeg) {
         const e = cache.get(sliceUrl(i, state.win));
         if (e && e.ready) ready += 1;
-      } else if (values.has(frameKey(i))) ready += 1;
+      } else if (packed.has(frameKey(i))) ready += 1;
     }
     return ready;
   }
@@ -246,7 +318,7 @@
     const key = `${win[0]},${win[1]},${v.slope},${v.intercept},${v.offset},${v.mono1}`;
     let lut = luts.get(key);
     if (lut) return lut;
-    if (luts.size > 32) luts.clear();
+    if (luts.size >= 8) luts.clear(); // 256 KB each
     lut = new Uint32Array(65536);
     const [c, w] = win;
     const lo = c - 0.5 - (w - 1) / 2;
@@ -324,6 +396,7 @@
   const off = document.createElement("canvas");
   const offCtx = off.getContext("2d");
   let offKey = "";
+  let offImg = null; // the RGBA buffer slices are windowed into, reused
 
   function renderValues(v, win) {
     const key = `${frameKey(state.index)}|${win[0]},${win[1]}`;
@@ -332,7 +405,8 @@
       off.width = v.cols;
       off.height = v.rows;
     }
-    const img = offCtx.createImageData(v.cols, v.rows);
+    if (!offImg || offImg.width !== v.cols || offImg.height !== v.rows) offImg = offCtx.createImageData(v.cols, v.rows);
+    const img = offImg;
     const out = new Uint32Array(img.data.buffer);
     const lut = lutFor(v, win);
     const u = v.u;
@@ -406,7 +480,10 @@
     return (v.u[r * v.cols + c] - v.offset) * v.slope + v.intercept;
   }
 
-  function ellipseStats(a, b) {
+  // mean, SD (modality values: HU for CT) and area of the ellipse (kind "roi") or rectangle
+  // (kind "rect") spanned by image points a and b: the pixels whose centres lie inside; the
+  // area from the drawn shape, in mm² from the row and column spacings (which may differ)
+  function regionStats(kind, a, b) {
     const v = values.get(frameKey(state.index));
     if (!v) return null;
     const cx = (a[0] + b[0]) / 2;
@@ -414,6 +491,7 @@
     const rx = Math.abs(b[0] - a[0]) / 2;
     const ry = Math.abs(b[1] - a[1]) / 2;
     if (rx < 0.5 || ry < 0.5) return null;
+    const ellipse = kind === "roi";
     let n = 0;
     let sum = 0;
     let sq = 0;
@@ -421,7 +499,7 @@
       for (let c = Math.max(0, Math.floor(cx - rx)); c <= Math.min(v.cols - 1, Math.ceil(cx + rx)); c += 1) {
         const dx = (c + 0.5 - cx) / rx;
         const dy = (r + 0.5 - cy) / ry;
-        if (dx * dx + dy * dy > 1) continue;
+        if (ellipse ? dx * dx + dy * dy > 1 : Math.abs(dx) > 1 || Math.abs(dy) > 1) continue;
         const mv = (v.u[r * v.cols + c] - v.offset) * v.slope + v.intercept;
         n += 1;
         sum += mv;
@@ -431,7 +509,8 @@
     if (!n) return null;
     const mean = sum / n;
     const [rs, cs] = series().spacing || [1, 1];
-    return { n, mean, sd: Math.sqrt(Math.max(0, sq / n - mean * mean)), area: Math.PI * rx * cs * ry * rs };
+    const area = (ellipse ? Math.PI : 4) * rx * cs * ry * rs;
+    return { n, mean, sd: Math.sqrt(Math.max(0, sq / n - mean * mean)), area };
   }
 
   function angleAt(a, b, c) {
@@ -451,7 +530,7 @@
     if (m.kind === "length") return { kind: "length", [unit()]: mmBetween(m.pts[0], m.pts[1]) };
     if (m.kind === "angle") return m.pts.length === 3 ? { kind: "angle", deg: angleAt(...m.pts) } : { kind: "angle" };
     if (m.kind === "probe") return { kind: "probe", value: valueAt(...m.pts[0]) };
-    if (m.kind === "roi") return { kind: "roi", ...(ellipseStats(m.pts[0], m.pts[1]) || {}) };
+    if (m.kind === "roi" || m.kind === "rect") return { kind: m.kind, ...(regionStats(m.kind, m.pts[0], m.pts[1]) || {}) };
     return { kind: m.kind };
   }
 
@@ -461,7 +540,7 @@
     if (m.kind === "length") return `${r[unit()].toFixed(1)} ${unit()}`;
     if (m.kind === "angle") return r.deg === undefined ? "" : `${r.deg.toFixed(1)}°`;
     if (m.kind === "probe") return r.value === null ? "-" : `${Math.round(r.value)} ${u}`;
-    if (m.kind === "roi") {
+    if (m.kind === "roi" || m.kind === "rect") {
       if (r.mean === undefined) return "";
       const area = unit() === "mm" ? `${(r.area / 100).toFixed(2)} cm²` : `${Math.round(r.area)} px²`;
       return `${r.mean.toFixed(1)}±${r.sd.toFixed(1)} ${u} · ${area}`;
@@ -484,6 +563,9 @@
       if (m.kind === "roi" && pts.length === 2) {
         const [a, b] = pts;
         ctx.ellipse((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, Math.abs(b[0] - a[0]) / 2, Math.abs(b[1] - a[1]) / 2, 0, 0, 2 * Math.PI);
+      } else if (m.kind === "rect" && pts.length === 2) {
+        const [a, b] = pts;
+        ctx.rect(Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]));
       } else if (m.kind === "probe") {
         ctx.arc(pts[0][0], pts[0][1], 4 * dpr, 0, 2 * Math.PI);
       } else {
@@ -519,8 +601,8 @@
   function noteText() {
     const s = series();
     if (!s) return "";
-    if (!s.spacing) return "无像素间距 no pixel spacing";
-    if (s.spacing_kind === "imager") return "探测器平面，未校准 at detector, uncalibrated";
+    if (!s.spacing) return bi("无像素间距", "no pixel spacing");
+    if (s.spacing_kind === "imager") return bi("探测器平面，未校准", "at detector, uncalibrated");
     return "";
   }
 
@@ -530,7 +612,7 @@
     const s = series();
     const url = sliceUrl(state.index, state.win);
     $("#slice").textContent = `${s.modality || ""} ${state.index + 1} / ${s.images.length}`;
-    $("#note").textContent = noteText();
+    $("#note").replaceChildren(noteText());
     viewer.dataset.index = String(state.index);
     viewer.dataset.series = s.uid;
     const dl = $("#dl-image");
@@ -538,8 +620,14 @@
       dl.hidden = false;
       dl.href = url + (url.includes("?") ? "&" : "?") + "download=1";
     }
-    if (values.has(frameKey(state.index))) {
+    const key = frameKey(state.index);
+    if (values.has(key)) {
       paint();
+      return;
+    }
+    if (packed.has(key)) {
+      // fetched, being decoded: the slice before stays on screen for the few ms it takes
+      decode(key).then(paintIfCurrent, () => {});
       return;
     }
     load(url, (entry) => {
@@ -554,6 +642,7 @@
     state.index = next;
     state.marks = []; // measurements belong to their slice
     state.pending = null;
+    fillWindow();
     show();
   }
 
@@ -597,8 +686,10 @@
     state.pending = null;
     lastImg = null;
     offKey = "";
-    // a phone holds one series' values at a time (300 CT slices are 157 MB)
-    for (const k of values.keys()) if (!k.startsWith(`${series().uid}/`)) values.delete(k);
+    // a phone holds one series' values at a time
+    keyIndex = new Map(series().images.map((_, j) => [frameKey(j), j]));
+    for (const k of packed.keys()) if (!keyIndex.has(k)) packed.delete(k);
+    fillWindow();
     for (const b of document.querySelectorAll("#strip button")) {
       b.setAttribute("aria-current", String(Number(b.dataset.i) === i));
     }
@@ -620,7 +711,7 @@
         { type: "button", "data-i": String(i), "aria-current": String(i === state.seriesIndex), title: name },
         el("img", { src: `${base}/series/${s.uid}/thumbnail`, alt: "", loading: "lazy" }),
         el("span", { class: "name", text: name }),
-        el("span", { class: "count", text: `${s.images.length} 张 images` }),
+        el("span", { class: "count" }, bi(`${s.images.length} 张`, s.images.length === 1 ? "1 image" : `${s.images.length} images`)),
       );
       b.addEventListener("click", () => selectSeries(i, Math.floor(s.images.length / 2)));
       strip.append(b);
@@ -640,19 +731,19 @@
     box.append(el("h2", {}, bi("报告", "Report")));
     for (const r of state.study.reports) {
       const card = el("article", { class: `rep ${r.status}` });
-      const title = el("h3", { text: r.title || "报告 Report" });
-      title.append(el("span", { class: `status ${r.status}`, text: r.status_label || r.status }));
-      if (r.mutual_recognition) title.append(el("span", { class: "tag", text: "互认 Mutual recognition" }));
+      const title = el("h3", {}, r.title || bi("报告", "Report"));
+      title.append(el("span", { class: `status ${r.status}` }, pair(r.status_label || r.status)));
+      if (r.mutual_recognition) title.append(el("span", { class: "tag" }, bi("互认", "Mutual recognition")));
       card.append(title);
       card.append(
         el(
           "p",
           { class: "meta" },
           bi("报告医生 ", "Reader "), el("b", { class: "reader", text: r.reader.name || "-" }),
-          ` ${r.reader.role} ${r.reader.hospital} `,
+          " ", pair(r.reader.role), ` ${r.reader.hospital} `,
           " · ", el("time", { text: r.created_at ? fmtDate(r.created_at) : "-" }),
           " · ",
-          r.verified ? el("span", { class: "ok", text: "✓ 完整性校验通过 integrity checked" }) : el("span", { class: "flag", text: "✗ 校验失败 damaged" }),
+          r.verified ? el("span", { class: "ok" }, bi("✓ 完整性校验通过", "✓ integrity checked")) : el("span", { class: "flag" }, bi("✗ 校验失败", "✗ damaged")),
         ),
       );
       if (r.text !== null && r.text !== undefined) card.append(el("pre", { text: r.text }));
@@ -668,7 +759,7 @@
 
   function showStudyHeader(h) {
     $("#pname").textContent = h.patient;
-    $("#pinfo").textContent = `${h.age} ${h.sex}`;
+    $("#pinfo").replaceChildren(pair(h.age), " ", pair(h.sex));
     $("#sinfo").textContent = `${h.hospital} · ${h.date} · ${h.description || "-"}`;
     const zip = $("#dl-zip");
     zip.hidden = !M.download;
@@ -740,7 +831,7 @@
       const p = [...pointers.values()][0];
       gesture = { kind: state.mode, x: p.x, y: p.y, index: state.index, panX: state.panX, panY: state.panY, win: currentWindow().slice() };
       const at = clientToImage(p.x, p.y);
-      if (state.mode === "length" || state.mode === "roi") state.pending = { kind: state.mode, pts: [at, at] };
+      if (state.mode === "length" || state.mode === "roi" || state.mode === "rect") state.pending = { kind: state.mode, pts: [at, at] };
       else if (state.mode === "probe") {
         state.marks = state.marks.filter((m) => m.kind !== "probe");
         state.marks.push({ kind: "probe", pts: [at] });
@@ -897,29 +988,36 @@
     document.documentElement.classList.toggle("en", lang === "en");
     document.documentElement.lang = lang === "en" ? "en" : "zh-CN";
     $("#lang").textContent = lang === "en" ? "中文" : "EN";
+    for (const node of document.querySelectorAll("[data-zh]")) {
+      const text = lang === "en" ? node.dataset.en : node.dataset.zh;
+      if (node instanceof HTMLInputElement) node.placeholder = text;
+      else node.textContent = text;
+    }
     try {
       localStorage.setItem("cloudfilm-lang", lang);
     } catch (e) {
       // private mode: the choice lasts for this page only
     }
   }
-  $("#lang").addEventListener("click", () => setLang(document.documentElement.classList.contains("en") ? "zh" : "en"));
+  $("#lang").addEventListener("click", () => setLang(isEn() ? "zh" : "en"));
 
-  $("#copy").addEventListener("click", async () => {
+  async function copyLink() {
     const b = $("#copy");
     try {
       await navigator.clipboard.writeText(location.href);
       b.dataset.done = "1";
       b.replaceChildren(bi("已复制", "Copied"));
     } catch (e) {
-      window.prompt("复制链接 Copy the link", location.href);
+      window.prompt(isEn() ? "Copy the link" : "复制链接", location.href);
     }
-  });
-  if (navigator.share) {
-    const b = $("#share");
-    b.hidden = false;
-    b.addEventListener("click", () => navigator.share({ title: document.title, url: location.href }).catch(() => {}));
   }
+  $("#copy").addEventListener("click", copyLink);
+  // the system's share sheet where the browser has one (the page's title only: no patient
+  // data travels with the link), else the link is copied
+  $("#share").addEventListener("click", () => {
+    if (navigator.share) navigator.share({ title: document.title, url: location.href }).catch(() => {});
+    else copyLink();
+  });
 
   // ---- the patient's own tools (their link only) -----------------------------------------
 
@@ -936,48 +1034,65 @@
     return body;
   }
 
+  function failed(e) {
+    return el("p", { class: "flag", text: String(e.message || e) });
+  }
+
   function section(title, id, fill) {
-    const det = el("details", { id }, el("summary", { text: title }));
+    const det = el("details", { id }, el("summary", {}, title));
     const box = el("div");
     det.append(box);
     det.addEventListener("toggle", () => {
-      if (det.open) fill(box).catch((e) => box.replaceChildren(el("p", { class: "flag", text: String(e.message || e) })));
+      if (det.open) fill(box).catch((e) => box.replaceChildren(failed(e)));
     });
     return det;
   }
 
+  // head: nodes (bi labels) or ""; rows: nodes or plain values (data)
   function table(head, rows) {
-    const t = el("table", {}, el("tr", {}, ...head.map((h) => el("th", { text: h }))));
+    const t = el("table", {}, el("tr", {}, ...head.map((h) => el("th", {}, h))));
     for (const r of rows) t.append(el("tr", {}, ...r.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: String(c) })))));
     return t;
   }
+
+  const none = () => el("p", {}, bi("无", "None"));
+  const button = (zh, en, attrs) => el("button", { type: "button", ...(attrs || {}) }, bi(zh, en));
+
+  const LINK_STATES = {
+    active: ["有效", "active"],
+    revoked: ["已撤销", "revoked"],
+    expired: ["已过期", "expired"],
+    locked: ["已锁定", "locked"],
+    blocked: ["已封锁", "blocked"],
+  };
+  const stateText = (table, key) => (table[key] ? bi(...table[key]) : String(key));
 
   async function fillLinks(box) {
     // the patient's links (each revocable), then the form that makes a new one
     const list = el("div");
     const refresh = async () => {
       const rows = (await api("links")).map((l) => {
-        const revoke = el("button", { type: "button", text: "撤销 Revoke" });
+        const revoke = button("撤销", "Revoke");
         revoke.disabled = l.state !== "active";
         revoke.addEventListener("click", async () => {
           await api(`links/${l.id}`, { method: "DELETE" });
           await refresh();
         });
-        return [fmtTime(Date.parse(l.created_at) / 1000), l.state, l.views, revoke];
+        return [fmtTime(Date.parse(l.created_at) / 1000), stateText(LINK_STATES, l.state), l.views, revoke];
       });
-      list.replaceChildren(table(["创建 Created", "状态 State", "查看 Views", ""], rows));
+      list.replaceChildren(table([bi("创建", "Created"), bi("状态", "State"), bi("查看", "Views"), ""], rows));
     };
     const form = el("form", { id: "new-link" });
     const days = el("select", { name: "days" });
-    for (const d of [1, 3, 7, 30]) days.append(el("option", { value: String(d), text: `${d} 天 days` }));
+    for (const d of [1, 3, 7, 30]) days.append(opt(String(d), `${d} 天`, d === 1 ? "1 day" : `${d} days`));
     const code = el("input", { type: "checkbox", name: "code", checked: true });
     const dl = el("input", { type: "checkbox", name: "download" });
     form.append(
-      el("label", {}, "有效期 Valid for ", days),
-      el("label", {}, code, " 提取码 Extraction code"),
+      el("label", {}, bi("有效期 ", "Valid for "), days),
+      el("label", {}, code, " ", bi("提取码", "Extraction code")),
     );
-    if (M.download) form.append(el("label", {}, dl, " 允许下载 Allow download"));
-    form.append(el("button", { type: "submit", text: "生成医生链接 Create a link for a doctor" }));
+    if (M.download) form.append(el("label", {}, dl, " ", bi("允许下载", "Allow download")));
+    form.append(el("button", { type: "submit" }, bi("生成医生链接", "Create a link for a doctor")));
     const out = el("div", { id: "new-link-out" });
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -988,11 +1103,11 @@
         out.replaceChildren(
           el("img", { class: "qr", src: l.qr_svg, alt: "QR" }),
           el("p", { class: "url", text: l.url }),
-          l.code ? el("p", { text: `提取码 Code: ${l.code}` }) : "",
+          l.code ? el("p", {}, bi("提取码：", "Code: "), el("b", { class: "code-value", text: l.code })) : "",
         );
         await refresh();
       } catch (e) {
-        out.replaceChildren(el("p", { class: "flag", text: String(e.message || e) }));
+        out.replaceChildren(failed(e));
       }
     });
     box.replaceChildren(list, form, out);
@@ -1000,74 +1115,88 @@
   }
 
   const ROLES = {
-    radiologist: "放射科医生 radiologist",
-    clinician: "临床医生 clinician",
-    admin: "管理员 administrator",
-    auditor: "审计员 auditor",
+    radiologist: ["放射科医生", "radiologist"],
+    clinician: ["临床医生", "clinician"],
+    admin: ["管理员", "administrator"],
+    auditor: ["审计员", "auditor"],
+  };
+  const WHO = {
+    you: ["本人", "you"],
+    "doctor link": ["医生链接", "doctor link"],
+    link: ["其他链接", "other link"],
   };
 
   async function fillHistory(box) {
-    const rows = (await api("history")).map((h) => [
-      `${h.day} ${fmtTime(h.last).slice(11)}`,
-      { staff: `${h.hospital_name || h.hospital} ${ROLES[h.role] || h.role}`, you: "本人 you", "doctor link": "医生链接 doctor link", link: "其他链接 other link" }[h.who] || h.who,
-      h.requests,
-      h.break_glass ? el("span", { class: "flag glass", text: `紧急调阅 break-glass: ${h.reason}` }) : "",
-    ]);
-    box.replaceChildren(rows.length ? table(["时间 When", "谁 Who", "次数 Requests", ""], rows) : el("p", { text: "无 None" }));
+    const rows = (await api("history")).map((h) => {
+      let who;
+      if (h.who === "staff") who = el("span", {}, `${h.hospital_name || h.hospital} `, stateText(ROLES, h.role));
+      else who = stateText(WHO, h.who);
+      return [
+        `${h.day} ${fmtTime(h.last).slice(11)}`,
+        who,
+        h.requests,
+        h.break_glass ? el("span", { class: "flag glass" }, bi("紧急调阅：", "break-glass: "), h.reason) : "",
+      ];
+    });
+    box.replaceChildren(rows.length ? table([bi("时间", "When"), bi("谁", "Who"), bi("次数", "Requests"), ""], rows) : none());
   }
 
+  // what a grant or a request covers: [zh, en] (a study's date, modalities and description
+  // are data, the same in both)
   function scopeText(studyUid) {
-    if (!studyUid) return "全部检查 all studies";
+    if (!studyUid) return ["全部检查", "all studies"];
     const s = M.studies.find((x) => x.uid === studyUid);
-    return s ? `${s.date} ${s.modalities.join("/")} ${s.description || ""}` : "一次检查 one study";
+    if (!s) return ["一次检查", "one study"];
+    const text = `${s.date} ${s.modalities.join("/")} ${s.description || ""}`.trim();
+    return [text, text];
   }
 
   async function fillConsents(box) {
     const grants = await api("consents");
     const rows = grants.map((g) => {
-      const revoke = el("button", { type: "button", text: "撤销 Revoke" });
+      const revoke = button("撤销", "Revoke");
       revoke.disabled = !g.active;
       revoke.addEventListener("click", async () => {
         await api(`consents/${g.id}/revoke`, { method: "POST" });
         fillConsents(box);
       });
-      return [(g.hospital_name || g.grantee_hospital) + (g.grantee_subject ? ` ${g.grantee_subject}` : ""), scopeText(g.study_uid), fmtTime(g.expires_at), g.active ? "有效 active" : "无效 inactive", revoke];
+      const who = (g.hospital_name || g.grantee_hospital) + (g.grantee_subject ? ` ${g.grantee_subject}` : "");
+      return [who, bi(...scopeText(g.study_uid)), fmtTime(g.expires_at), g.active ? bi("有效", "active") : bi("无效", "inactive"), revoke];
     });
-    box.replaceChildren(rows.length ? table(["授权给 Granted to", "范围 Scope", "到期 Expires", "", ""], rows) : el("p", { text: "无 None" }));
+    box.replaceChildren(rows.length ? table([bi("授权给", "Granted to"), bi("范围", "Scope"), bi("到期", "Expires"), "", ""], rows) : none());
   }
 
-  const REQUEST_STATES = { approved: "已同意 approved", declined: "已拒绝 declined", expired: "已过期 expired" };
+  const REQUEST_STATES = { approved: ["已同意", "approved"], declined: ["已拒绝", "declined"], expired: ["已过期", "expired"] };
 
   async function fillRequests(box) {
     const rows = (await api("consent-requests")).map((q) => {
       const cell = el("span");
       if (q.state === "pending") {
-        for (const [action, text] of [["approve", "同意 Approve"], ["decline", "拒绝 Decline"]]) {
-          const b = el("button", { type: "button", class: action, text });
+        for (const [action, zh, en] of [["approve", "同意", "Approve"], ["decline", "拒绝", "Decline"]]) {
+          const b = button(zh, en, { class: action });
           b.addEventListener("click", async () => {
             await api(`consent-requests/${q.id}/${action}`, { method: "POST" });
             await fillRequests(box);
           });
           cell.append(b, " ");
         }
-      } else cell.textContent = REQUEST_STATES[q.state] || q.state;
-      return [fmtTime(q.created_at), q.hospital_name + (q.subject ? ` ${q.subject}` : ""), scopeText(q.study_uid), cell];
+      } else cell.append(stateText(REQUEST_STATES, q.state));
+      return [fmtTime(q.created_at), q.hospital_name + (q.subject ? ` ${q.subject}` : ""), bi(...scopeText(q.study_uid)), cell];
     });
-    box.replaceChildren(rows.length ? table(["时间 When", "申请方 Asked by", "范围 Scope", ""], rows) : el("p", { text: "无 None" }));
-  }
-
-  function choices(name, options) {
-    const sel = el("select", { name });
-    for (const [value, text] of options) sel.append(el("option", { value, text }));
-    return sel;
+    box.replaceChildren(rows.length ? table([bi("时间", "When"), bi("申请方", "Asked by"), bi("范围", "Scope"), ""], rows) : none());
   }
 
   function studyChoice() {
-    return choices("study", [["", "全部检查 All my studies"], ...M.studies.map((s) => [s.uid, scopeText(s.uid)])]);
+    const sel = el("select", { name: "study" });
+    sel.append(opt("", "全部检查", "All my studies"));
+    for (const s of M.studies) sel.append(opt(s.uid, ...scopeText(s.uid)));
+    return sel;
   }
 
   function daysChoice() {
-    return choices("days", [1, 7, 30, 90].map((d) => [String(d * 24), `${d} 天 days`]));
+    const sel = el("select", { name: "days" });
+    for (const d of [1, 7, 30, 90]) sel.append(opt(String(d * 24), `${d} 天`, d === 1 ? "1 day" : `${d} days`));
+    return sel;
   }
 
   const post = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -1075,16 +1204,18 @@
   async function fillGrant(box) {
     const hospitals = await api("hospitals");
     const form = el("form", { id: "grant" });
-    const hospital = choices("hospital", hospitals.map((h) => [h.id, h.name]));
-    const subject = el("input", { type: "text", name: "subject", placeholder: "医生账号（可选）doctor's user (optional)" });
+    const hospital = el("select", { name: "hospital" });
+    for (const h of hospitals) hospital.append(el("option", { value: h.id, text: h.name }));
+    const subject = el("input", { type: "text", name: "subject", "data-zh": "医生账号（可选）", "data-en": "doctor's user (optional)" });
+    subject.placeholder = isEn() ? subject.dataset.en : subject.dataset.zh;
     const study = studyChoice();
     const days = daysChoice();
     form.append(
-      el("label", {}, "医院 Hospital ", hospital),
-      el("label", {}, "医生 Doctor ", subject),
-      el("label", {}, "检查 Studies ", study),
-      el("label", {}, "有效期 Valid for ", days),
-      el("button", { type: "submit", text: "授权 Give consent" }),
+      el("label", {}, bi("医院 ", "Hospital "), hospital),
+      el("label", {}, bi("医生 ", "Doctor "), subject),
+      el("label", {}, bi("检查 ", "Studies "), study),
+      el("label", {}, bi("有效期 ", "Valid for "), days),
+      el("button", { type: "submit" }, bi("授权", "Give consent")),
     );
     const out = el("div", { id: "grant-out" });
     form.addEventListener("submit", async (ev) => {
@@ -1094,9 +1225,9 @@
       if (study.value) body.study_uid = study.value;
       try {
         const g = await post("consents", body);
-        out.replaceChildren(el("p", { text: `已授权 Consent given: ${g.hospital_name}` }));
+        out.replaceChildren(el("p", {}, bi("已授权：", "Consent given: "), el("b", { text: g.hospital_name })));
       } catch (e) {
-        out.replaceChildren(el("p", { class: "flag", text: String(e.message || e) }));
+        out.replaceChildren(failed(e));
       }
     });
     box.replaceChildren(form, out);
@@ -1108,11 +1239,11 @@
     const study = studyChoice();
     const days = daysChoice();
     form.append(
-      el("p", { text: "医生输入授权码后，其医院可调阅您的检查。 A doctor who enters the code lets their hospital read your studies." }),
-      el("label", {}, only, " 仅限输入的医生本人 Only that doctor"),
-      el("label", {}, "检查 Studies ", study),
-      el("label", {}, "有效期 Valid for ", days),
-      el("button", { type: "submit", text: "显示授权码 Show a consent code" }),
+      el("p", {}, bi("医生输入授权码后，其医院可调阅您的检查。", "A doctor who enters the code lets their hospital read your studies.")),
+      el("label", {}, only, " ", bi("仅限输入的医生本人", "Only that doctor")),
+      el("label", {}, bi("检查 ", "Studies "), study),
+      el("label", {}, bi("有效期 ", "Valid for "), days),
+      el("button", { type: "submit" }, bi("显示授权码", "Show a consent code")),
     );
     const out = el("div", { id: "code-out" });
     form.addEventListener("submit", async (ev) => {
@@ -1121,12 +1252,13 @@
       if (study.value) body.study_uid = study.value;
       try {
         const c = await post("consent-code", body);
+        const mins = Math.round(c.valid_s / 60);
         out.replaceChildren(
           el("p", { class: "code", text: c.code.replace(/(\d{4})(\d{4})/, "$1 $2") }),
-          el("p", { text: `${Math.round(c.valid_s / 60)} 分钟内有效，仅可使用一次 Valid ${Math.round(c.valid_s / 60)} minutes, once` }),
+          el("p", {}, bi(`${mins} 分钟内有效，仅可使用一次`, `Valid ${mins} minutes, once`)),
         );
       } catch (e) {
-        out.replaceChildren(el("p", { class: "flag", text: String(e.message || e) }));
+        out.replaceChildren(failed(e));
       }
     });
     box.replaceChildren(form, out);
@@ -1138,21 +1270,22 @@
     mine.classList.add("mine");
     mine.hidden = false;
     mine.append(
-      el("h2", { text: "我的 Mine" }),
-      section("分享给医生 Share with a doctor", "links", fillLinks),
-      section("访问记录 Who opened my studies", "history", fillHistory),
-      section("授权管理 My consents", "consents", fillConsents),
+      el("h2", {}, bi("我的", "Mine")),
+      section(bi("分享给医生", "Share with a doctor"), "links", fillLinks),
+      section(bi("访问记录", "Who opened my studies"), "history", fillHistory),
+      section(bi("授权管理", "My consents"), "consents", fillConsents),
     );
     // giving consent: only the patient's own link to all their studies may (the API says so)
     const me = await api("me");
     if (!me.may_give_consent) return;
     const pending = me.pending_requests;
-    const asked = section(`授权申请 Consent requests${pending ? ` (${pending})` : ""}`, "requests", fillRequests);
+    const n = pending ? ` (${pending})` : "";
+    const asked = section(bi(`授权申请${n}`, `Consent requests${n}`), "requests", fillRequests);
     if (pending) asked.classList.add("pending");
     mine.append(
       asked,
-      section("授权医院 Give consent", "grant", fillGrant),
-      section("授权码 Consent code", "code", fillCode),
+      section(bi("授权医院", "Give consent"), "grant", fillGrant),
+      section(bi("授权码", "Consent code"), "code", fillCode),
     );
   }
 
@@ -1197,6 +1330,7 @@
       drawn: state.drawn,
       loaded: Number(viewer.dataset.loaded || 0),
       values: series() ? values.has(frameKey(state.index)) : false,
+      held: held(),
       marks: state.marks.map(measure),
       decoded: { ...decoding },
     }),
