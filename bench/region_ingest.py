@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -183,22 +184,32 @@ def cloudfilm_region(
 
     cloud_dir, gw_dir = work / "cloud", work / "gateway"
     gw_dir.mkdir(parents=True, mode=0o700)
-    cloud = subprocess.Popen(
-        [*CLI, "cloud", "--data", str(cloud_dir), "--http", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
-    gateway = None
+    gateway = cloud = None
     with contextlib.ExitStack() as stack:
         try:
-            url = _ready(cloud, r"ready: cloud http (\S+)")[1]
             wan = None
-            gateway_url = url
+            http_port = 0
+            env = dict(os.environ)
             if link is not None:
-                wan = stack.enter_context(Link(int(url.rsplit(":", 1)[1]), *link))
-                gateway_url = f"http://127.0.0.1:{wan.port}"
+                # the gateway reaches the cloud only through the link, and its credential's
+                # audience is the URL it reaches the cloud by: the cloud's public URL
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", 0))
+                    http_port = probe.getsockname()[1]
+                wan = stack.enter_context(Link(http_port, *link))
+                env["CLOUDFILM_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{wan.port}"
+            cloud = subprocess.Popen(
+                [*CLI, "cloud", "--data", str(cloud_dir), "--http", f"127.0.0.1:{http_port}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                cwd=ROOT,
+                env=env,
+            )
+            url = _ready(cloud, r"ready: cloud http (\S+)")[1]  # its public URL
+            gateway_url = url
+            if wan is not None:  # the bench itself asks the cloud directly
+                url = f"http://127.0.0.1:{http_port}"
             _cli("hospitals", "add", "H1", "--name", "H1", "--data", str(cloud_dir))
             _cli("users", "add", "bench.clin", "--hospital", "H1", "--role", "clinician",
                  "--data", str(cloud_dir))  # fmt: skip

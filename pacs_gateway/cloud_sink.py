@@ -119,18 +119,20 @@ class _Body:
         for head, data, size in zip(self.heads, self.items, self.sizes, strict=True):
             yield head
             if isinstance(data, Path):
-                yield from _file_chunks(data, size)
+                yield from file_chunks(data, size)
             else:
                 yield data
             yield b"\r\n"
         yield self.tail
 
 
-def _file_chunks(path: Path, size: int) -> Iterator[bytes]:
-    """The file's first ``size`` bytes in chunks; OSError if it is shorter (the body's length
-    was announced: a changed file must fail the request, not send other bytes)."""
+def file_chunks(path: Path, size: int, offset: int = 0) -> Iterator[bytes]:
+    """``size`` bytes of the file from ``offset``, in chunks; CloudUnavailable if it is shorter
+    (the body's length was announced: a changed file must fail the request, not send other
+    bytes)."""
     left = size
     with open(path, "rb") as fh:
+        fh.seek(offset)
         while left:
             chunk = fh.read(min(_READ_BYTES, left))
             if not chunk:

@@ -39,6 +39,7 @@ from pacs_gateway.cloud_sink import (
     HttpIngestSink,
     _error_text,
     _outcome,
+    file_chunks,
 )
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 UPLOADS_PATH = "/gateway/uploads"
 OFFSET_HEADER = "Upload-Offset"
 SIDECAR_SUFFIX = ".upload"
-_READ = 1 << 20
 _MAX_CONFLICTS = 8
 """409s in a row (another writer, a lost answer) before the attempt is given up for now."""
 
@@ -90,14 +90,8 @@ def _drop_sidecar(path: Path) -> None:
 
 def _sha256(path: Path, size: int) -> str:
     h = hashlib.sha256()
-    left = size
-    with open(path, "rb") as fh:
-        while left:
-            chunk = fh.read(min(_READ, left))
-            if not chunk:
-                raise CloudUnavailable(f"{path.name} shrank while it was being hashed")
-            h.update(chunk)
-            left -= len(chunk)
+    for chunk in file_chunks(path, size):
+        h.update(chunk)
     return h.hexdigest()
 
 
@@ -112,15 +106,7 @@ class _Range:
         return self.length
 
     def __iter__(self) -> Iterator[bytes]:
-        left = self.length
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            while left:
-                chunk = fh.read(min(_READ, left))
-                if not chunk:
-                    raise CloudUnavailable(f"{self.path.name} shrank while it was being sent")
-                left -= len(chunk)
-                yield chunk
+        return file_chunks(self.path, self.length, self.offset)
 
 
 class LargeUpload:

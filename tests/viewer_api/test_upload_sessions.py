@@ -485,13 +485,17 @@ async def test_a_second_writer_on_a_session_in_use_is_409(cloud: Cloud, cine: by
     token = await cloud.token()
     session = await cloud.session(cine, token)
     writer = await _hold(cloud, session, token, 0, cine[:CHUNK])
+    data = cloud.data / "uploads" / "H1" / session / "data"
     try:
-        for _ in range(300):  # a probe at a wrong offset writes nothing either way
-            busy = await cloud.patch(session, 1, cine[1:CHUNK], token)
-            assert busy.status == 409
-            if "in progress" in (await busy.json())["error"]:
+        # the held writer has the lock once its bytes land in the staged file (probing with
+        # requests instead would compete with it for the lock)
+        for _ in range(1000):
+            if data.stat().st_size > 0:
                 break
             await asyncio.sleep(0.02)
+        assert data.stat().st_size > 0
+        busy = await cloud.patch(session, 1, cine[1:CHUNK], token)
+        assert busy.status == 409
         assert "in progress" in (await busy.json())["error"]
         second = await cloud.patch(session, 0, cine[:CHUNK], token)
         assert second.status == 409
