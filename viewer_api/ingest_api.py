@@ -79,7 +79,8 @@ class InsufficientStorage(ViewerError):
     status = 507
 
 
-def _out_of_space(exc: OSError) -> InsufficientStorage | None:
+def out_of_space(exc: OSError) -> InsufficientStorage | None:
+    """The 507 for an OSError that means a full disk or quota; None for any other."""
     if exc.errno not in _OUT_OF_SPACE:
         return None
     return InsufficientStorage(f"the cloud's storage is full ({exc.strerror}): send again later")
@@ -481,14 +482,14 @@ async def ingest_batch(request: web.Request) -> web.Response:
         except (ValueError, AssertionError, HttpProcessingError) as exc:
             problem = BadRequest(f"the batch is cut short or malformed: {str(exc)[:200]}")
         except OSError as exc:
-            problem = _out_of_space(exc)
+            problem = out_of_space(exc)
             if problem is None:
                 raise
         finally:
             try:
                 await committer.flush()
             except OSError as exc:
-                full = _out_of_space(exc)
+                full = out_of_space(exc)
                 if full is None:
                     raise
                 problem = full

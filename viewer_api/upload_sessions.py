@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -57,7 +56,15 @@ from image_store.metadata import check_instance
 from viewer_api import openapi_schemas as s
 from viewer_api.context import ACTOR, json_object
 from viewer_api.errors import BadRequest, NotFound, PayloadTooLarge, ViewerError
-from viewer_api.ingest_api import INGEST, IngestService, _commit, _Part, _refused, gateway_principal
+from viewer_api.ingest_api import (
+    INGEST,
+    IngestService,
+    _commit,
+    _Part,
+    _refused,
+    gateway_principal,
+    out_of_space,
+)
 from viewer_api.route_table import Auth, Route, add_routes
 
 logger = logging.getLogger(__name__)
@@ -307,24 +314,16 @@ class UploadSessions:
         shutil.rmtree(self._dir(hospital, session), ignore_errors=True)
 
 
-class StagingFull(ViewerError):
-    """The disk (or quota) of the staged sessions is full: send again later."""
-
-    status = 507
-
-
-_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
 @contextlib.contextmanager
 def _out_of_space() -> Iterator[None]:
-    """OSError for a full disk becomes StagingFull (507); others pass."""
+    """OSError for a full disk becomes the ingest API's 507; others pass."""
     try:
         yield
     except OSError as exc:
-        if exc.errno in _OUT_OF_SPACE:
-            raise StagingFull(f"the cloud's staging disk is full ({exc.strerror})") from exc
-        raise
+        full = out_of_space(exc)
+        if full is None:
+            raise
+        raise full from exc
 
 
 class TooManySessions(PermissionError):
