@@ -132,6 +132,7 @@ class GatewayNode:
             workers=s.dicom_workers,
         )
         self.dicom_port = self.processes.start()
+        self.uploader.edge.wait_ready(60.0)
         return self.dicom_port
 
     def stop(self) -> None:

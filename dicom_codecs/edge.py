@@ -1,10 +1,14 @@
 """Lossless compression at the edge: the gateway re-encodes an instance before upload, proves
 the result decodes bit-exactly to the original pixel data, and only then sends it.
 
-Which codec: ``upload_compression`` chooses JPEG-LS (CharLS, through pydicom's pyjpegls plugin;
-the best ratio of the codecs ``bench/codec_table.py`` compares, the default), RLE (our Numba
-codec: a worse ratio at several times the speed, for fast links or a busy CPU) or none; the
-README gives the measured ratios and speeds.
+Which codec: ``upload_compression`` chooses JPEG-LS (the best ratio of the codecs
+``bench/codec_table.py`` compares, the default), RLE (our Numba codec: a worse ratio at several
+times the speed, for fast links or a busy CPU) or none; the README gives the measured ratios
+and speeds. Monochrome JPEG-LS frames are encoded and checked with CharLS through imagecodecs,
+which releases the GIL and skips pydicom's per-frame pipeline; the sample precision P of each
+codestream is the container's 8 or 16 bits (as dcm4che writes it), so every stored bit,
+sign extension included, survives whatever Bits Stored says. Colour goes through pydicom's
+pyjpegls plugin.
 
 An instance larger than ``STREAM_BYTES`` goes up as it arrived, streamed from its spool file
 (``compress_file_for_upload`` logs it with the reason): pydicom's encoders take the whole pixel
@@ -21,13 +25,20 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import imagecodecs
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import UID, JPEGLSLossless, RLELossless
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from dicom_codecs.pydicom_plugin import register
 from dicom_codecs.upload_compression import UploadCompression
@@ -64,18 +75,34 @@ def compress_for_upload(part10: bytes, codec: UploadCompression) -> EdgeResult:
     if len(part10) > MAX_COMPRESS_BYTES:
         return EdgeResult(part10, False, "too large to compress in memory")
     try:
-        ds = pydicom.dcmread(io.BytesIO(part10))
+        fp = io.BytesIO(part10)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        native = _native_pixels(part10, ds, fp.tell())
+        if native is None:
+            ds = pydicom.dcmread(io.BytesIO(part10))
+        else:
+            ds.PixelData = native.value
         why = _not_compressible(ds)
         if why:
             return EdgeResult(part10, False, why)
         original_syntax = UID(ds.file_meta.TransferSyntaxUID)
-        original_pixels = bytes(ds.PixelData)
-        ds.compress(_SYNTAX[codec], encoding_plugin=_PLUGIN[codec], generate_instance_uid=False)
-        if not _decodes_to(ds, original_pixels, _PLUGIN[codec]):
-            return EdgeResult(part10, False, "decoded pixels differ from the original")
-        ds.file_meta.PrivateInformationCreatorUID = UID(ORIGINAL_SYNTAX_CREATOR)
-        value = str(original_syntax).encode("ascii")
-        ds.file_meta.PrivateInformation = value + b"\0" * (len(value) % 2)
+        if codec is UploadCompression.JPEG_LS and int(ds.get("SamplesPerPixel", 1)) == 1:
+            frames = _jpegls_monochrome(ds)
+            if frames is None:
+                return EdgeResult(part10, False, "decoded pixels differ from the original")
+            _note_arrival(ds, original_syntax)
+            ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+            encapsulated = encapsulate(frames, has_bot=len(frames) > 1)
+            if native is not None:
+                return EdgeResult(_spliced(part10, ds, native, encapsulated), True)
+            ds.PixelData = encapsulated
+            ds["PixelData"].VR = "OB"
+        else:
+            original_pixels = bytes(ds.PixelData)
+            ds.compress(_SYNTAX[codec], encoding_plugin=_PLUGIN[codec], generate_instance_uid=False)
+            if not _decodes_to(ds, original_pixels, _PLUGIN[codec]):
+                return EdgeResult(part10, False, "decoded pixels differ from the original")
+            _note_arrival(ds, original_syntax)
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
         return EdgeResult(out.getvalue(), True)
@@ -87,9 +114,9 @@ def compress_for_upload(part10: bytes, codec: UploadCompression) -> EdgeResult:
 def compress_file_for_upload(
     path: Path, codec: UploadCompression, *, stream_bytes: int = STREAM_BYTES
 ) -> EdgeResult:
-    """A spooled instance to upload: the file itself when compression is off or the instance is
-    larger than ``stream_bytes`` (logged, with the reason), else :func:`compress_for_upload`
-    of its bytes (the original bytes if it cannot be compressed)."""
+    """A spooled instance to upload: its re-encoded bytes (:func:`compress_for_upload`), or
+    the file itself, streamed, when compression is off, the instance cannot be compressed or
+    it is larger than ``stream_bytes`` (logged, with the reason)."""
     if codec is UploadCompression.NONE:
         return EdgeResult(path, False, "compression off")
     size = path.stat().st_size
@@ -100,7 +127,8 @@ def compress_file_for_upload(
         )
         logger.info("%s not compressed: %s", path.name, reason)
         return EdgeResult(path, False, reason)
-    return compress_for_upload(path.read_bytes(), codec)
+    result = compress_for_upload(path.read_bytes(), codec)
+    return result if result.compressed else EdgeResult(path, False, result.reason)
 
 
 def _not_compressible(ds: Dataset) -> str:
@@ -116,6 +144,88 @@ def _not_compressible(ds: Dataset) -> str:
     if int(ds.get("SamplesPerPixel", 1)) > 1 and int(ds.get("PlanarConfiguration", 0)) == 1:
         return "colour by plane (decoders return it by pixel: not the same bytes)"
     return ""
+
+
+def _frame_shape(ds: Dataset) -> tuple[int, int, int, np.dtype[np.unsignedinteger[Any]]]:
+    bits = int(ds.BitsAllocated)
+    dtype: np.dtype[np.unsignedinteger[Any]] = np.dtype("<u2" if bits == 16 else "u1")
+    return int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns), dtype
+
+
+def _jpegls_monochrome(ds: Dataset) -> list[bytes] | None:
+    """``ds``'s native one-sample pixel data as JPEG-LS lossless codestreams, one per frame,
+    each checked to decode to the frame's exact bytes; None when one does not."""
+    frames, rows, cols, dtype = _frame_shape(ds)
+    pixels = ds.PixelData
+    frame_len = rows * cols * dtype.itemsize
+    if frame_len * frames not in (len(pixels), len(pixels) - 1):  # odd length: one pad byte
+        return None
+    stack = np.frombuffer(pixels, dtype, count=rows * cols * frames).reshape(frames, rows, cols)
+    encoded = []
+    for frame in stack:
+        codestream = imagecodecs.jpegls_encode(frame)
+        if not np.array_equal(imagecodecs.jpegls_decode(codestream), frame):
+            return None
+        encoded.append(bytes(codestream))
+    return encoded
+
+
+def _note_arrival(ds: Dataset, syntax: UID) -> None:
+    """Record the arrival syntax in the file meta (see ORIGINAL_SYNTAX_CREATOR)."""
+    ds.file_meta.PrivateInformationCreatorUID = UID(ORIGINAL_SYNTAX_CREATOR)
+    value = str(syntax).encode("ascii")
+    ds.file_meta.PrivateInformation = value + b"\0" * (len(value) % 2)
+
+
+@dataclass(frozen=True, slots=True)
+class _NativePixels:
+    body_at: int
+    """Where the data set starts (after the file meta)."""
+    pixel_at: int
+    """Where the Pixel Data element starts; it is the data set's last element."""
+    value: bytes
+
+
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_NATIVE_PIXEL_TAGS = (b"\xe0\x7f\x10\x00OB\x00\x00", b"\xe0\x7f\x10\x00OW\x00\x00")
+
+
+def _native_pixels(part10: bytes, head: Dataset, pixel_at: int) -> _NativePixels | None:
+    """Where an Explicit VR Little Endian file's native Pixel Data is, if it is the last
+    element (``head`` read up to it, ``pixel_at`` where pydicom stopped); None for any other
+    layout (it goes through pydicom's writer)."""
+    meta = head.file_meta
+    meta_len = meta.get("FileMetaInformationGroupLength")
+    if (
+        UID(meta.get("TransferSyntaxUID", "")) != ExplicitVRLittleEndian
+        or meta_len is None
+        or part10[128:132] != b"DICM"
+        or part10[pixel_at : pixel_at + 8] not in _NATIVE_PIXEL_TAGS
+    ):
+        return None
+    (length,) = struct.unpack_from("<I", part10, pixel_at + 8)
+    if pixel_at + 12 + length != len(part10):  # undefined length, or elements follow
+        return None
+    return _NativePixels(132 + 12 + int(meta_len), pixel_at, part10[pixel_at + 12 :])
+
+
+def _spliced(part10: bytes, ds: Dataset, native: _NativePixels, encapsulated: bytes) -> bytes:
+    """``part10`` with ``ds``'s file meta (written by pydicom) and ``encapsulated`` as its
+    Pixel Data: the data set's other elements stay the bytes they arrived as (both syntaxes
+    are explicit VR little endian), so only the pixels are re-encoded."""
+    head = DicomBytesIO()
+    write_file_meta_info(head, ds.file_meta, enforce_standard=True)
+    element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
+    return b"".join(
+        (
+            part10[:132],
+            head.getvalue(),
+            part10[native.body_at : native.pixel_at],
+            element,
+            encapsulated,
+            _SEQUENCE_DELIMITER,
+        )
+    )
 
 
 def _decodes_to(ds: Dataset, original: bytes, plugin: str) -> bool:

@@ -64,7 +64,7 @@ from pacs_gateway.qr import (
     local_source,
 )
 from pacs_gateway.reactor import EventDrivenRequestHandler, ReceiverFactory, may
-from pacs_gateway.spool import Spool
+from pacs_gateway.spool import Spool, SpoolUsage
 
 logger = logging.getLogger(__name__)
 
@@ -365,14 +365,19 @@ def _peer(assoc: Any) -> str:
     )
 
 
-def log_accepted(event: Any) -> None:
-    """One line per accepted association: who called, from where."""
+def log_accepted(event: Any, usage: SpoolUsage) -> None:
+    """One line per accepted association (who called, from where), counted as open in
+    ``usage`` until it ends (the uploader waits while modalities are sending)."""
     event.assoc.accepted_at = event.timestamp
+    usage.association_opened()
     logger.info("association accepted: %s", _peer(event.assoc))
 
 
-def log_ended(event: Any, how: str) -> None:
+def log_ended(event: Any, how: str, usage: SpoolUsage) -> None:
     started = getattr(event.assoc, "accepted_at", None)
+    if started is not None and not getattr(event.assoc, "ended", False):
+        event.assoc.ended = True
+        usage.association_closed()
     took = (event.timestamp - started).total_seconds() if started is not None else 0.0
     logger.info("association %s: %s after %.1f s", how, _peer(event.assoc), took)
 
@@ -437,9 +442,9 @@ def start_scp(
             [spool, counters, settings.stream_to_disk],
         ),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_ACCEPTED, log_accepted),
-        (evt.EVT_RELEASED, log_ended, ["released"]),
-        (evt.EVT_ABORTED, log_ended, ["aborted"]),
+        (evt.EVT_ACCEPTED, log_accepted, [spool.usage]),
+        (evt.EVT_RELEASED, log_ended, ["released", spool.usage]),
+        (evt.EVT_ABORTED, log_ended, ["aborted", spool.usage]),
     ]
     if qr is not None:
         for model in QR_MODELS:

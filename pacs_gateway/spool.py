@@ -83,7 +83,8 @@ class SpoolUsage:
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._values = ctx.RawArray("q", 3)  # depth, bytes, monotonic ns of the last reserve
+        # depth, bytes, monotonic ns of the last reserve, associations open
+        self._values = ctx.RawArray("q", 4)
         self._lock = ctx.Lock()
 
     def reserve(self, size: int, high_water: int) -> None:
@@ -102,6 +103,20 @@ class SpoolUsage:
         with self._lock:
             last = int(self._values[2])
         return (time.monotonic_ns() - last) / 1e9 if last else float("inf")
+
+    def association_opened(self) -> None:
+        with self._lock:
+            self._values[3] += 1
+
+    def association_closed(self) -> None:
+        with self._lock:
+            self._values[3] = max(0, self._values[3] - 1)
+
+    def receiving(self) -> bool:
+        """True while a modality holds an association open with one of the SCP processes (a
+        process killed mid-association leaves it counted: then only :meth:`quiet_s` tells)."""
+        with self._lock:
+            return bool(self._values[3] > 0)
 
     def release(self, depth: int, size: int) -> None:
         with self._lock:

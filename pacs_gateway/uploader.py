@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dicom_codecs.edge import EdgeResult, compress_file_for_upload
+from dicom_codecs.edge import EdgeResult
 from dicom_codecs.upload_compression import UploadCompression
 from image_store.ingest import IngestOutcome, IngestSink, item_size
+from pacs_gateway.edge_workers import EdgeWorkers
 from pacs_gateway.spool import Spool, SpoolEntry
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,13 @@ class UploaderSettings:
     forwarding uses the CPU the SCP leaves (Linux applies it per thread)."""
     compression: UploadCompression = UploadCompression.NONE
     """Lossless re-encoding before upload (dicom_codecs.edge), verified bit-exact."""
+    compress_processes: int = 2
+    """Worker processes that compress (pacs_gateway.edge_workers); 0: the uploader's threads."""
     yield_s: float = 0.3
-    """Acceptance first: while instances keep arriving (one within this many seconds), the
-    workers leave the disk and the CPUs to the SCP, whose every Success waits for an fsync
-    that the uploader's own writes and commits would delay. 0 uploads alongside."""
+    """Acceptance first: while a modality holds an association open and instances keep
+    arriving (one within this many seconds), the workers leave the disk and the CPUs to the
+    SCP, whose every Success waits for an fsync that the uploader's own writes and commits
+    would delay; once no association is open they start at once. 0 uploads alongside."""
     max_defer_s: float = 10.0
     """...but never let the oldest spooled instance wait longer than this for its upload
     (under a load that never pauses, forwarding then runs alongside acceptance)."""
@@ -83,8 +87,12 @@ class Uploader:
         self._in_flight: set[str] = set()
         self._touched: set[str] = set()
         self._threads: list[threading.Thread] = []
+        self.edge = EdgeWorkers(
+            settings.compression, settings.compress_processes, nice=settings.nice
+        )
 
     def start(self) -> None:
+        self.edge.start()
         for n in range(self.settings.workers):
             t = threading.Thread(target=self._run, name=f"uploader-{n}", daemon=True)
             t.start()
@@ -93,6 +101,7 @@ class Uploader:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self.spool.wake()
+        self.edge.stop()
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
@@ -120,21 +129,31 @@ class Uploader:
         if not batch:
             return 0
         try:
-            datas = [self._prepare(e) for e in batch]
+            started = time.monotonic()
+            datas = self._prepare(batch)
+            prepared = time.monotonic()
             outcomes = self.sink.ingest(self.hospital, [d.data for d in datas])
+            logger.debug(
+                "%d instances prepared in %.3f s, delivered in %.3f s",
+                len(batch),
+                prepared - started,
+                time.monotonic() - prepared,
+            )
             self._settle(batch, outcomes, datas)
             return len(batch)
         finally:
             self._release(batch)
 
-    def _prepare(self, entry: SpoolEntry) -> EdgeResult:
-        """The spool file itself, or its bytes re-encoded losslessly when the settings ask for
-        it (a large instance always goes as the file, streamed: dicom_codecs.edge); the spool
-        entry is never changed (it stays the original until the cloud has the copy)."""
-        result = compress_file_for_upload(entry.path, self.settings.compression)
-        if not result.compressed and self.settings.compression is not UploadCompression.NONE:
-            logger.debug("%s goes up as it came: %s", entry.name, result.reason)
-        return result
+    def _prepare(self, batch: list[SpoolEntry]) -> list[EdgeResult]:
+        """Each spool file itself, or its bytes re-encoded losslessly when the settings ask
+        for it (a large instance always goes as the file, streamed: dicom_codecs.edge); a
+        spool entry is never changed (it stays the original until the cloud has the copy)."""
+        results = self.edge.compress([e.path for e in batch])
+        if self.settings.compression is not UploadCompression.NONE:
+            for entry, result in zip(batch, results, strict=True):
+                if not result.compressed:
+                    logger.debug("%s goes up as it came: %s", entry.name, result.reason)
+        return results
 
     def _settle(
         self, batch: list[SpoolEntry], outcomes: list[IngestOutcome], sent: list[EdgeResult]
@@ -186,12 +205,13 @@ class Uploader:
     def _acceptance_first(self) -> None:
         """Wait while modalities are sending (see UploaderSettings.yield_s)."""
         limit = self.settings.yield_s
-        while limit > 0 and not self._stop.is_set():
-            quiet = self.spool.usage.quiet_s()
+        usage = self.spool.usage
+        while limit > 0 and not self._stop.is_set() and usage.receiving():
+            quiet = usage.quiet_s()
             waited = self.spool.oldest_age_s()
             if quiet >= limit or waited >= self.settings.max_defer_s:
                 return
-            self._stop.wait(min(limit - quiet, self.settings.max_defer_s - waited))
+            self._stop.wait(min(limit - quiet, self.settings.max_defer_s - waited, 0.02))
 
     def _idle(self) -> None:
         if self._on_idle is None or not self._touched:

@@ -350,14 +350,21 @@ async def _receive(
     return got, size
 
 
+IN_MEMORY_BYTES = 16 * 1024**2
+"""Parts up to this size are committed from memory (a commit group holds at most
+IngestSettings.commit_bytes plus one part)."""
+
+
 def _commit(svc: IngestService, hospital: str, parts: list[_Part]) -> None:
     """Check and commit verified parts (blocking); sets each part's result."""
-    todo: list[tuple[_Part, Path]] = []
+    todo: list[tuple[_Part, Path | bytes]] = []
     uids: set[str] = set()
     for p in parts:
         if p.path is None:
             continue
-        data = p.path  # checked and stored from the file: a large part is never read whole
+        # read once and parsed from memory (a quick structural walk, then one pydicom
+        # read); a large part is checked and stored from its file, never read whole
+        data: Path | bytes = p.path.read_bytes() if p.size <= IN_MEMORY_BYTES else p.path
         try:
             uids.add(check_instance(data).sop_instance_uid)
         except ImageStoreError as exc:

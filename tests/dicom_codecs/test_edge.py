@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from cloudfilm.synth import synthesize_study
 from dicom_codecs.edge import UploadCompression, compress_for_upload
@@ -88,17 +88,19 @@ def test_an_instance_that_arrived_compressed_goes_up_as_it_came() -> None:
     assert result.data is data and "arrived in" in result.reason
 
 
-def test_bits_above_bits_stored_that_would_be_lost_keep_the_original(ct_slice: bytes) -> None:
+def test_bits_above_bits_stored_survive_jpeg_ls_at_the_containers_precision(
+    ct_slice: bytes,
+) -> None:
     ds = pydicom.dcmread(io.BytesIO(ct_slice))
     assert ds.BitsStored == 12 and ds.PixelRepresentation == 0
     arr = ds.pixel_array.astype(np.uint16)
-    arr[0, 0] |= 0x8000  # a bit above BitsStored (12): JPEG-LS cannot keep it
+    arr[0, 0] |= 0x8000  # a bit above BitsStored (12): kept, the codestream has P = 16
     ds.PixelData = arr.tobytes()
     out = io.BytesIO()
     ds.save_as(out)
     result = compress_for_upload(out.getvalue(), UploadCompression.JPEG_LS)
-    assert not result.compressed
-    assert result.data == out.getvalue()
+    assert result.compressed
+    assert _pixels(result.data) == arr.tobytes()
 
 
 def test_garbage_goes_up_as_it_came_with_a_reason() -> None:
@@ -124,3 +126,44 @@ def test_every_native_test_file_is_compressed_bit_exactly_or_left_alone(
             original.Rows * original.Columns * original.SamplesPerPixel * original.BitsAllocated
         ) // 8
         assert _pixels(result.data)[: size * frames] == bytes(original.PixelData)[: size * frames]
+
+
+def test_the_spliced_instance_is_what_pydicom_would_write(ct_slice: bytes) -> None:
+    result = compress_for_upload(ct_slice, UploadCompression.JPEG_LS)
+    assert result.compressed and isinstance(result.data, bytes)
+    got = pydicom.dcmread(io.BytesIO(result.data))
+    original = pydicom.dcmread(io.BytesIO(ct_slice))
+    assert got.file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert got.file_meta.PrivateInformation.rstrip(b"\0") == ExplicitVRLittleEndian.encode()
+    for elem in original:
+        if elem.tag != 0x7FE00010:
+            assert got[elem.tag] == elem
+    assert _pixels(result.data) == bytes(original.PixelData)
+    written = io.BytesIO()
+    got.save_as(written, enforce_file_format=True)  # pydicom writes back the same bytes
+    assert written.getvalue() == result.data
+
+
+def test_an_implicit_vr_instance_is_rewritten_explicit_by_pydicom(ct_slice: bytes) -> None:
+    ds = pydicom.dcmread(io.BytesIO(ct_slice))
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    result = compress_for_upload(out.getvalue(), UploadCompression.JPEG_LS)
+    assert result.compressed and isinstance(result.data, bytes)
+    got = pydicom.dcmread(io.BytesIO(result.data))
+    assert got.file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert got.file_meta.PrivateInformation.rstrip(b"\0") == ImplicitVRLittleEndian.encode()
+    assert _pixels(result.data) == bytes(ds.PixelData)
+
+
+def test_elements_after_the_pixel_data_are_kept(ct_slice: bytes) -> None:
+    ds = pydicom.dcmread(io.BytesIO(ct_slice))
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 16)  # Data Set Trailing Padding
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    result = compress_for_upload(out.getvalue(), UploadCompression.JPEG_LS)
+    assert result.compressed and isinstance(result.data, bytes)
+    got = pydicom.dcmread(io.BytesIO(result.data))
+    assert got[0xFFFCFFFC].value == b"\0" * 16
+    assert _pixels(result.data) == bytes(ds.PixelData)

@@ -55,6 +55,27 @@ def test_c_echo_succeeds(scp: Any) -> None:
     assoc.release()
 
 
+def test_the_scp_counts_an_association_open_until_it_is_released_or_aborted(
+    scp: Any, spool: Spool
+) -> None:
+    assert not spool.usage.receiving()
+    assoc = _associate(scp, Verification)
+    _eventually(spool.usage.receiving)
+    assoc.release()
+    _eventually(lambda: not spool.usage.receiving())
+    assoc = _associate(scp, Verification)
+    _eventually(spool.usage.receiving)
+    assoc.abort()
+    _eventually(lambda: not spool.usage.receiving())
+
+
+def _eventually(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.01)
+
+
 def test_c_store_success_means_the_bytes_are_in_the_spool(scp: Any, spool: Spool) -> None:
     ds = pydicom.dcmread(_path("CT_small.dcm"))
     assoc = _associate(scp, CTImageStorage)
@@ -225,6 +246,7 @@ def test_the_uploader_waits_while_instances_arrive_but_never_past_max_defer(
 ) -> None:
     index = SqliteIndex(tmp_path / "i.sqlite")
     ingest = LocalIngest(FilesystemObjectStore(tmp_path / "o"), index)
+    spool.usage.association_opened()  # a modality is sending (the SCP counts its association)
     _one_ct(spool, "1.2.826.0.1.3680043.8.498.1")
     patient = Uploader(spool, ingest, "H1", UploaderSettings(workers=1, yield_s=3.0))
     patient.start()
@@ -245,4 +267,26 @@ def test_the_uploader_waits_while_instances_arrive_but_never_past_max_defer(
     finally:
         impatient.stop()
     assert index.count_instances() == 2
+    index.close()
+
+
+def test_the_uploader_starts_as_soon_as_the_last_association_ends(
+    spool: Spool, tmp_path: Path
+) -> None:
+    index = SqliteIndex(tmp_path / "i.sqlite")
+    ingest = LocalIngest(FilesystemObjectStore(tmp_path / "o"), index)
+    spool.usage.association_opened()
+    spool.usage.association_opened()  # two modalities
+    _one_ct(spool, "1.2.826.0.1.3680043.8.498.3")
+    up = Uploader(spool, ingest, "H1", UploaderSettings(workers=1, yield_s=600.0))
+    up.start()
+    try:
+        spool.usage.association_closed()
+        time.sleep(0.5)
+        assert index.count_instances() == 0  # one is still sending
+        spool.usage.association_closed()
+        assert up.wait_drained(5)  # no need to wait the 600 s of quiet
+    finally:
+        up.stop()
+    assert index.count_instances() == 1
     index.close()
