@@ -4,6 +4,7 @@ or scripts' copy: OnStoredInstance → SendToModality).
 
     .venv/bin/python bench/region_ingest.py [--slices 300] [--orthanc-script PATH]
                                             [--uplink-mbit 100 --uplink-delay-ms 20]
+                                            [--compression jpeg-ls,htj2k] [--repeat 3]
 
 DCMTK storescu (TCP_NODELAY=1) sends the synthetic CT over one association. Reported: inst/s at
 the modality (the gateway's Success is durable: journal + fdatasync), the bytes that crossed the
@@ -34,6 +35,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -66,6 +68,23 @@ def _ready(proc: subprocess.Popen[str], pattern: str) -> re.Match[str]:
         if m := re.match(pattern, line):
             return m
     raise RuntimeError(f"{proc.args!r} exited before it was ready")
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live descendants."""
+    total = 0.0
+    todo = [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
 
 
 def _cli(*args: str) -> str:
@@ -242,6 +261,7 @@ def cloudfilm_region(
             t_start = time.perf_counter()
             send_s = send("GATEWAY", port, [files])
             t_success = time.perf_counter()
+            cpu_at_success = (_tree_cpu_s(gateway.pid), _tree_cpu_s(cloud.pid))
             queryable = rendered = 0.0
             deadline = t_success + 600
             count_url = f"{url}/dicom-web/studies?StudyInstanceUID={first.StudyInstanceUID}"
@@ -268,6 +288,8 @@ def cloudfilm_region(
                     f"the study was not viewable in the cloud within 600 s "
                     f"(queryable {queryable:.2f} s, rendered {rendered:.2f} s)"
                 )
+            cpu_gateway = _tree_cpu_s(gateway.pid) - cpu_at_success[0]
+            cpu_cloud = _tree_cpu_s(cloud.pid) - cpu_at_success[1]
             with urllib.request.urlopen(f"{url}/metrics") as r:
                 metrics = r.read().decode()
             m = re.search(r'cloudfilm_ingest_received_bytes_total\{hospital="H1"\} (\d+)', metrics)
@@ -279,6 +301,8 @@ def cloudfilm_region(
                 "queryable_s": queryable,
                 "rendered_s": rendered,
                 "send_s": t_success - t_start,
+                "cpu_gateway_s": cpu_gateway,
+                "cpu_cloud_s": cpu_cloud,
             }
             if wan is not None:
                 out["link_bytes"] = wan.bytes_up - up_before
@@ -320,6 +344,7 @@ def main() -> int:
         help="the gateway's upload_compression values to run, comma-separated "
         "(default: its configured default only)",
     )
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration")
     args = ap.parse_args()
     ensure_netns()
     files = prepare_study(args.slices)
@@ -331,21 +356,31 @@ def main() -> int:
     raw_mb = sum(p.stat().st_size for p in files) / 1e6
     print(f"study: {len(files)} CT slices, {raw_mb:.0f} MB raw, storescu TCP_NODELAY=1")
     codecs = [c.strip() for c in args.compression.split(",") if c.strip()] or [""]
-    for (name, link_args), codec in itertools.product(runs, codecs):
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        try:
-            r = cloudfilm_region(files, work, link_args, codec)
-        finally:
+    configs = list(itertools.product(runs, codecs))
+    results: dict[int, list[dict[str, float]]] = {n: [] for n in range(len(configs))}
+    for _ in range(args.repeat):  # interleaved: the machine's noise falls on every config
+        for n, ((_name, link_args), codec) in enumerate(configs):
             shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            try:
+                results[n].append(cloudfilm_region(files, work, link_args, codec))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    if args.repeat > 1:
+        print(f"medians of {args.repeat} interleaved runs (viewable: min-max)")
+    for n, ((name, _link), codec) in enumerate(configs):
+        r = {key: statistics.median(run[key] for run in results[n]) for key in results[n][0]}
+        views = [max(run["queryable_s"], run["rendered_s"]) for run in results[n]]
+        spread = f" (viewable {min(views):.2f}-{max(views):.2f} s)" if len(views) > 1 else ""
         label = f"{name}, {codec}" if codec else name
         print(
             f"CloudFilm gateway → HTTP → cloud, {label}: {r['inst_s']:.0f} inst/s at the "
             f"modality; wire {r['wire_pct']:.0f} % of raw; queryable {r['queryable_s']:.2f} s "
-            f"and first rendered frame {r['rendered_s']:.2f} s after the last Success"
+            f"and first rendered frame {r['rendered_s']:.2f} s after the last Success{spread}; "
+            f"CPU meanwhile: gateway {r['cpu_gateway_s']:.2f} s, cloud {r['cpu_cloud_s']:.2f} s"
         )
         if "ideal_s" in r:
-            viewable = max(r["queryable_s"], r["rendered_s"])
+            viewable = statistics.median(views)
             print(
                 f"  over the link: {r['link_bytes'] / 1e6:.1f} MB crossed it (requests, "
                 f"parts, headers); ideal {r['ideal_s']:.2f} s at its rate; the modality sent "

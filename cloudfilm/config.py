@@ -48,7 +48,8 @@ class StackSettings:
     upload_batch: int = 32
     upload_compression: UploadCompression = UploadCompression.JPEG_LS
     """Lossless re-encoding of pixel data before upload, decoded again and compared
-    bit-exact before it is sent: 'jpeg-ls', 'rle' (smaller gain, less CPU per byte) or 'none'
+    bit-exact before it is sent: 'jpeg-ls', 'htj2k' (High-Throughput JPEG 2000: a little
+    larger, about half the CPU), 'rle' (smaller gain, less CPU per byte) or 'none'
     (the bytes as received). Ratios and speeds: bench/codec_table.py and the README."""
     fsync: bool = True
     share_ttl_hours: int = 720
@@ -235,7 +236,7 @@ def _upload_compression(raw: Any) -> UploadCompression:
         return UploadCompression(str(raw))
     except ValueError:
         raise ConfigError(
-            f"upload_compression must be jpeg-ls, rle or none, got {str(raw)!r}"
+            f"upload_compression must be jpeg-ls, htj2k, rle or none, got {str(raw)!r}"
         ) from None
 
 

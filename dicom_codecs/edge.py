@@ -4,11 +4,13 @@ the result decodes bit-exactly to the original pixel data, and only then sends i
 Which codec: ``upload_compression`` chooses JPEG-LS (the best ratio of the codecs
 ``bench/codec_table.py`` compares, the default), RLE (our Numba codec: a worse ratio at several
 times the speed, for fast links or a busy CPU) or none; the README gives the measured ratios
-and speeds. Monochrome JPEG-LS frames are encoded and checked with CharLS through imagecodecs,
-which releases the GIL and skips pydicom's per-frame pipeline; the sample precision P of each
-codestream is the container's 8 or 16 bits (as dcm4che writes it), so every stored bit,
-sign extension included, survives whatever Bits Stored says. Colour goes through pydicom's
-pyjpegls plugin.
+and speeds; HTJ2K (High-Throughput JPEG 2000 lossless, PS3.5 A.4.4, OpenJPH) is a little
+larger than JPEG-LS for about half its CPU. Monochrome JPEG-LS and HTJ2K frames are encoded and
+checked through imagecodecs, which releases the GIL and skips pydicom's per-frame pipeline; the
+sample precision of each codestream is the container's 8 or 16 bits (as dcm4che writes it;
+HTJ2K signed when Pixel Representation is 1), so every stored bit, sign extension included,
+survives whatever Bits Stored says. Colour JPEG-LS goes through pydicom's pyjpegls plugin;
+colour HTJ2K is not encoded (the instance goes up as it came).
 
 An instance larger than ``STREAM_BYTES`` goes up as it arrived, streamed from its spool file
 (``compress_file_for_upload`` logs it with the reason): pydicom's encoders take the whole pixel
@@ -38,7 +40,13 @@ from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from dicom_codecs.pydicom_plugin import register
 from dicom_codecs.upload_compression import UploadCompression
@@ -47,7 +55,11 @@ from image_store.metadata import ORIGINAL_SYNTAX_CREATOR
 logger = logging.getLogger(__name__)
 
 
-_SYNTAX = {UploadCompression.JPEG_LS: JPEGLSLossless, UploadCompression.RLE: RLELossless}
+_SYNTAX = {
+    UploadCompression.JPEG_LS: JPEGLSLossless,
+    UploadCompression.HTJ2K: HTJ2KLossless,
+    UploadCompression.RLE: RLELossless,
+}
 _PLUGIN = {UploadCompression.JPEG_LS: "pyjpegls", UploadCompression.RLE: "cloudfilm"}
 MAX_COMPRESS_BYTES = 512 * 1024 * 1024
 """Instances above this go up as they came (held whole in memory to compress)."""
@@ -86,15 +98,18 @@ def compress_for_upload(part10: bytes, codec: UploadCompression) -> EdgeResult:
         if why:
             return EdgeResult(part10, False, why)
         original_syntax = UID(ds.file_meta.TransferSyntaxUID)
-        if codec is UploadCompression.JPEG_LS and int(ds.get("SamplesPerPixel", 1)) == 1:
-            frames = _jpegls_monochrome(ds)
+        monochrome = int(ds.get("SamplesPerPixel", 1)) == 1
+        if codec is UploadCompression.HTJ2K and not monochrome:
+            return EdgeResult(part10, False, "colour: HTJ2K is encoded for one sample only")
+        if codec in _FRAME_CODECS and monochrome:
+            frames = _monochrome_frames(ds, codec)
             if frames is None:
                 return EdgeResult(part10, False, "decoded pixels differ from the original")
             _note_arrival(ds, original_syntax)
-            ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+            ds.file_meta.TransferSyntaxUID = _SYNTAX[codec]
             encapsulated = encapsulate(frames, has_bot=len(frames) > 1)
             if native is not None:
-                return EdgeResult(_spliced(part10, ds, native, encapsulated), True)
+                return _smaller(part10, _spliced(part10, ds, native, encapsulated))
             ds.PixelData = encapsulated
             ds["PixelData"].VR = "OB"
         else:
@@ -105,10 +120,16 @@ def compress_for_upload(part10: bytes, codec: UploadCompression) -> EdgeResult:
             _note_arrival(ds, original_syntax)
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
-        return EdgeResult(out.getvalue(), True)
+        return _smaller(part10, out.getvalue())
     except Exception as exc:  # pydicom and the encoders raise many types; send the original
         logger.debug("not compressed: %s", exc, exc_info=True)
         return EdgeResult(part10, False, f"cannot compress: {exc}")
+
+
+def _smaller(original: bytes, encoded: bytes) -> EdgeResult:
+    if len(encoded) >= len(original):
+        return EdgeResult(original, False, "not smaller re-encoded (noise-like pixels)")
+    return EdgeResult(encoded, True)
 
 
 def compress_file_for_upload(
@@ -152,19 +173,34 @@ def _frame_shape(ds: Dataset) -> tuple[int, int, int, np.dtype[np.unsignedintege
     return int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns), dtype
 
 
-def _jpegls_monochrome(ds: Dataset) -> list[bytes] | None:
-    """``ds``'s native one-sample pixel data as JPEG-LS lossless codestreams, one per frame,
-    each checked to decode to the frame's exact bytes; None when one does not."""
+def _jpegls(frame: np.ndarray[Any, Any]) -> tuple[bytes | bytearray, np.ndarray[Any, Any]]:
+    codestream = imagecodecs.jpegls_encode(frame)
+    return codestream, imagecodecs.jpegls_decode(codestream)
+
+
+def _htj2k(frame: np.ndarray[Any, Any]) -> tuple[bytes | bytearray, np.ndarray[Any, Any]]:
+    codestream = imagecodecs.htj2k_encode(frame, level=0)  # level 0: reversible, lossless
+    return codestream, imagecodecs.htj2k_decode(codestream)
+
+
+_FRAME_CODECS = {UploadCompression.JPEG_LS: _jpegls, UploadCompression.HTJ2K: _htj2k}
+
+
+def _monochrome_frames(ds: Dataset, codec: UploadCompression) -> list[bytes] | None:
+    """``ds``'s native one-sample pixel data as ``codec`` codestreams, one per frame, each
+    checked to decode to the frame's exact bytes; None when one does not."""
     frames, rows, cols, dtype = _frame_shape(ds)
     pixels = ds.PixelData
     frame_len = rows * cols * dtype.itemsize
     if frame_len * frames not in (len(pixels), len(pixels) - 1):  # odd length: one pad byte
         return None
     stack = np.frombuffer(pixels, dtype, count=rows * cols * frames).reshape(frames, rows, cols)
+    if codec is UploadCompression.HTJ2K and int(ds.get("PixelRepresentation", 0)) == 1:
+        stack = stack.view(stack.dtype.str.replace("u", "i"))  # a signed J2K codestream
     encoded = []
     for frame in stack:
-        codestream = imagecodecs.jpegls_encode(frame)
-        if not np.array_equal(imagecodecs.jpegls_decode(codestream), frame):
+        codestream, decoded = _FRAME_CODECS[codec](frame)
+        if decoded.dtype != frame.dtype or not np.array_equal(decoded, frame):
             return None
         encoded.append(bytes(codestream))
     return encoded

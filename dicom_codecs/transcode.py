@@ -1,11 +1,11 @@
 """Transcoding on retrieval: any little-endian instance pydicom can decode comes back in any of
 ``TARGETS`` (uncompressed, or the lossless codecs we encode).
 
-Decoding JPEG-LS and grey RLE into Explicit VR Little Endian (the PS3.18 default, so what most
-retrievals need) takes a fast path: the frames are decoded by CharLS through imagecodecs or by
-our Numba RLE kernel, both of which release the GIL, so several instances decode at once on
-several cores; the header is rewritten by pydicom. Everything else goes through pydicom's
-``decompress``/``compress``.
+Decoding JPEG-LS, grey HTJ2K and grey RLE into Explicit VR Little Endian (the PS3.18
+default, so what most retrievals need) takes a fast path: the frames are decoded by CharLS or
+OpenJPH through imagecodecs or by our Numba RLE kernel, all of which release the GIL, so
+several instances decode at once on several cores; the header is rewritten by pydicom.
+Everything else goes through pydicom's ``decompress``/``compress``.
 
 An instance the gateway re-encoded at the edge returns to its arrival form: the Private
 Information it carried about that is dropped when it is decoded.
@@ -25,6 +25,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -118,7 +119,7 @@ def to_explicit_vr_little_endian(part10: bytes) -> bytes:
     return transcode(part10, ExplicitVRLittleEndian)
 
 
-_FAST = frozenset({JPEGLSLossless, JPEGLSNearLossless, RLELossless})
+_FAST = frozenset({JPEGLSLossless, JPEGLSNearLossless, HTJ2KLossless, RLELossless})
 _ENCAPSULATED_PIXELS = (
     b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff",
     b"\xe0\x7f\x10\x00OW\x00\x00\xff\xff\xff\xff",
@@ -126,7 +127,7 @@ _ENCAPSULATED_PIXELS = (
 
 
 def _native_spliced(part10: bytes) -> bytes | None:
-    """A grey JPEG-LS or RLE instance as Explicit VR Little Endian without re-encoding its
+    """A grey JPEG-LS, HTJ2K or RLE instance as Explicit VR Little Endian without re-encoding its
     header: the file meta is rewritten by pydicom and the data set's elements before the
     Pixel Data (already explicit VR little endian) are copied as they are, then the decoded
     frames follow. None (nothing done) for any other instance, or when anything follows the
@@ -203,10 +204,14 @@ def _decode_frame(
         return decode_rle_frame(frame, FrameSpec(rows, columns, samples, bits))
     import imagecodecs
 
-    arr = imagecodecs.jpegls_decode(frame)
+    if syntax == HTJ2KLossless:
+        arr = imagecodecs.htj2k_decode(frame)
+    else:
+        arr = imagecodecs.jpegls_decode(frame)
     if arr.shape[:2] != (rows, columns) or arr.dtype.itemsize * 8 != bits:
         raise TranscodeError(
-            f"JPEG-LS frame is {arr.shape} of {arr.dtype}, not {rows}x{columns} of {bits} bits"
+            f"{syntax.name} frame is {arr.shape} of {arr.dtype}, "
+            f"not {rows}x{columns} of {bits} bits"
         )
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 

@@ -9,4 +9,5 @@ from enum import StrEnum
 class UploadCompression(StrEnum):
     NONE = "none"
     JPEG_LS = "jpeg-ls"
+    HTJ2K = "htj2k"
     RLE = "rle"

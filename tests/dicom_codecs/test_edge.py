@@ -108,7 +108,9 @@ def test_garbage_goes_up_as_it_came_with_a_reason() -> None:
     assert result.data == b"not dicom at all" and result.reason
 
 
-@pytest.mark.parametrize("codec", [UploadCompression.JPEG_LS, UploadCompression.RLE])
+@pytest.mark.parametrize(
+    "codec", [UploadCompression.JPEG_LS, UploadCompression.HTJ2K, UploadCompression.RLE]
+)
 @pytest.mark.parametrize("path", NATIVE, ids=[p.name for p in NATIVE])
 def test_every_native_test_file_is_compressed_bit_exactly_or_left_alone(
     path: Path, codec: UploadCompression
@@ -167,3 +169,18 @@ def test_elements_after_the_pixel_data_are_kept(ct_slice: bytes) -> None:
     got = pydicom.dcmread(io.BytesIO(result.data))
     assert got[0xFFFCFFFC].value == b"\0" * 16
     assert _pixels(result.data) == bytes(ds.PixelData)
+
+
+@pytest.mark.parametrize("codec", [UploadCompression.JPEG_LS, UploadCompression.HTJ2K])
+def test_pixels_that_do_not_compress_go_up_as_they_came(
+    ct_slice: bytes, codec: UploadCompression
+) -> None:
+    ds = pydicom.dcmread(io.BytesIO(ct_slice))
+    ds.BitsStored, ds.HighBit = 16, 15
+    noise = np.random.default_rng(5).integers(0, 65535, (ds.Rows, ds.Columns), dtype=np.uint16)
+    ds.PixelData = noise.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    result = compress_for_upload(out.getvalue(), codec)
+    assert not result.compressed and result.reason  # "not smaller", or the codec gave up
+    assert result.data == out.getvalue()

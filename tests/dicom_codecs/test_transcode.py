@@ -109,7 +109,7 @@ def test_an_edge_compressed_series_decodes_back_to_the_arrival_bytes(tmp_path: P
 
     for path in synthesize_study(tmp_path, modality="CT", images=3, seed=4):
         original = path.read_bytes()
-        for codec in (UploadCompression.JPEG_LS, UploadCompression.RLE):
+        for codec in (UploadCompression.JPEG_LS, UploadCompression.HTJ2K, UploadCompression.RLE):
             edge = compress_for_upload(original, codec)
             assert edge.compressed
             assert transcode(edge.data, ExplicitVRLittleEndian) == original

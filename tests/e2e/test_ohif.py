@@ -22,7 +22,9 @@ from PIL import Image
 
 from tests.browser import artifacts_dir
 from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.conftest import http as http_get
 from tests.e2e.test_end_to_end import storescu, wait_indexed
+from tests.e2e.test_region import STORED_SYNTAX
 from tests.servers import free_ports
 
 OHIF_DIST = Path(__file__).resolve().parents[2] / ".venv" / "ohif-3.13.2" / "dist"
@@ -110,16 +112,21 @@ class _Body:
         pass
 
 
-@pytest.fixture(scope="module")
-def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str, str]]:
-    """(CloudFilm, OHIF's origin, the study's UID)."""
+@pytest.fixture(scope="module", params=["jpeg-ls", "htj2k"])
+def region(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, str, str]]:
+    """(CloudFilm, OHIF's origin, the study's UID); the gateway compresses at the edge with
+    each codec in turn, so OHIF decodes JPEG-LS and HTJ2K frames."""
     if not (OHIF_DIST / "index.html").exists():
         pytest.fail("the OHIF Viewer is missing: run scripts/setup.sh --dev (fetch-ohif.sh)")
     root = tmp_path_factory.mktemp("ohif")
     (port,) = free_ports(1)
     origin = f"http://127.0.0.1:{port}"
     proc, server = start_server(
-        root / "data", root / "serve.log", {"CLOUDFILM_CORS_ORIGINS": origin}
+        root / "data",
+        root / "serve.log",
+        {"CLOUDFILM_CORS_ORIGINS": origin, "CLOUDFILM_UPLOAD_COMPRESSION": request.param},
     )
     httpd = None
     try:
@@ -128,6 +135,9 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, s
         storescu(server, out)
         uid = str(pydicom.dcmread(sorted(out.glob("*.dcm"))[0]).StudyInstanceUID)
         wait_indexed(server, server.token(), uid, SLICES + 1)
+        listed = http_get(f"{server.base}/dicom-web/studies/{uid}/instances", token=server.token())
+        stored = {d["00083002"]["Value"][0] for d in listed.json()}  # type: ignore[attr-defined]
+        assert stored == {STORED_SYNTAX[request.param]}, stored
         config = json.dumps(data_source(f"{server.base}/dicom-web"))
         handler = type("Handler", (_OhifHandler,), {})
         handler.app_config = APP_CONFIG.format(token=server.token(), config=config).encode()

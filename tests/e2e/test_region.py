@@ -31,6 +31,13 @@ GATEWAY_READY = re.compile(
     r"^ready: gateway (\S+) dicom (\S+)@([\d.]+):(\d+) cloud \S+ metrics (\S+)"
 )
 HOSPITALS = ("H1", "H2", "H3")
+COMPRESSION = {"H1": "jpeg-ls", "H2": "htj2k", "H3": "rle"}
+"""Each hospital's gateway compresses at the edge with another codec."""
+STORED_SYNTAX = {
+    "jpeg-ls": "1.2.840.10008.1.2.4.80",
+    "htj2k": "1.2.840.10008.1.2.4.201",
+    "rle": "1.2.840.10008.1.2.5",
+}
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -44,7 +51,7 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _spawn(
-    args: list[str], log: Path, ready: re.Pattern[str]
+    args: list[str], log: Path, ready: re.Pattern[str], env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], re.Match[str]]:
     with open(log, "a") as log_fh:
         proc = subprocess.Popen(
@@ -53,6 +60,7 @@ def _spawn(
             stderr=log_fh,
             text=True,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -88,6 +96,7 @@ class Gateway:
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     metrics: str = ""
+    compression: str = "jpeg-ls"
 
     def start(self, cloud_url: str) -> None:
         self.proc, m = _spawn(
@@ -98,6 +107,7 @@ class Gateway:
             ],
             self.log,
             GATEWAY_READY,
+            {"CLOUDFILM_UPLOAD_COMPRESSION": self.compression},
         )  # fmt: skip
         assert m[1] == self.hospital
         self.port, self.metrics = int(m[4]), m[5]
@@ -185,6 +195,7 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
         for h in HOSPITALS:
             cli("hospitals", "add", h, "--name", f"Hospital {h}", "--data", str(reg.data))
             gw = Gateway(h, root / f"gw-{h}", root / f"cred-{h}.json", root / f"gw-{h}.log")
+            gw.compression = COMPRESSION[h]
             gw.data.mkdir(mode=0o700)
             reg.gateways[h] = gw
 
@@ -210,6 +221,8 @@ def each_gateway(run: Callable[[Gateway], None], gateways: Iterable[Gateway]) ->
 def test_each_hospitals_study_reaches_the_cloud_byte_identical_under_its_hospital(
     region: Region,
 ) -> None:
+    """Each gateway compresses at the edge with another codec (COMPRESSION): whichever it
+    was, the cloud stores it so, renders it and gives back the arrival bytes."""
     sent = {}
     for n, (h, gw) in enumerate(region.gateways.items()):
         folder, paths, uid = study(region.root, f"study-{h}", 3, 100 + n)
@@ -224,6 +237,17 @@ def test_each_hospitals_study_reaches_the_cloud_byte_identical_under_its_hospita
             raw = path.read_bytes()
             sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
             assert dataset_bytes(got[sop]) == dataset_bytes(raw)
+        r = http(f"{region.url}/dicom-web/studies/{uid}/instances", token=token)
+        first = r.json()[0]  # type: ignore[attr-defined]
+        stored = first["00083002"]["Value"][0]  # Available Transfer Syntax UID
+        assert stored == STORED_SYNTAX[region.gateways[h].compression], h
+        series, sop = first["0020000E"]["Value"][0], first["00080018"]["Value"][0]
+        rendered = http(
+            f"{region.url}/dicom-web/studies/{uid}/series/{series}/instances/{sop}/rendered",
+            token=token,
+            accept="image/jpeg",
+        )
+        assert rendered.status == 200 and rendered.body[:2] == b"\xff\xd8", h
         for other in HOSPITALS:  # stored under the credential's hospital, no other
             if other != h:
                 assert region.instances(region.token(other), uid) == []
