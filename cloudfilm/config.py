@@ -118,6 +118,9 @@ class StackSettings:
     cloud_ca_file: str = ""
     """``gateway run``: PEM CA certificates the cloud's TLS certificate must chain to (a
     private CA); empty: the system's."""
+    cloud_read_timeout_s: float = 120.0
+    """Gateway: seconds to wait for the cloud's answer to a batch or a chunk before the upload
+    is retried (the spool keeps the instances meanwhile)."""
     large_object_mb: int = 64
     """Gateway: instances from this size up go to the cloud through a resumable upload session
     (pacs_gateway/large_upload.py), in chunks of ``large_chunk_mb``; 0: always in batches."""

@@ -214,6 +214,7 @@ async def run_gateway_until_signal(
         connections=max(2, settings.upload_workers),
         large_object_bytes=settings.large_object_mb * 1024**2,
         large_chunk_bytes=settings.large_chunk_mb * 1024**2,
+        read_timeout_s=settings.cloud_read_timeout_s,
     )
     sink = HttpIngestSink(credential, cloud)
     # workstations' C-FIND/C-GET/C-MOVE are answered through the cloud's priors API, which

@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 HTTP_SHUTDOWN_S = 2.0
 """How long a stopping API lets requests in flight finish (aiohttp's default is 60 s)."""
-THUMBNAIL_QUIET_S = 0.3
+THUMBNAIL_QUIET_S = 1.0
 """The cloud renders thumbnails of committed series once no commit came for this long."""
 
 
@@ -296,6 +296,7 @@ class Stack:
                 connections=max(2, s.upload_workers),
                 large_object_bytes=s.large_object_mb * 1024**2,
                 large_chunk_bytes=s.large_chunk_mb * 1024**2,
+                read_timeout_s=s.cloud_read_timeout_s,
             ),
         )
         if s.https_cert_file and not s.cloud_ca_file:

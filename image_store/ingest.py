@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -94,6 +96,10 @@ class DuplicatePolicy(StrEnum):
     """Refuse the new bytes; the stored instance stays as it is."""
 
 
+STORE_THREADS = 4
+"""Objects of one batch written (and fsynced, or PUT to S3) at once."""
+
+
 class LocalIngest:
     """IngestSink writing straight into an ObjectStore and an Index."""
 
@@ -112,6 +118,8 @@ class LocalIngest:
         self.persons = persons
         """Turns the identifiers instances carry into person keys (with ``trusted_links``)."""
         self.trusted_links = trusted_links
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         """True for a hospital's gateway: its deliveries link patients to regional persons.
         False (STOW-RS, any user's upload): no delivery creates or changes a person link."""
 
@@ -181,10 +189,8 @@ class LocalIngest:
         refused: dict[str, str] = {}
         fresh: set[str] = set()  # keys that held nothing before this batch
         try:
-            for i, header, key in todo:
-                rec_or_reason = self._store_object(
-                    hospital, items[i], header, key, existing.get(header.sop_uid), fresh
-                )
+            stored = self._store_objects(hospital, items, todo, existing, fresh)
+            for (_, header, _), rec_or_reason in zip(todo, stored, strict=True):
                 if isinstance(rec_or_reason, str):
                     refused[header.sop_uid] = rec_or_reason
                 else:
@@ -197,6 +203,36 @@ class LocalIngest:
         outcomes, committed = self._settle(parsed, refused, fresh, set(result.replaced_uids))
         self._link_persons(hospital, committed)
         return outcomes
+
+    def _store_objects(
+        self,
+        hospital: str,
+        items: Sequence[IngestItem],
+        todo: list[tuple[int, InstanceHeader, str]],
+        existing: dict[str, InstanceSummary],
+        fresh: set[str],
+    ) -> list[InstanceRecord | str]:
+        """:meth:`_store_object` for each parsed item, ``STORE_THREADS`` at a time (each
+        object's write and fsync, or its S3 PUT, waits on I/O, not on the others); returns
+        once every one has finished, raising the first error (``fresh`` then names all the
+        objects that were created)."""
+        if len(todo) == 1 or STORE_THREADS == 1:
+            return [
+                self._store_object(hospital, items[i], h, key, existing.get(h.sop_uid), fresh)
+                for i, h, key in todo
+            ]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ingest-put")
+            pool = self._pool
+        futures = [
+            pool.submit(
+                self._store_object, hospital, items[i], h, key, existing.get(h.sop_uid), fresh
+            )
+            for i, h, key in todo
+        ]
+        wait(futures)
+        return [f.result() for f in futures]
 
     def _drop_unlisted(self, keys: set[str]) -> None:
         """Delete the objects under ``keys`` that no index row points at (another batch may

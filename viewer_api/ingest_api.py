@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import errno
 import hashlib
 import logging
 import os
@@ -53,7 +52,14 @@ from image_store.records import InstanceQuery
 from viewer_api import openapi_schemas as s
 from viewer_api.context import ACTOR
 from viewer_api.dicomweb.multipart import DICOM, part_files
-from viewer_api.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, ViewerError
+from viewer_api.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    Unauthorized,
+    ViewerError,
+    out_of_space,
+)
 from viewer_api.gateway_auth import (
     ASSERTION_TYPE,
     GatewayAuth,
@@ -68,22 +74,6 @@ MAX_PARTS = 10_000
 WRITE_BYTES = 1 << 20
 _MAX_FORM = 16 * 1024
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-class InsufficientStorage(ViewerError):
-    """The cloud's disk (or quota) is full: nothing more is stored until space is freed."""
-
-    status = 507
-
-
-def out_of_space(exc: OSError) -> InsufficientStorage | None:
-    """The 507 for an OSError that means a full disk or quota; None for any other."""
-    if exc.errno not in _OUT_OF_SPACE:
-        return None
-    return InsufficientStorage(f"the cloud's storage is full ({exc.strerror}): send again later")
 
 
 @dataclass(frozen=True, slots=True)

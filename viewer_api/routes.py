@@ -54,7 +54,7 @@ ROUTES: tuple[Route, ...] = (
         roles=WRITERS,
         body=s.MULTIPART_BODY,
         ok=s.STOW_OK,
-        errors=(406, 409, 413),
+        errors=(406, 409, 413, 507),
         refusal=STOW_REFUSAL,
     ),
     Route(
@@ -65,7 +65,7 @@ ROUTES: tuple[Route, ...] = (
         roles=WRITERS,
         body=s.MULTIPART_BODY,
         ok=s.STOW_OK,
-        errors=(406, 409, 413),
+        errors=(406, 409, 413, 507),
         refusal=STOW_REFUSAL,
     ),
     Route("GET", STUDY, wado.retrieve, "WADO-RS study", READERS, ok=_DICOM, errors=(406,)),

@@ -55,7 +55,13 @@ from image_store.keys import check_hospital, is_valid_uid
 from image_store.metadata import check_instance
 from viewer_api import openapi_schemas as s
 from viewer_api.context import ACTOR, json_object
-from viewer_api.errors import BadRequest, NotFound, PayloadTooLarge, ViewerError
+from viewer_api.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ViewerError,
+    full_disk_is_507,
+)
 from viewer_api.ingest_api import (
     INGEST,
     IngestService,
@@ -63,7 +69,6 @@ from viewer_api.ingest_api import (
     _Part,
     _refused,
     gateway_principal,
-    out_of_space,
 )
 from viewer_api.route_table import Auth, Route, add_routes
 
@@ -314,18 +319,6 @@ class UploadSessions:
         shutil.rmtree(self._dir(hospital, session), ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _out_of_space() -> Iterator[None]:
-    """OSError for a full disk becomes the ingest API's 507; others pass."""
-    try:
-        yield
-    except OSError as exc:
-        full = out_of_space(exc)
-        if full is None:
-            raise
-        raise full from exc
-
-
 class TooManySessions(PermissionError):
     """The hospital has as many open sessions as it may."""
 
@@ -464,7 +457,7 @@ async def create_session(request: web.Request) -> web.Response:
     request[ACTOR] = who.actor
     size, sha, sop_uid = parse_declaration(await json_object(request, 4096))
     try:
-        with _out_of_space():
+        with full_disk_is_507():
             meta, new = await asyncio.to_thread(svc.sessions.open, who.hospital, sop_uid, size, sha)
     except TooManySessions as exc:
         await _audited(request, who.actor, who.hospital, 429)
@@ -519,7 +512,7 @@ def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
 async def append_chunk(request: web.Request) -> web.Response:
     """Append the body at ``Upload-Offset`` (see the module's docstring); a full disk is 507,
     what was written before it stays acknowledged."""
-    with _out_of_space():
+    with full_disk_is_507():
         return await _append(request)
 
 

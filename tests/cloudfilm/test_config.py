@@ -53,3 +53,12 @@ def test_hostport_must_be_host_colon_port(value: str) -> None:
 
 def test_hostport_parses() -> None:
     assert parse_hostport("127.0.0.1:0", "--http") == ("127.0.0.1", 0)
+
+
+def test_the_gateways_codec_and_cloud_timeout_come_from_the_environment() -> None:
+    env = {"CLOUDFILM_UPLOAD_COMPRESSION": "htj2k", "CLOUDFILM_CLOUD_READ_TIMEOUT_S": "7.5"}
+    s = load_settings({}, env=env)
+    assert s.upload_compression == "htj2k"
+    assert s.cloud_read_timeout_s == 7.5
+    with pytest.raises(ConfigError, match="jpeg-ls, htj2k, rle or none"):
+        load_settings({}, env={"CLOUDFILM_UPLOAD_COMPRESSION": "jpeg2000"})

@@ -139,3 +139,40 @@ def test_a_replayed_batch_does_not_rewrite_objects(ingest: LocalIngest) -> None:
     before = path.stat().st_mtime_ns
     ingest.ingest("H1", [data])
     assert path.stat().st_mtime_ns == before
+
+
+class _FailingStore(FilesystemObjectStore):
+    """Fails the ``fail_at``-th put (a disk that fills up in the middle of a batch)."""
+
+    def __init__(self, root: Path, fail_at: int) -> None:
+        super().__init__(root)
+        self.fail_at = fail_at
+        self.puts = 0
+
+    def put(self, key: str, data: object, *, sha256: str | None = None) -> object:  # type: ignore[override]
+        self.puts += 1
+        if self.puts == self.fail_at:
+            raise OSError(28, "No space left on device")
+        return super().put(key, data, sha256=sha256)  # type: ignore[arg-type]
+
+
+def test_a_put_failing_mid_batch_leaves_no_object_and_no_record(tmp_path: Path) -> None:
+    slices = [
+        _with_uid(_testfile("CT_small.dcm"), f"1.2.826.0.1.3680043.8.498.77{n}") for n in range(8)
+    ]
+    store = _FailingStore(tmp_path / "o", fail_at=5)
+    index = SqliteIndex(tmp_path / "i.sqlite")
+    with pytest.raises(OSError):
+        LocalIngest(store, index).ingest("H1", slices)  # written several at a time
+    assert store.puts == len(slices)  # every other put ran to its end first
+    assert index.count_instances() == 0
+    assert [p for p in (tmp_path / "o" / "H1").rglob("*") if p.is_file()] == []
+    index.close()
+
+
+def _with_uid(data: bytes, uid: str) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.SOPInstanceUID = uid
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

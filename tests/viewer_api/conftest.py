@@ -33,17 +33,20 @@ BASE = "http://films.example"
 class Spy:
     """Wraps a store or an index and records every call made through it.
 
-    ``fail(name, after=n)`` makes the call ``name`` raise RuntimeError once ``n`` calls to it
-    have succeeded (an outage in the middle of a request).
+    ``fail(name, after=n)`` makes the call ``name`` raise RuntimeError (or ``error``) once
+    ``n`` calls to it have succeeded (an outage in the middle of a request).
     """
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.calls: list[str] = []
         self._fail: dict[str, int] = {}
+        self._errors: dict[str, Exception] = {}
 
-    def fail(self, name: str, *, after: int = 0) -> None:
+    def fail(self, name: str, *, after: int = 0, error: Exception | None = None) -> None:
         self._fail[name] = after
+        if error is not None:
+            self._errors[name] = error
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -53,7 +56,7 @@ class Spy:
                 self.calls.append(name)
                 if name in self._fail:
                     if self._fail[name] <= 0:
-                        raise RuntimeError(f"injected failure of {name}")
+                        raise self._errors.get(name) or RuntimeError(f"injected failure of {name}")
                     self._fail[name] -= 1
                 return attr(*a, **k)
 

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import errno
+import io
 import json
 import time
 from typing import Any
 
+import pydicom
 import pytest
 
 from tests.viewer_api.conftest import BASE, Api, uids
 from viewer_api.auth import TokenSigner, b64d, b64e
+from viewer_api.dicomweb import stow
 
 CT = uids("CT_small.dcm")
 MR = uids("MR_small.dcm")
@@ -244,6 +248,42 @@ async def test_stow_reports_each_failed_instance_with_a_reason(api: Api) -> None
     doc = await r.json()
     assert doc["00081199"]["Value"][0]["00081155"]["Value"] == [MR.SOPInstanceUID]
     assert doc["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+
+
+async def test_stow_on_a_full_disk_is_507_json_and_stores_nothing(api: Api) -> None:
+    api.store.fail("put", error=OSError(errno.ENOSPC, "No space left on device"))
+    body, headers = _multipart(
+        [_new_uid(api.files["CT_small.dcm"], "1.2.826.0.1.3680043.8.498.61")]
+    )
+    r = await api.client.post(
+        "/dicom-web/studies", data=body, headers={**headers, **api.token(role="radiologist")}
+    )
+    assert r.status == 507
+    assert "full" in (await r.json())["error"]
+
+
+async def test_stow_filling_the_disk_midway_keeps_what_it_stored_and_says_what_it_did_not(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stow, "BATCH_BYTES", 1)  # one instance per batch
+    api.store.fail("put", after=1, error=OSError(errno.ENOSPC, "No space left on device"))
+    ct = [_new_uid(api.files["CT_small.dcm"], f"1.2.826.0.1.3680043.8.498.6{n}") for n in (2, 3)]
+    body, headers = _multipart(ct)
+    r = await api.client.post(
+        "/dicom-web/studies", data=body, headers={**headers, **api.token(role="radiologist")}
+    )
+    assert r.status == 202
+    doc = await r.json()
+    assert len(doc["00081199"]["Value"]) == 1
+    assert doc["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
+
+
+def _new_uid(data: bytes, sop_uid: str) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.SOPInstanceUID = sop_uid
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 async def test_stow_to_a_study_refuses_instances_of_another(api: Api) -> None:

@@ -6,7 +6,9 @@ cap; each part is then checked in a worker thread (complete, identifies itself, 
 study named in the path) and committed, a bounded batch at a time, through the same ingest as
 the gateway's uploads. The response lists what was stored and, per failed instance, the reason
 (PS3.18 Table 10.5.3-1): 200 when all were stored, 202 when some failed, 409 when none was; 413
-when the body is over the request cap (nothing stored). An instance whose stored bytes were
+when the body is over the request cap (nothing stored). A full disk (or quota) is 507 when
+nothing of the request was stored; once a batch is stored, the later ones fail per instance
+with 0xA700 Out of Resources (202). An instance whose stored bytes were
 replaced (the keep-newer duplicate policy keeps the old ones as a prior version) is audited
 with a 'replace' event naming the instance and its prior version.
 """
@@ -32,7 +34,7 @@ from viewer_api.auth import Principal
 from viewer_api.context import blocking, principal, services, uid_param
 from viewer_api.dicomweb.json import attr
 from viewer_api.dicomweb.multipart import part_files, receive_dicom_parts
-from viewer_api.errors import BadRequest
+from viewer_api.errors import BadRequest, full_disk_is_507, out_of_space
 
 """Roles that may store instances: clinicians read, auditors read the audit log."""
 BATCH_BYTES = 64 * 1024**2
@@ -41,6 +43,7 @@ FAILURE_PROCESSING = 0x0110  # Processing failure
 FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_STUDY_MISMATCH = 0xA900
 FAILURE_TOO_LARGE = 0xA700  # Out of resources
+OUT_OF_RESOURCES = 0xA700  # the cloud's disk is full
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +96,13 @@ async def store(request: web.Request) -> web.Response:
     failed: list[dict[str, Any]] = []
     stored: list[dict[str, Any]] = []
     async with part_files(settings.stow_tmp_dir) as where:
-        parts = await receive_dicom_parts(
-            request,
-            where,
-            max_part=settings.stow_max_part_bytes,
-            max_total=settings.stow_max_request_bytes,
-        )
+        with full_disk_is_507():  # nothing is stored before every part is received
+            parts = await receive_dicom_parts(
+                request,
+                where,
+                max_part=settings.stow_max_part_bytes,
+                max_total=settings.stow_max_request_bytes,
+            )
         if not parts:
             raise BadRequest("the body holds no instances")
         accepted: list[_Accepted] = []
@@ -124,7 +128,17 @@ async def store(request: web.Request) -> web.Response:
         )
         base = settings.public_base_url
         for batch in _batches(accepted):
-            outcomes = await blocking(_ingest_files, svc.ingest, who.hospital, batch)
+            try:
+                outcomes = await blocking(_ingest_files, svc.ingest, who.hospital, batch)
+            except OSError as exc:
+                full = out_of_space(exc)
+                if full is None:
+                    raise
+                if not stored:  # nothing of the request was stored: one clear 507
+                    raise full from exc
+                # the batches before stay stored; this one is refused, out of resources
+                failed += [_failed(OUT_OF_RESOURCES, a.sop_class_uid, a.sop_uid) for a in batch]
+                continue
             for a, outcome in zip(batch, outcomes, strict=True):
                 if not outcome.ok:
                     failed.append(_failed(FAILURE_PROCESSING, a.sop_class_uid, a.sop_uid))
