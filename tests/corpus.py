@@ -23,3 +23,14 @@ def check_corpus() -> None:
     for folder in FOLDERS:
         found = sum(1 for _ in folder.rglob("*.dcm"))
         assert found >= MIN_FILES_PER_FOLDER, f"{folder} holds {found} DICOM files"
+
+
+def with_sop_uid(part10: bytes, sop_uid: str) -> bytes:
+    """The same instance under another SOP Instance UID (a new instance for the index)."""
+    import io
+
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    ds.SOPInstanceUID = sop_uid
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

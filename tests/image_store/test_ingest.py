@@ -16,6 +16,7 @@ from image_store.keys import check_uid, instance_key
 from image_store.metadata import read_header
 from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.records import InstanceQuery, StudyQuery
+from tests.corpus import with_sop_uid
 
 
 def _testfile(name: str) -> bytes:
@@ -158,7 +159,8 @@ class _FailingStore(FilesystemObjectStore):
 
 def test_a_put_failing_mid_batch_leaves_no_object_and_no_record(tmp_path: Path) -> None:
     slices = [
-        _with_uid(_testfile("CT_small.dcm"), f"1.2.826.0.1.3680043.8.498.77{n}") for n in range(8)
+        with_sop_uid(_testfile("CT_small.dcm"), f"1.2.826.0.1.3680043.8.498.77{n}")
+        for n in range(8)
     ]
     store = _FailingStore(tmp_path / "o", fail_at=5)
     index = SqliteIndex(tmp_path / "i.sqlite")
@@ -168,11 +170,3 @@ def test_a_put_failing_mid_batch_leaves_no_object_and_no_record(tmp_path: Path) 
     assert index.count_instances() == 0
     assert [p for p in (tmp_path / "o" / "H1").rglob("*") if p.is_file()] == []
     index.close()
-
-
-def _with_uid(data: bytes, uid: str) -> bytes:
-    ds = pydicom.dcmread(io.BytesIO(data))
-    ds.SOPInstanceUID = uid
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()

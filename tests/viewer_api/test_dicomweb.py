@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import errno
-import io
 import json
 import time
 from typing import Any
 
-import pydicom
 import pytest
 
+from tests.corpus import with_sop_uid
 from tests.viewer_api.conftest import BASE, Api, uids
 from viewer_api.auth import TokenSigner, b64d, b64e
 from viewer_api.dicomweb import stow
@@ -253,7 +252,7 @@ async def test_stow_reports_each_failed_instance_with_a_reason(api: Api) -> None
 async def test_stow_on_a_full_disk_is_507_json_and_stores_nothing(api: Api) -> None:
     api.store.fail("put", error=OSError(errno.ENOSPC, "No space left on device"))
     body, headers = _multipart(
-        [_new_uid(api.files["CT_small.dcm"], "1.2.826.0.1.3680043.8.498.61")]
+        [with_sop_uid(api.files["CT_small.dcm"], "1.2.826.0.1.3680043.8.498.61")]
     )
     r = await api.client.post(
         "/dicom-web/studies", data=body, headers={**headers, **api.token(role="radiologist")}
@@ -267,7 +266,9 @@ async def test_stow_filling_the_disk_midway_keeps_what_it_stored_and_says_what_i
 ) -> None:
     monkeypatch.setattr(stow, "BATCH_BYTES", 1)  # one instance per batch
     api.store.fail("put", after=1, error=OSError(errno.ENOSPC, "No space left on device"))
-    ct = [_new_uid(api.files["CT_small.dcm"], f"1.2.826.0.1.3680043.8.498.6{n}") for n in (2, 3)]
+    ct = [
+        with_sop_uid(api.files["CT_small.dcm"], f"1.2.826.0.1.3680043.8.498.6{n}") for n in (2, 3)
+    ]
     body, headers = _multipart(ct)
     r = await api.client.post(
         "/dicom-web/studies", data=body, headers={**headers, **api.token(role="radiologist")}
@@ -276,14 +277,6 @@ async def test_stow_filling_the_disk_midway_keeps_what_it_stored_and_says_what_i
     doc = await r.json()
     assert len(doc["00081199"]["Value"]) == 1
     assert doc["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
-
-
-def _new_uid(data: bytes, sop_uid: str) -> bytes:
-    ds = pydicom.dcmread(io.BytesIO(data))
-    ds.SOPInstanceUID = sop_uid
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 async def test_stow_to_a_study_refuses_instances_of_another(api: Api) -> None:
