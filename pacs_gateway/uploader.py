@@ -42,9 +42,10 @@ class UploaderSettings:
     """Worker processes that compress (pacs_gateway.edge_workers); 0: the uploader's threads."""
     yield_s: float = 0.3
     """Acceptance first: while a modality holds an association open and instances keep
-    arriving (one within this many seconds), the workers leave the disk and the CPUs to the
-    SCP, whose every Success waits for an fsync that the uploader's own writes and commits
-    would delay; once no association is open they start at once. 0 uploads alongside."""
+    arriving (one within this many seconds), the workers send nothing: the disk is left to
+    the SCP, whose every Success waits for an fsync that the cloud's writes (on one machine)
+    and the uploader's spool removals would delay. They compress the next batch meanwhile
+    (niced). Once no association is open they send at once. 0 uploads alongside."""
     max_defer_s: float = 10.0
     """...but never let the oldest spooled instance wait longer than this for its upload
     (under a load that never pauses, forwarding then runs alongside acceptance)."""
@@ -124,13 +125,18 @@ class Uploader:
 
     def upload_batch(self) -> int:
         """Deliver one batch; returns how many entries left the spool. Raises on transient
-        failure (the entries stay in the spool)."""
+        failure (the entries stay in the spool). The batch is compressed at once, even while
+        modalities are sending (by niced processes, from the page cache), but goes to the cloud
+        only once acceptance allows it (:meth:`_acceptance_first`)."""
         batch = self._claim()
         if not batch:
             return 0
         try:
             started = time.monotonic()
             datas = self._prepare(batch)
+            self._acceptance_first()
+            if self._stop.is_set():
+                return 0  # the entries stay in the spool for the next start
             prepared = time.monotonic()
             outcomes = self.sink.ingest(self.hospital, [d.data for d in datas])
             logger.debug(
@@ -184,7 +190,6 @@ class Uploader:
                 logger.debug("cannot lower the uploader's priority", exc_info=True)
         delay = 0.0
         while not self._stop.is_set():
-            self._acceptance_first()
             try:
                 moved = self.upload_batch()
                 delay = 0.0
