@@ -82,13 +82,14 @@ _READ_BYTES = 1 << 20
 """Chunk size of a part streamed from its file."""
 
 
-def _digest(item: IngestItem) -> bytes:
+def sha256_digest(item: IngestItem, size: int | None = None) -> bytes:
+    """The SHA-256 of an instance's bytes, or of the first ``size`` bytes of its file (all of
+    it by default), read a chunk at a time."""
     if not isinstance(item, Path):
         return hashlib.sha256(item).digest()
     h = hashlib.sha256()
-    with open(item, "rb") as fh:
-        while chunk := fh.read(_READ_BYTES):
-            h.update(chunk)
+    for chunk in file_chunks(item, item.stat().st_size if size is None else size):
+        h.update(chunk)
     return h.digest()
 
 
@@ -104,7 +105,7 @@ class _Body:
                 f"--{boundary}\r\nContent-Type: application/dicom\r\n"
                 f"Content-Length: {size}\r\n"
                 f"Content-Digest: sha-256=:"
-                f"{base64.b64encode(_digest(data)).decode()}:\r\n\r\n"
+                f"{base64.b64encode(sha256_digest(data)).decode()}:\r\n\r\n"
             ).encode()
             for data, size in zip(items, self.sizes, strict=True)
         ]
@@ -206,7 +207,7 @@ class HttpIngestSink:
                 },
             )
             if resp.status_code in (400, 401, 403):
-                message = _error_text(resp)
+                message = error_text(resp)
                 logger.error(
                     "the cloud refuses gateway credential %s (%d): %s; instances stay spooled",
                     self.credential.credential_id,
@@ -289,7 +290,7 @@ class HttpIngestSink:
             resp.close()
             resp = self._post_batch(batch, renew=True)
         if resp.status_code in (401, 403):
-            message = _error_text(resp)
+            message = error_text(resp)
             logger.error(
                 "the cloud refuses gateway credential %s (%d): %s; instances stay spooled",
                 self.credential.credential_id,
@@ -300,13 +301,13 @@ class HttpIngestSink:
         if resp.status_code != 200:
             raise CloudUnavailable(
                 f"the cloud answered {resp.status_code} to a batch of {len(batch)}: "
-                f"{_error_text(resp)}"
+                f"{error_text(resp)}"
             )
         try:
             listed = resp.json()["instances"]
             if len(listed) != len(batch):
                 raise ValueError(f"{len(listed)} outcomes for {len(batch)} instances")
-            mapped = [_outcome(entry) for entry in listed]
+            mapped = [ingest_outcome(entry) for entry in listed]
         except (ValueError, KeyError, TypeError) as exc:
             raise CloudUnavailable(f"the cloud's answer to a batch cannot be read: {exc}") from exc
         for i, outcome in zip(which, mapped, strict=True):
@@ -328,14 +329,15 @@ class HttpIngestSink:
         )
 
 
-def _error_text(resp: requests.Response) -> str:
+def error_text(resp: requests.Response) -> str:
+    """The error message of a JSON error answer (cut to 300 characters), or its raw text."""
     try:
         return str(resp.json().get("error", ""))[:300]
     except ValueError:
         return resp.text[:300]
 
 
-def _outcome(entry: dict[str, Any]) -> IngestOutcome:
+def ingest_outcome(entry: dict[str, Any]) -> IngestOutcome:
     """One instance's answer; CloudUnavailable for a refusal the cloud marks transient."""
     kind = entry["outcome"]
     if kind in ("stored", "duplicate"):

@@ -17,7 +17,6 @@ batch: the uploader backs off and retries, and the spool keeps the instance.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -37,9 +36,10 @@ from pacs_gateway.cloud_sink import (
     CloudUnavailable,
     CredentialRefused,
     HttpIngestSink,
-    _error_text,
-    _outcome,
+    error_text,
     file_chunks,
+    ingest_outcome,
+    sha256_digest,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,13 +86,6 @@ def _write_sidecar(path: Path, car: Sidecar) -> None:
 def _drop_sidecar(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         sidecar_path(path).unlink()
-
-
-def _sha256(path: Path, size: int) -> str:
-    h = hashlib.sha256()
-    for chunk in file_chunks(path, size):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 class _Range:
@@ -150,9 +143,9 @@ class LargeUpload:
             resp.close()
             return self._request(method, url, renew=True, headers=extra, **kwargs)
         if resp.status_code in (401, 403):
-            raise CredentialRefused(f"upload refused ({resp.status_code}): {_error_text(resp)}")
+            raise CredentialRefused(f"upload refused ({resp.status_code}): {error_text(resp)}")
         if resp.status_code >= 500:
-            raise CloudUnavailable(f"the cloud answered {resp.status_code}: {_error_text(resp)}")
+            raise CloudUnavailable(f"the cloud answered {resp.status_code}: {error_text(resp)}")
         return resp
 
     def _open(self, size: int) -> Sidecar | IngestOutcome:
@@ -161,15 +154,15 @@ class LargeUpload:
             sop_uid = read_header(self.path).sop_uid
         except ImageStoreError as exc:
             return IngestOutcome(ok=False, reason=f"not a DICOM instance: {exc}")
-        sha = _sha256(self.path, size)
+        sha = sha256_digest(self.path, size).hex()
         resp = self._request(
             "POST", UPLOADS_PATH, json={"size": size, "sha256": sha, "sop_uid": sop_uid}
         )
         if resp.status_code == 413:
-            return IngestOutcome(ok=False, sop_uid=sop_uid, reason=_error_text(resp))
+            return IngestOutcome(ok=False, sop_uid=sop_uid, reason=error_text(resp))
         if resp.status_code not in (200, 201):
             raise CloudUnavailable(
-                f"the cloud answered {resp.status_code} to an upload session: {_error_text(resp)}"
+                f"the cloud answered {resp.status_code} to an upload session: {error_text(resp)}"
             )
         car = Sidecar(str(resp.json()["session"]), size, sha)
         _write_sidecar(self.path, car)
@@ -237,7 +230,7 @@ class LargeUpload:
                 raise CloudUnavailable(f"upload session {car.session} expired: starting anew")
             if resp.status_code != 204:
                 raise CloudUnavailable(
-                    f"the cloud answered {resp.status_code} to a chunk: {_error_text(resp)}"
+                    f"the cloud answered {resp.status_code} to a chunk: {error_text(resp)}"
                 )
             conflicts = 0
             self.sent_bytes += length
@@ -252,15 +245,15 @@ class LargeUpload:
             _drop_sidecar(self.path)
             raise CloudUnavailable(
                 f"upload session {car.session} not finalized ({resp.status_code}): "
-                f"{_error_text(resp)}"
+                f"{error_text(resp)}"
             )
         if resp.status_code != 200:
             raise CloudUnavailable(
                 f"the cloud answered {resp.status_code} to finalizing upload session "
-                f"{car.session}: {_error_text(resp)}"
+                f"{car.session}: {error_text(resp)}"
             )
         try:
-            outcome = _outcome(resp.json()["instance"])
+            outcome = ingest_outcome(resp.json()["instance"])
         except (ValueError, KeyError, TypeError) as exc:
             raise CloudUnavailable(
                 f"the cloud's answer to a finalize cannot be read: {exc}"

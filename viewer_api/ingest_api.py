@@ -266,7 +266,10 @@ def part_digest(headers: Any) -> bytes | None:
 
 
 @dataclass(slots=True)
-class _Part:
+class Part:
+    """One received instance of a batch (or an upload session's assembled file): its place in
+    the request, its file (None when it was dropped unread, too large), size and sha256."""
+
     n: int
     path: Path | None
     size: int
@@ -275,7 +278,9 @@ class _Part:
     """Set once the part is refused or committed."""
 
 
-def _refused(reason: str, status: int, sop_uid: str = "", *, retry: bool = False) -> dict[str, Any]:
+def refused_entry(
+    reason: str, status: int, sop_uid: str = "", *, retry: bool = False
+) -> dict[str, Any]:
     """A refused part's entry; ``retry``: the bytes were damaged on the way, send them again."""
     return {
         "sop_uid": sop_uid,
@@ -297,7 +302,7 @@ def _write_and_hash(fd: int, data: bytes, h: Any) -> None:
 
 async def _receive(
     part: BodyPartReader, where: Path, n: int, *, max_part: int, budget: int
-) -> tuple[_Part, int]:
+) -> tuple[Part, int]:
     """Stream a part to its file, hashing it; returns it (refused if the digest is missing,
     wrong or the part too large) and how many bytes it had."""
     expected = part_digest(part.headers)
@@ -326,15 +331,17 @@ async def _receive(
             await asyncio.to_thread(_write_and_hash, fd, b"".join(pending), h)
     finally:
         await asyncio.to_thread(os.close, fd)
-    got = _Part(n, path, size, h.hexdigest())
+    got = Part(n, path, size, h.hexdigest())
     if ptype != DICOM:
-        got.result = _refused(f"part of type {ptype[:80]!r}: only application/dicom", 415)
+        got.result = refused_entry(f"part of type {ptype[:80]!r}: only application/dicom", 415)
     elif too_large:
-        got.result = _refused(f"the instance is larger than the {max_part} bytes accepted", 413)
+        got.result = refused_entry(
+            f"the instance is larger than the {max_part} bytes accepted", 413
+        )
     elif expected is None:
-        got.result = _refused("the part carries no Content-Digest sha-256 (or X-SHA256)", 400)
+        got.result = refused_entry("the part carries no Content-Digest sha-256 (or X-SHA256)", 400)
     elif expected.hex() != got.sha256:
-        got.result = _refused(
+        got.result = refused_entry(
             "sha-256 mismatch: the part is not the bytes it announced", 422, retry=True
         )
     return got, size
@@ -345,9 +352,10 @@ IN_MEMORY_BYTES = 16 * 1024**2
 IngestSettings.commit_bytes plus one part)."""
 
 
-def _commit(svc: IngestService, hospital: str, parts: list[_Part]) -> None:
-    """Check and commit verified parts (blocking); sets each part's result."""
-    todo: list[tuple[_Part, Path | bytes]] = []
+def commit_parts(svc: IngestService, hospital: str, parts: list[Part]) -> None:
+    """Check and commit verified parts (blocking; the batch endpoint and the upload sessions'
+    finalize both commit through here); sets each part's result."""
+    todo: list[tuple[Part, Path | bytes]] = []
     uids: set[str] = set()
     for p in parts:
         if p.path is None:
@@ -358,7 +366,7 @@ def _commit(svc: IngestService, hospital: str, parts: list[_Part]) -> None:
         try:
             uids.add(check_instance(data).sop_instance_uid)
         except ImageStoreError as exc:
-            p.result = _refused(f"not a complete DICOM instance: {exc}", 422)
+            p.result = refused_entry(f"not a complete DICOM instance: {exc}", 422)
             continue
         todo.append((p, data))
     if not todo:
@@ -373,7 +381,7 @@ def _commit(svc: IngestService, hospital: str, parts: list[_Part]) -> None:
     series: set[str] = set()
     for (p, _data), o in zip(todo, outcomes, strict=True):
         if not o.ok:
-            p.result = _refused(o.reason or "refused", 409, o.sop_uid)
+            p.result = refused_entry(o.reason or "refused", 409, o.sop_uid)
             continue
         series.add(o.series_uid)
         key = instance_key(hospital, o.study_uid, o.series_uid, o.sop_uid)
@@ -406,11 +414,11 @@ class _Committer:
     def __init__(self, svc: IngestService, hospital: str) -> None:
         self.svc = svc
         self.hospital = hospital
-        self.pending: list[_Part] = []
+        self.pending: list[Part] = []
         self.pending_bytes = 0
         self.task: asyncio.Task[None] | None = None
 
-    async def add(self, part: _Part) -> None:
+    async def add(self, part: Part) -> None:
         self.pending.append(part)
         self.pending_bytes += part.size
         if self.pending_bytes >= self.svc.settings.commit_bytes:
@@ -423,16 +431,17 @@ class _Committer:
         if self.pending:
             group, self.pending, self.pending_bytes = self.pending, [], 0
             self.task = asyncio.create_task(
-                asyncio.to_thread(_commit, self.svc, self.hospital, group)
+                asyncio.to_thread(commit_parts, self.svc, self.hospital, group)
             )
         if wait and self.task is not None:
             await self.task
             self.task = None
 
 
-def _listing(parts: list[_Part]) -> list[dict[str, Any]]:
+def _listing(parts: list[Part]) -> list[dict[str, Any]]:
     return [
-        {"part": p.n, **(p.result or _refused("not processed", 500, retry=True))} for p in parts
+        {"part": p.n, **(p.result or refused_entry("not processed", 500, retry=True))}
+        for p in parts
     ]
 
 
@@ -447,7 +456,7 @@ async def ingest_batch(request: web.Request) -> web.Response:
     cap = svc.settings.max_request_bytes
     if request.content_length is not None and request.content_length > cap:
         raise PayloadTooLarge(f"a batch is at most {cap} bytes ({request.content_length} sent)")
-    parts: list[_Part] = []
+    parts: list[Part] = []
     received = 0
     problem: ViewerError | None = None
     committer = _Committer(svc, who.hospital)

@@ -65,10 +65,10 @@ from viewer_api.errors import (
 from viewer_api.ingest_api import (
     INGEST,
     IngestService,
-    _commit,
-    _Part,
-    _refused,
+    Part,
+    commit_parts,
     gateway_principal,
+    refused_entry,
 )
 from viewer_api.route_table import Auth, Route, add_routes
 
@@ -594,19 +594,19 @@ def _file_sha256(path: Path) -> str:
 def _finalize(svc: UploadService, meta: SessionMeta, hospital: str) -> dict[str, Any]:
     """Check and commit the staged file (blocking); the instance's outcome entry."""
     path = svc.sessions.data_path(hospital, meta.session)
-    part = _Part(0, path, meta.size, meta.sha256)
+    part = Part(0, path, meta.size, meta.sha256)
     try:
         uid = check_instance(path).sop_instance_uid
     except ImageStoreError as exc:
-        part.result = _refused(f"not a complete DICOM instance: {exc}", 422)
+        part.result = refused_entry(f"not a complete DICOM instance: {exc}", 422)
     else:
         if uid != meta.sop_uid:
-            part.result = _refused(
+            part.result = refused_entry(
                 f"the instance's SOP Instance UID is not the declared {meta.sop_uid}", 422, uid
             )
         else:
-            _commit(svc.ingest, hospital, [part])
-    result = part.result or _refused("not processed", 500, meta.sop_uid, retry=True)
+            commit_parts(svc.ingest, hospital, [part])
+    result = part.result or refused_entry("not processed", 500, meta.sop_uid, retry=True)
     if result["status"] < 500:
         svc.sessions.settle(hospital, meta.session, result)
     return result
