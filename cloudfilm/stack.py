@@ -23,10 +23,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from requests.adapters import HTTPAdapter
 
 from cloudfilm.config import StackSettings
 from cloudfilm.gateway import GatewayNode, QrSources, gateway_scp_settings, metrics_response
@@ -288,49 +286,31 @@ class Stack:
         s = self.settings
         credential = self._embedded_credential()
         ca_bundle = Path(s.cloud_ca_file or s.https_cert_file) if s.https_cert_file else None
-        sink = HttpIngestSink(
-            credential,
-            CloudSinkSettings(
-                self.internal_url(),
-                ca_bundle=ca_bundle,
-                connections=max(2, s.upload_workers),
-                large_object_bytes=s.large_object_mb * 1024**2,
-                large_chunk_bytes=s.large_chunk_mb * 1024**2,
-                read_timeout_s=s.cloud_read_timeout_s,
+        cloud = CloudSinkSettings(
+            self.internal_url(),
+            ca_bundle=ca_bundle,
+            connections=max(2, s.upload_workers),
+            large_object_bytes=s.large_object_mb * 1024**2,
+            large_chunk_bytes=s.large_chunk_mb * 1024**2,
+            read_timeout_s=s.cloud_read_timeout_s,
+            # HTTPS with the API's own certificate (and no CA named): trust exactly that one
+            pinned_certificate=(
+                Path(s.https_cert_file) if s.https_cert_file and not s.cloud_ca_file else None
             ),
         )
-        if s.https_cert_file and not s.cloud_ca_file:
-            _pin_own_certificate(sink, Path(s.https_cert_file), max(2, s.upload_workers))
-        if s.https_cert_file and not s.cloud_ca_file:
-            # HTTPS with the API's own certificate pinned above: Q/R reads the index directly
-            qr = QrSources(
-                QrSettings(
-                    ae_title=s.ae_title,
-                    hospitals=s.qr_hospital_set(),
-                    move_destinations=s.move_destination_map(),
-                    hospital=s.hospital,
-                    consents_path=s.index_path if s.index != "postgres" else None,
-                ),
-                index_factory=functools.partial(open_index, s),
-                store_factory=functools.partial(open_object_store, s),
-                audit_factory=functools.partial(open_gateway_audit, s),
-            )
-        else:
-            # the same wire as a hospital's gateway: the cloud's priors API decides (own
-            # hospital, and other hospitals' studies under the patient's consent)
-            qr = QrSources(
-                QrSettings(
-                    ae_title=s.ae_title,
-                    hospitals=frozenset({credential.hospital}),
-                    move_destinations=s.move_destination_map(),
-                    hospital=credential.hospital,
-                ),
-                priors_factory=HttpPriorsFactory(
-                    s.embedded_credential_path,
-                    CloudSinkSettings(self.internal_url(), ca_bundle=ca_bundle),
-                ),
-                audit_factory=functools.partial(open_gateway_audit, s),
-            )
+        sink = HttpIngestSink(credential, cloud)
+        # the same wire as a hospital's gateway: the cloud's priors API decides (own
+        # hospital, and other hospitals' studies under the patient's consent)
+        qr = QrSources(
+            QrSettings(
+                ae_title=s.ae_title,
+                hospitals=frozenset({credential.hospital}),
+                move_destinations=s.move_destination_map(),
+                hospital=credential.hospital,
+            ),
+            priors_factory=HttpPriorsFactory(s.embedded_credential_path, cloud),
+            audit_factory=functools.partial(open_gateway_audit, s),
+        )
         return GatewayNode.open(s, sink, credential.hospital, qr=qr)
 
     def _embedded_credential(self) -> GatewayCredential:
@@ -390,26 +370,6 @@ def open_gateway_audit(s: StackSettings) -> SqlAuditLog:
     """The region's audit log (one chain in the state database), opened by a gateway process
     for its Query/Retrieve records."""
     return SqlAuditLog(open_state_db(s), head_key=load_or_create_secret(s.audit_key_path))
-
-
-class _PinnedAdapter(HTTPAdapter):
-    """Trusts exactly one certificate (the API's own), whatever its chain and names."""
-
-    def __init__(self, cert_file: Path, connections: int) -> None:
-        self._ctx = ssl.create_default_context(cafile=str(cert_file))
-        self._ctx.check_hostname = False
-        self._ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        super().__init__(pool_connections=1, pool_maxsize=connections, max_retries=0)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._ctx
-        kwargs["assert_hostname"] = False
-        super().init_poolmanager(*args, **kwargs)
-
-
-def _pin_own_certificate(sink: HttpIngestSink, cert_file: Path, connections: int) -> None:
-    """The embedded gateway reaches its own API over loopback HTTPS: trust that certificate."""
-    sink.session.mount("https://", _PinnedAdapter(cert_file, connections))
 
 
 def _https_context(s: StackSettings) -> ssl.SSLContext | None:

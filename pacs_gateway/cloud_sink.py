@@ -22,6 +22,7 @@ import base64
 import hashlib
 import logging
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +69,9 @@ class CloudSinkSettings:
     (pacs_gateway.large_upload); 0: never."""
     large_chunk_bytes: int = 8 * 1024**2
     """Bytes per chunk of an upload session."""
+    pinned_certificate: Path | None = None
+    """Trust exactly this certificate for HTTPS, whatever its chain and names (``serve``'s
+    embedded gateway reaching its own API over loopback); None: verify as usual."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,21 @@ def file_chunks(path: Path, size: int, offset: int = 0) -> Iterator[bytes]:
             yield chunk
 
 
+class PinnedAdapter(HTTPAdapter):
+    """Trusts exactly one certificate, whatever its chain and names."""
+
+    def __init__(self, cert_file: Path, connections: int) -> None:
+        self._ctx = ssl.create_default_context(cafile=str(cert_file))
+        self._ctx.check_hostname = False
+        self._ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        super().__init__(pool_connections=1, pool_maxsize=connections, max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._ctx
+        kwargs["assert_hostname"] = False
+        super().init_poolmanager(*args, **kwargs)
+
+
 class HttpIngestSink:
     """IngestSink over the cloud's ingest API (thread-safe: the uploader's workers share it)."""
 
@@ -160,8 +179,10 @@ class HttpIngestSink:
         adapter = HTTPAdapter(
             pool_connections=1, pool_maxsize=max(1, settings.connections), max_retries=0
         )
-        self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
+        if settings.pinned_certificate is not None:
+            adapter = PinnedAdapter(settings.pinned_certificate, max(1, settings.connections))
+        self.session.mount("https://", adapter)
         self.session.verify = str(settings.ca_bundle) if settings.ca_bundle else True
         self._token: _Token | None = None
         self._lock = threading.Lock()
@@ -333,7 +354,7 @@ def error_text(resp: requests.Response) -> str:
     """The error message of a JSON error answer (cut to 300 characters), or its raw text."""
     try:
         return str(resp.json().get("error", ""))[:300]
-    except ValueError:
+    except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
         return resp.text[:300]
 
 

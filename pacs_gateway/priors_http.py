@@ -29,6 +29,7 @@ from pacs_gateway.cloud_sink import (
     CloudUnavailable,
     CredentialRefused,
     HttpIngestSink,
+    error_text,
 )
 from pacs_gateway.credential import load_credential
 from pacs_gateway.errors import GatewayError
@@ -86,7 +87,7 @@ class HttpPriorsSource:
             resp.close()
             resp = send(True)
         if resp.status_code in (401, 403):
-            raise CredentialRefused(f"priors refused ({resp.status_code}): {_error_text(resp)}")
+            raise CredentialRefused(f"priors refused ({resp.status_code}): {error_text(resp)}")
         if resp.status_code >= 500:
             raise CloudUnavailable(f"the cloud answered {resp.status_code} to {path}")
         return resp
@@ -95,7 +96,7 @@ class HttpPriorsSource:
         resp = self._call("POST", f"{PRIORS_PREFIX}/{kind}", json=body)
         if resp.status_code != 200:
             raise CloudUnavailable(
-                f"the cloud answered {resp.status_code} to a {kind} search: {_error_text(resp)}"
+                f"the cloud answered {resp.status_code} to a {kind} search: {error_text(resp)}"
             )
         try:
             return [parse(item) for item in resp.json()[kind]]
@@ -160,7 +161,7 @@ class HttpPriorsSource:
         if resp.status_code != 200:
             raise PriorUnavailable(
                 f"instance {inst.sop_uid}: the cloud answered {resp.status_code}: "
-                f"{_error_text(resp)}"
+                f"{error_text(resp)}"
             )
         data = resp.content
         if hashlib.sha256(data).hexdigest() != inst.sha256:
@@ -185,10 +186,3 @@ class HttpPriorsFactory:
             connect_timeout_s=self.cloud.connect_timeout_s,
             read_timeout_s=self.cloud.read_timeout_s,
         )
-
-
-def _error_text(resp: requests.Response) -> str:
-    try:
-        return str(resp.json().get("error", ""))[:300]
-    except (ValueError, AttributeError):
-        return resp.text[:300]

@@ -11,8 +11,9 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
 
 from tests.e2e.conftest import start_server, stop_server
 from tests.pki import client_context, make_pki
@@ -66,5 +67,34 @@ def test_api_speaks_https_and_gateway_dicom_tls_with_the_given_certificates(
             time.sleep(0.1)
         else:
             raise AssertionError("the study sent over DICOM TLS never appeared")
+
+        # a workstation's C-FIND over DICOM TLS is answered through the cloud's priors API,
+        # over HTTPS to the API's own certificate (the same wire as a hospital's gateway)
+        ws = AE(ae_title="WORKSTATION")
+        ws.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ws.associate(
+            server.dicom_host,
+            server.dicom_port,
+            ae_title=server.ae,
+            tls_args=(client_context(pki, with_cert=True), "127.0.0.1"),
+        )
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ds.StudyInstanceUID
+        found = [
+            ident.StudyInstanceUID
+            for status, ident in assoc.send_c_find(
+                query, StudyRootQueryRetrieveInformationModelFind
+            )
+            if status is not None and status.Status in (0xFF00, 0xFF01) and ident is not None
+        ]
+        assoc.release()
+        assert found == [ds.StudyInstanceUID]
+        audit = server.cli("audit", "export", "--data", str(tmp_path / "data"))
+        asked = [json.loads(line) for line in audit.splitlines() if line.strip()]
+        assert any(
+            e["resource"].startswith("/gateway/priors/") and e["role"] == "gateway" for e in asked
+        ), asked[-5:]
     finally:
         stop_server(proc)
