@@ -94,17 +94,21 @@ def _cli(*args: str) -> str:
 
 class Link:
     """A full-duplex WAN link emulated in user space: connections to ``127.0.0.1:port`` are
-    relayed to ``target_port``; each direction carries ``mbit`` Mbit/s (a chunk leaves the
-    bottleneck once the ones before it have, at that rate) and delivers ``delay_ms`` after
-    it left. The bottleneck holds at most one bandwidth-delay product plus 256 KiB: a sender
-    faster than the link waits on its socket, as behind a router. Runs its own event loop
-    in a thread; ``bytes_up`` counts what crossed towards ``target_port``."""
+    relayed to ``target_port``; each direction carries ``mbit`` Mbit/s in all, shared by every
+    connection (a chunk leaves the bottleneck once the ones before it, of any connection, have,
+    at that rate) and delivers ``delay_ms`` after it left. Each connection may queue at most
+    one bandwidth-delay product plus 256 KiB at the bottleneck: a sender faster than the link
+    waits on its socket, as behind a router. Runs its own event loop in a thread;
+    ``bytes_up`` counts what crossed towards ``target_port``."""
 
     def __init__(self, target_port: int, mbit: float, delay_ms: float) -> None:
         self.target_port = target_port
         self.rate = mbit * 1e6 / 8  # bytes per second
         self.delay = delay_ms / 1000
         self.queue_bytes = int(self.rate * self.delay) + 256 * 1024
+        self._free_at = {True: 0.0, False: 0.0}
+        """When each direction's bottleneck has sent everything queued before (its connections
+        share it)."""
         self.bytes_up = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -154,7 +158,6 @@ class Link:
         loop = asyncio.get_running_loop()
         held: deque[tuple[float, bytes]] = deque()  # (delivery time, chunk)
         queued = 0
-        free_at = 0.0  # when the bottleneck has sent everything before
         changed = asyncio.Event()
         done = False
 
@@ -184,9 +187,10 @@ class Link:
                 while queued >= self.queue_bytes:  # the bottleneck's buffer is full
                     changed.clear()
                     await changed.wait()
-                start = max(loop.time(), free_at)
-                free_at = start + len(chunk) / self.rate
-                held.append((free_at + self.delay, chunk))
+                # one bottleneck per direction, shared by every connection (a real uplink)
+                start = max(loop.time(), self._free_at[upstream])
+                self._free_at[upstream] = start + len(chunk) / self.rate
+                held.append((self._free_at[upstream] + self.delay, chunk))
                 queued += len(chunk)
                 if upstream:
                     self.bytes_up += len(chunk)
@@ -262,6 +266,7 @@ def cloudfilm_region(
             send_s = send("GATEWAY", port, [files])
             t_success = time.perf_counter()
             cpu_at_success = (_tree_cpu_s(gateway.pid), _tree_cpu_s(cloud.pid))
+            up_at_success = wan.bytes_up if wan else 0
             queryable = rendered = 0.0
             deadline = t_success + 600
             count_url = f"{url}/dicom-web/studies?StudyInstanceUID={first.StudyInstanceUID}"
@@ -306,6 +311,7 @@ def cloudfilm_region(
             }
             if wan is not None:
                 out["link_bytes"] = wan.bytes_up - up_before
+                out["link_bytes_before_success"] = up_at_success - up_before
                 out["ideal_s"] = out["link_bytes"] / wan.rate
             return out
         finally:
@@ -383,7 +389,8 @@ def main() -> int:
             viewable = statistics.median(views)
             print(
                 f"  over the link: {r['link_bytes'] / 1e6:.1f} MB crossed it (requests, "
-                f"parts, headers); ideal {r['ideal_s']:.2f} s at its rate; the modality sent "
+                f"parts, headers), {r['link_bytes_before_success'] / 1e6:.1f} MB of it before "
+                f"the last Success; ideal {r['ideal_s']:.2f} s at its rate; the modality sent "
                 f"for {r['send_s']:.2f} s; viewable {viewable:.2f} s after the last Success, "
                 f"{r['send_s'] + viewable:.2f} s after the first byte: "
                 f"{viewable / r['ideal_s']:.2f}x ideal from the last Success, "

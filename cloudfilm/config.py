@@ -44,7 +44,9 @@ class StackSettings:
     fsyncs; pacs_gateway/journal.py); 0 turns it off."""
     dicom_workers: int = 2
     """SCP processes sharing the DICOM port (parallel associations use several cores)."""
-    upload_workers: int = 2
+    upload_workers: int = 3
+    """Uploader threads: each compresses a batch (in the edge worker processes) while the
+    others send, so the uplink stays busy."""
     upload_batch: int = 32
     upload_compression: UploadCompression = UploadCompression.JPEG_LS
     """Lossless re-encoding of pixel data before upload, decoded again and compared
