@@ -194,6 +194,8 @@ class Uploader:
                 moved = self.upload_batch()
                 delay = 0.0
             except Exception:  # the edge of the worker: every failure is retried
+                if self._stop.is_set():
+                    break  # stopping cancelled the batch's compression: it stays spooled
                 with self.counters.lock:
                     self.counters.failures += 1
                 delay = min(

@@ -92,7 +92,11 @@ class _Modality(threading.Thread):
                 if not assoc.is_established:
                     self.cut = True
                     return
-                status = assoc.send_c_store(pydicom.dcmread(path))
+                try:
+                    status = assoc.send_c_store(pydicom.dcmread(path))
+                except RuntimeError:  # the gateway ended the association since the check
+                    self.cut = True
+                    return
                 if getattr(status, "Status", None) != 0:
                     self.cut = True
                     return
