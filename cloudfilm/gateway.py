@@ -155,6 +155,47 @@ class GatewayNode:
         return render_metrics(self.spool, self.uploader, self.store_counters, self.rate_meter)
 
 
+def cloud_sink_settings(
+    s: StackSettings,
+    cloud_url: str,
+    *,
+    ca_bundle: Path | None,
+    pinned_certificate: Path | None = None,
+) -> CloudSinkSettings:
+    """How a gateway (``gateway run``, or ``serve``'s own) reaches the cloud at ``cloud_url``."""
+    return CloudSinkSettings(
+        cloud_url,
+        ca_bundle=ca_bundle,
+        connections=max(2, s.upload_workers),
+        large_object_bytes=s.large_object_mb * 1024**2,
+        large_chunk_bytes=s.large_chunk_mb * 1024**2,
+        read_timeout_s=s.cloud_read_timeout_s,
+        pinned_certificate=pinned_certificate,
+    )
+
+
+def cloud_qr_sources(
+    s: StackSettings,
+    credential: GatewayCredential,
+    credential_file: Path,
+    cloud: CloudSinkSettings,
+    audit_factory: Callable[[], AuditLog] | None = None,
+) -> QrSources:
+    """Workstations' C-FIND/C-GET/C-MOVE answered through the cloud's priors API under this
+    gateway's credential: the cloud applies the consent rule (own hospital, and other
+    hospitals' studies the patient consented to) and audits each read."""
+    return QrSources(
+        QrSettings(
+            ae_title=s.ae_title,
+            hospitals=frozenset({credential.hospital}),
+            move_destinations=s.move_destination_map(),
+            hospital=credential.hospital,
+        ),
+        priors_factory=HttpPriorsFactory(credential_file, cloud),
+        audit_factory=audit_factory,
+    )
+
+
 def gateway_scp_settings(s: StackSettings) -> ScpSettings:
     """The gateway's SCP settings: listener, TLS and the access policy of the DICOM port."""
     return ScpSettings(
@@ -208,26 +249,10 @@ async def run_gateway_until_signal(
     cloud_url = settings.cloud_url or credential.file.cloud_url
     if not cloud_url:
         raise ConfigError("no cloud URL: give --cloud URL (the credential file names none)")
-    cloud = CloudSinkSettings(
-        cloud_url,
-        ca_bundle=Path(settings.cloud_ca_file) if settings.cloud_ca_file else None,
-        connections=max(2, settings.upload_workers),
-        large_object_bytes=settings.large_object_mb * 1024**2,
-        large_chunk_bytes=settings.large_chunk_mb * 1024**2,
-        read_timeout_s=settings.cloud_read_timeout_s,
-    )
+    ca_bundle = Path(settings.cloud_ca_file) if settings.cloud_ca_file else None
+    cloud = cloud_sink_settings(settings, cloud_url, ca_bundle=ca_bundle)
     sink = HttpIngestSink(credential, cloud)
-    # workstations' C-FIND/C-GET/C-MOVE are answered through the cloud's priors API, which
-    # applies the consent rule and audits each read under this credential
-    qr = QrSources(
-        QrSettings(
-            ae_title=settings.ae_title,
-            hospitals=frozenset({credential.hospital}),
-            move_destinations=settings.move_destination_map(),
-            hospital=credential.hospital,
-        ),
-        priors_factory=HttpPriorsFactory(Path(settings.gateway_credential_file), cloud),
-    )
+    qr = cloud_qr_sources(settings, credential, Path(settings.gateway_credential_file), cloud)
     node = GatewayNode.open(settings, sink, credential.hospital, qr=qr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -27,7 +27,13 @@ from pathlib import Path
 from aiohttp import web
 
 from cloudfilm.config import StackSettings
-from cloudfilm.gateway import GatewayNode, QrSources, gateway_scp_settings, metrics_response
+from cloudfilm.gateway import (
+    GatewayNode,
+    cloud_qr_sources,
+    cloud_sink_settings,
+    gateway_scp_settings,
+    metrics_response,
+)
 from cloudfilm.stores import open_index, open_object_store, open_state, open_state_db
 from dicom_codecs.render import render_thumbnail
 from image_store.audit import SqlAuditLog
@@ -39,10 +45,8 @@ from image_store.ingest import LocalIngest
 from image_store.persons import PersonKeyer
 from image_store.ports import Index, ObjectStore
 from image_store.state.ports import AuditLog, Consents, RegionalState, Registry, Reports, ShareLinks
-from pacs_gateway.cloud_sink import CloudSinkSettings, HttpIngestSink
+from pacs_gateway.cloud_sink import HttpIngestSink
 from pacs_gateway.credential import GatewayCredential, load_credential
-from pacs_gateway.priors_http import HttpPriorsFactory
-from pacs_gateway.qr import QrSettings
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader
 from viewer_api.app import ViewerSettings, create_app
@@ -286,29 +290,22 @@ class Stack:
         s = self.settings
         credential = self._embedded_credential()
         ca_bundle = Path(s.cloud_ca_file or s.https_cert_file) if s.https_cert_file else None
-        cloud = CloudSinkSettings(
+        cloud = cloud_sink_settings(
+            s,
             self.internal_url(),
             ca_bundle=ca_bundle,
-            connections=max(2, s.upload_workers),
-            large_object_bytes=s.large_object_mb * 1024**2,
-            large_chunk_bytes=s.large_chunk_mb * 1024**2,
-            read_timeout_s=s.cloud_read_timeout_s,
             # HTTPS with the API's own certificate (and no CA named): trust exactly that one
             pinned_certificate=(
                 Path(s.https_cert_file) if s.https_cert_file and not s.cloud_ca_file else None
             ),
         )
         sink = HttpIngestSink(credential, cloud)
-        # the same wire as a hospital's gateway: the cloud's priors API decides (own
-        # hospital, and other hospitals' studies under the patient's consent)
-        qr = QrSources(
-            QrSettings(
-                ae_title=s.ae_title,
-                hospitals=frozenset({credential.hospital}),
-                move_destinations=s.move_destination_map(),
-                hospital=credential.hospital,
-            ),
-            priors_factory=HttpPriorsFactory(s.embedded_credential_path, cloud),
+        # the same wire as a hospital's gateway
+        qr = cloud_qr_sources(
+            s,
+            credential,
+            s.embedded_credential_path,
+            cloud,
             audit_factory=functools.partial(open_gateway_audit, s),
         )
         return GatewayNode.open(s, sink, credential.hospital, qr=qr)

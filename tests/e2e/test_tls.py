@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -15,7 +16,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
 
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import Server, start_server, stop_server
 from tests.pki import client_context, make_pki
 
 
@@ -43,15 +44,7 @@ def test_api_speaks_https_and_gateway_dicom_tls_with_the_given_certificates(
                 server.base.replace("https://", "http://") + "/healthz", timeout=5
             )
 
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(CTImageStorage)
-        assoc = ae.associate(
-            server.dicom_host,
-            server.dicom_port,
-            ae_title=server.ae,
-            tls_args=(client_context(pki, with_cert=True), "127.0.0.1"),
-        )
-        assert assoc.is_established
+        assoc = _associate_tls(server, pki, "MODALITY", CTImageStorage)
         ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
         assert assoc.send_c_store(ds).Status == 0
         assoc.release()
@@ -70,15 +63,9 @@ def test_api_speaks_https_and_gateway_dicom_tls_with_the_given_certificates(
 
         # a workstation's C-FIND over DICOM TLS is answered through the cloud's priors API,
         # over HTTPS to the API's own certificate (the same wire as a hospital's gateway)
-        ws = AE(ae_title="WORKSTATION")
-        ws.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = ws.associate(
-            server.dicom_host,
-            server.dicom_port,
-            ae_title=server.ae,
-            tls_args=(client_context(pki, with_cert=True), "127.0.0.1"),
+        assoc = _associate_tls(
+            server, pki, "WORKSTATION", StudyRootQueryRetrieveInformationModelFind
         )
-        assert assoc.is_established
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ds.StudyInstanceUID
@@ -98,3 +85,17 @@ def test_api_speaks_https_and_gateway_dicom_tls_with_the_given_certificates(
         ), asked[-5:]
     finally:
         stop_server(proc)
+
+
+def _associate_tls(server: Server, pki: Path, calling: str, context: str) -> Any:
+    """An established association over DICOM TLS with a client certificate of the test CA."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(context)
+    assoc = ae.associate(
+        server.dicom_host,
+        server.dicom_port,
+        ae_title=server.ae,
+        tls_args=(client_context(pki, with_cert=True), "127.0.0.1"),
+    )
+    assert assoc.is_established
+    return assoc
