@@ -128,6 +128,7 @@ class Uploader:
         failure (the entries stay in the spool). The batch is compressed at once, even while
         modalities are sending (by niced processes, from the page cache), but goes to the cloud
         only once acceptance allows it (:meth:`_acceptance_first`)."""
+        self._acceptance_first(until_a_full_batch=True)
         batch = self._claim()
         if not batch:
             return 0
@@ -209,8 +210,10 @@ class Uploader:
                 self._idle()
                 self.spool.wait_for_work(self.settings.idle_poll_s)
 
-    def _acceptance_first(self) -> None:
-        """Wait while modalities are sending (see UploaderSettings.yield_s)."""
+    def _acceptance_first(self, *, until_a_full_batch: bool = False) -> None:
+        """Wait while modalities are sending (see UploaderSettings.yield_s); with
+        ``until_a_full_batch``, only until a whole batch is spooled and unclaimed (it may be
+        compressed meanwhile: batches stay full)."""
         limit = self.settings.yield_s
         usage = self.spool.usage
         while limit > 0 and not self._stop.is_set() and usage.receiving():
@@ -218,6 +221,11 @@ class Uploader:
             waited = self.spool.oldest_age_s()
             if quiet >= limit or waited >= self.settings.max_defer_s:
                 return
+            if until_a_full_batch:
+                with self._claim_lock:
+                    ready = usage.get()[0] - len(self._in_flight)
+                if ready >= self.settings.batch_size:
+                    return
             self._stop.wait(min(limit - quiet, self.settings.max_defer_s - waited, 0.02))
 
     def _idle(self) -> None:
