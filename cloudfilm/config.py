@@ -48,6 +48,9 @@ class StackSettings:
     """Uploader threads: each compresses a batch (in the edge worker processes) while the
     others send, so the uplink stays busy."""
     upload_batch: int = 32
+    upload_compress_processes: int = 2
+    """Processes that compress at the edge (started with the gateway, niced like the
+    uploader); 0 compresses in the uploader's threads."""
     upload_compression: UploadCompression = UploadCompression.JPEG_LS
     """Lossless re-encoding of pixel data before upload, decoded again and compared
     bit-exact before it is sent: 'jpeg-ls', 'htj2k' (High-Throughput JPEG 2000: a little
@@ -358,6 +361,10 @@ def load_settings(
         raise ConfigError(f"encryption_key_file: no such file {settings.encryption_key_file}")
     if settings.object_store == "s3" and not settings.s3_bucket:
         raise ConfigError("object_store = s3 needs s3_bucket")
+    if settings.upload_compress_processes < 0:
+        raise ConfigError(
+            f"upload_compress_processes must be 0 or more, got {settings.upload_compress_processes}"
+        )
     if settings.spool_journal_mb < 0:
         raise ConfigError(f"spool_journal_mb must be 0 or more, got {settings.spool_journal_mb}")
     if not 1 <= len(settings.ae_title) <= 16:

@@ -101,6 +101,7 @@ class GatewayNode:
                 workers=settings.upload_workers,
                 batch_size=settings.upload_batch,
                 compression=settings.upload_compression,
+                compress_processes=settings.upload_compress_processes,
                 idle_poll_s=0.05,  # the SCP writes from another process: poll the spool
             ),
             on_idle=on_idle,

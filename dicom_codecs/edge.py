@@ -37,8 +37,6 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     UID,
@@ -48,6 +46,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from dicom_codecs import splice
 from dicom_codecs.pydicom_plugin import register
 from dicom_codecs.upload_compression import UploadCompression
 from image_store.metadata import ORIGINAL_SYNTAX_CREATOR
@@ -222,7 +221,6 @@ class _NativePixels:
     value: bytes
 
 
-_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _NATIVE_PIXEL_TAGS = (b"\xe0\x7f\x10\x00OB\x00\x00", b"\xe0\x7f\x10\x00OW\x00\x00")
 
 
@@ -231,36 +229,30 @@ def _native_pixels(part10: bytes, head: Dataset, pixel_at: int) -> _NativePixels
     element (``head`` read up to it, ``pixel_at`` where pydicom stopped); None for any other
     layout (it goes through pydicom's writer)."""
     meta = head.file_meta
-    meta_len = meta.get("FileMetaInformationGroupLength")
+    body_at = splice.body_offset(part10, meta)
     if (
         UID(meta.get("TransferSyntaxUID", "")) != ExplicitVRLittleEndian
-        or meta_len is None
-        or part10[128:132] != b"DICM"
+        or body_at is None
         or part10[pixel_at : pixel_at + 8] not in _NATIVE_PIXEL_TAGS
     ):
         return None
     (length,) = struct.unpack_from("<I", part10, pixel_at + 8)
     if pixel_at + 12 + length != len(part10):  # undefined length, or elements follow
         return None
-    return _NativePixels(132 + 12 + int(meta_len), pixel_at, part10[pixel_at + 12 :])
+    return _NativePixels(body_at, pixel_at, part10[pixel_at + 12 :])
 
 
 def _spliced(part10: bytes, ds: Dataset, native: _NativePixels, encapsulated: bytes) -> bytes:
-    """``part10`` with ``ds``'s file meta (written by pydicom) and ``encapsulated`` as its
-    Pixel Data: the data set's other elements stay the bytes they arrived as (both syntaxes
-    are explicit VR little endian), so only the pixels are re-encoded."""
-    head = DicomBytesIO()
-    write_file_meta_info(head, ds.file_meta, enforce_standard=True)
-    element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
-    return b"".join(
-        (
-            part10[:132],
-            head.getvalue(),
-            part10[native.body_at : native.pixel_at],
-            element,
-            encapsulated,
-            _SEQUENCE_DELIMITER,
-        )
+    """``part10`` with ``ds``'s file meta and ``encapsulated`` as its Pixel Data (see
+    ``dicom_codecs.splice``): only the pixels are re-encoded."""
+    return splice.with_pixel_data(
+        part10,
+        ds.file_meta,
+        native.body_at,
+        native.pixel_at,
+        splice.pixel_data_header(b"OB", splice.ENCAPSULATED_LENGTH),
+        encapsulated,
+        splice.SEQUENCE_DELIMITER,
     )
 
 

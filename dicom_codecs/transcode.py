@@ -14,13 +14,10 @@ Information it carried about that is dropped when it is decoded.
 from __future__ import annotations
 
 import io
-import struct
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, generate_frames
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     UID,
@@ -33,6 +30,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import VR
 
+from dicom_codecs import splice
 from dicom_codecs.errors import CodecError
 from image_store.metadata import ORIGINAL_SYNTAX_CREATOR
 
@@ -136,17 +134,15 @@ def _native_spliced(part10: bytes) -> bytes | None:
     ds = pydicom.dcmread(fp, stop_before_pixels=True)
     meta = ds.file_meta
     syntax = UID(meta.get("TransferSyntaxUID", ""))
-    meta_len = meta.get("FileMetaInformationGroupLength")
+    body_at = splice.body_offset(part10, meta)
     pixel_at = fp.tell()
     if (
         syntax not in _FAST
-        or meta_len is None
-        or part10[128:132] != b"DICM"
+        or body_at is None
         or part10[pixel_at : pixel_at + 12] not in _ENCAPSULATED_PIXELS
         or int(ds.get("SamplesPerPixel") or 0) != 1
     ):
         return None
-    body_at = 132 + 12 + int(meta_len)
     ds.PixelData = part10[pixel_at + 12 :]  # the encapsulated value and its delimiter
     value_len = sum(8 + len(f) for f in generate_fragments(ds.PixelData)) + 8
     if value_len != len(ds.PixelData):
@@ -155,11 +151,9 @@ def _native_spliced(part10: bytes) -> bytes | None:
         return None
     pixels = ds.PixelData
     _drop_arrival_note(ds)
-    head = DicomBytesIO()
-    write_file_meta_info(head, meta, enforce_standard=True)
     vr = b"OB" if int(ds.BitsAllocated) == 8 else b"OW"
-    element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr, 0, len(pixels))
-    return b"".join((part10[:132], head.getvalue(), part10[body_at:pixel_at], element, pixels))
+    header = splice.pixel_data_header(vr, len(pixels))
+    return splice.with_pixel_data(part10, meta, body_at, pixel_at, header, pixels)
 
 
 def _decode_fast(ds: Dataset, syntax: UID) -> bool:

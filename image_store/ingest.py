@@ -51,6 +51,10 @@ class IngestOutcome:
     series_uid: str = ""
     reason: str = ""
     replaced: bool = False
+    """A different instance of the same SOP Instance UID was in the index and this one
+    replaced its record."""
+    duplicate: bool = False
+    """The same bytes were stored under the same key already: nothing new was written."""
 
 
 IngestItem = bytes | Path
@@ -97,7 +101,20 @@ class DuplicatePolicy(StrEnum):
 
 
 STORE_THREADS = 4
-"""Objects of one batch written (and fsynced, or PUT to S3) at once."""
+"""Objects written (and fsynced, or PUT to S3) at once: by one batch, and by all the batches
+of the process together (one pool serves every LocalIngest)."""
+
+_put_pool: ThreadPoolExecutor | None = None
+_put_pool_lock = threading.Lock()
+
+
+def _shared_put_pool() -> ThreadPoolExecutor:
+    """The process's object-writing threads, started on first use."""
+    global _put_pool
+    with _put_pool_lock:
+        if _put_pool is None:
+            _put_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ingest-put")
+        return _put_pool
 
 
 class LocalIngest:
@@ -118,8 +135,6 @@ class LocalIngest:
         self.persons = persons
         """Turns the identifiers instances carry into person keys (with ``trusted_links``)."""
         self.trusted_links = trusted_links
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
         """True for a hospital's gateway: its deliveries link patients to regional persons.
         False (STOW-RS, any user's upload): no delivery creates or changes a person link."""
 
@@ -184,7 +199,7 @@ class LocalIngest:
         index unreachable), the objects this batch newly created that the index does not list
         are deleted before the error goes on (:meth:`_drop_unlisted`)."""
         todo = [p for p in parsed if not isinstance(p, IngestOutcome)]
-        existing = self._stored_versions(tuple(h.sop_uid for _, h, _ in todo))
+        existing = self._stored_versions(todo)
         recs: list[InstanceRecord] = []
         refused: dict[str, str] = {}
         fresh: set[str] = set()  # keys that held nothing before this batch
@@ -200,7 +215,13 @@ class LocalIngest:
             self._drop_unlisted(fresh)
             raise
         refused.update(result.rejected)
-        outcomes, committed = self._settle(parsed, refused, fresh, set(result.replaced_uids))
+        same = {
+            r.header.sop_uid
+            for r in recs
+            if (old := existing.get(r.header.sop_uid)) is not None
+            and (old.object_key, old.sha256) == (r.object_key, r.sha256)
+        }
+        outcomes, committed = self._settle(parsed, refused, fresh, set(result.replaced_uids), same)
         self._link_persons(hospital, committed)
         return outcomes
 
@@ -221,10 +242,7 @@ class LocalIngest:
                 self._store_object(hospital, items[i], h, key, existing.get(h.sop_uid), fresh)
                 for i, h, key in todo
             ]
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="ingest-put")
-            pool = self._pool
+        pool = _shared_put_pool()
         futures = [
             pool.submit(
                 self._store_object, hospital, items[i], h, key, existing.get(h.sop_uid), fresh
@@ -251,12 +269,21 @@ class LocalIngest:
             with contextlib.suppress(Exception):  # best effort: the batch's error goes on
                 self.store.delete(key)
 
-    def _stored_versions(self, uids: tuple[str, ...]) -> dict[str, InstanceSummary]:
-        """What the index holds already for these SOP Instance UIDs."""
-        if not uids:
+    def _stored_versions(
+        self, todo: list[tuple[int, InstanceHeader, str]]
+    ) -> dict[str, InstanceSummary]:
+        """What the index holds already for the SOP Instance UIDs of ``todo``: the record at
+        the key the batch writes if there is one, else any record of that UID."""
+        if not todo:
             return {}
-        found = self.index.find_instances(InstanceQuery(sop_uids=uids), limit=len(uids))
-        return {s.sop_uid: s for s in found}
+        uids = tuple({h.sop_uid for _, h, _ in todo})
+        keys = {key for _, _, key in todo}
+        found = self.index.find_instances(InstanceQuery(sop_uids=uids), limit=len(uids) * 4)
+        versions: dict[str, InstanceSummary] = {}
+        for s in found:
+            if s.sop_uid not in versions or s.object_key in keys:
+                versions[s.sop_uid] = s
+        return versions
 
     def _store_object(
         self,
@@ -308,6 +335,7 @@ class LocalIngest:
         refused: dict[str, str],
         fresh: set[str],
         replaced: set[str],
+        same: set[str],
     ) -> tuple[list[IngestOutcome], list[InstanceHeader]]:
         """Each item's outcome in order, and the headers committed; a new object the index
         refused is deleted (no orphan)."""
@@ -333,6 +361,7 @@ class LocalIngest:
                     series_uid=h.series_uid,
                     reason=reason or "",
                     replaced=h.sop_uid in replaced,
+                    duplicate=reason is None and h.sop_uid in same,
                 )
             )
         return outcomes, committed

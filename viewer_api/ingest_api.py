@@ -46,9 +46,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from image_store.errors import ImageStoreError
 from image_store.gateway_assertion import BATCH_PATH, TOKEN_PATH
 from image_store.ingest import LocalIngest
-from image_store.keys import instance_key
 from image_store.metadata import check_instance
-from image_store.records import InstanceQuery
 from viewer_api import openapi_schemas as s
 from viewer_api.context import ACTOR
 from viewer_api.dicomweb.multipart import DICOM, part_files
@@ -356,7 +354,6 @@ def commit_parts(svc: IngestService, hospital: str, parts: list[Part]) -> None:
     """Check and commit verified parts (blocking; the batch endpoint and the upload sessions'
     finalize both commit through here); sets each part's result."""
     todo: list[tuple[Part, Path | bytes]] = []
-    uids: set[str] = set()
     for p in parts:
         if p.path is None:
             continue
@@ -364,18 +361,13 @@ def commit_parts(svc: IngestService, hospital: str, parts: list[Part]) -> None:
         # read); a large part is checked and stored from its file, never read whole
         data: Path | bytes = p.path.read_bytes() if p.size <= IN_MEMORY_BYTES else p.path
         try:
-            uids.add(check_instance(data).sop_instance_uid)
+            check_instance(data)
         except ImageStoreError as exc:
             p.result = refused_entry(f"not a complete DICOM instance: {exc}", 422)
             continue
         todo.append((p, data))
     if not todo:
         return
-    index = svc.ingest.index
-    before = {
-        (s.sop_uid, s.object_key): s.sha256
-        for s in index.find_instances(InstanceQuery(sop_uids=tuple(uids)), limit=len(uids) * 4)
-    }
     outcomes = svc.ingest.ingest(hospital, [d for _, d in todo])
     stored = duplicate = stored_bytes = 0
     series: set[str] = set()
@@ -384,8 +376,7 @@ def commit_parts(svc: IngestService, hospital: str, parts: list[Part]) -> None:
             p.result = refused_entry(o.reason or "refused", 409, o.sop_uid)
             continue
         series.add(o.series_uid)
-        key = instance_key(hospital, o.study_uid, o.series_uid, o.sop_uid)
-        dup = before.get((o.sop_uid, key)) == p.sha256
+        dup = o.duplicate
         p.result = {
             "sop_uid": o.sop_uid,
             "study_uid": o.study_uid,

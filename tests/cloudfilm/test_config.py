@@ -31,6 +31,7 @@ def test_data_dir_toml_is_read_when_no_file_is_named(tmp_path: Path) -> None:
         ({"ae_title": "A" * 17}, "AE title"),
         ({"http_port": "eighty"}, "http_port"),
         ({"nonsense": 1}, "unknown setting"),
+        ({"upload_compress_processes": -1}, "upload_compress_processes"),
     ],
 )
 def test_bad_settings_are_named_in_the_error(overrides: dict[str, object], message: str) -> None:
@@ -56,9 +57,14 @@ def test_hostport_parses() -> None:
 
 
 def test_the_gateways_codec_and_cloud_timeout_come_from_the_environment() -> None:
-    env = {"CLOUDFILM_UPLOAD_COMPRESSION": "htj2k", "CLOUDFILM_CLOUD_READ_TIMEOUT_S": "7.5"}
+    env = {
+        "CLOUDFILM_UPLOAD_COMPRESSION": "htj2k",
+        "CLOUDFILM_CLOUD_READ_TIMEOUT_S": "7.5",
+        "CLOUDFILM_UPLOAD_COMPRESS_PROCESSES": "0",
+    }
     s = load_settings({}, env=env)
     assert s.upload_compression == "htj2k"
+    assert s.upload_compress_processes == 0
     assert s.cloud_read_timeout_s == 7.5
     with pytest.raises(ConfigError, match="jpeg-ls, htj2k, rle or none"):
         load_settings({}, env={"CLOUDFILM_UPLOAD_COMPRESSION": "jpeg2000"})

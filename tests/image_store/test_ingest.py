@@ -41,11 +41,14 @@ def test_ingest_stores_bytes_exactly_and_indexes_the_header(ingest: LocalIngest)
     assert study.study_uid == ds.StudyInstanceUID and study.modalities == ("CT",)
 
 
-def test_ingest_twice_stores_once(ingest: LocalIngest) -> None:
+def test_ingest_twice_stores_once_and_reports_the_second_as_a_duplicate(
+    ingest: LocalIngest,
+) -> None:
     data = _testfile("MR_small.dcm")
-    ingest.ingest("H1", [data])
+    (first,) = ingest.ingest("H1", [data])
     (again,) = ingest.ingest("H1", [data])
-    assert again.ok and not again.replaced
+    assert first.ok and not first.duplicate
+    assert again.ok and again.duplicate and not again.replaced
     assert ingest.index.count_instances() == 1
 
 
@@ -97,7 +100,7 @@ def test_same_uid_with_other_bytes_keeps_the_newer_and_the_older_as_prior_versio
     new = _with_other_bytes(old)
     ingest.ingest("H1", [old])
     (out,) = ingest.ingest("H1", [new])
-    assert out.ok and out.replaced
+    assert out.ok and out.replaced and not out.duplicate
     (inst,) = ingest.index.find_instances(InstanceQuery(), limit=5)
     assert ingest.store.get(inst.object_key) == new
     (prior,) = ingest.index.prior_versions(inst.sop_uid)
@@ -124,8 +127,9 @@ def test_the_same_instance_twice_in_one_batch_is_stored_once_with_its_history(
 ) -> None:
     old = _testfile("CT_small.dcm")
     new = _with_other_bytes(old)
-    outs = ingest.ingest("H1", [old, _testfile("MR_small.dcm"), new])
-    assert [o.ok for o in outs] == [True, True, True]
+    outs = ingest.ingest("H1", [old, _testfile("MR_small.dcm"), new, new])
+    assert [o.ok for o in outs] == [True, True, True, True]
+    assert [o.duplicate for o in outs] == [False, False, False, True]
     assert ingest.index.count_instances() == 2
     (inst,) = ingest.index.find_instances(InstanceQuery(sop_uids=(outs[0].sop_uid,)), limit=5)
     assert ingest.store.get(inst.object_key) == new
