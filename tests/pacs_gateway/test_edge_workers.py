@@ -78,3 +78,32 @@ def test_compress_after_stop_raises(slices: list[Path]) -> None:
     w.stop()
     with pytest.raises(RuntimeError):
         w.compress(slices[:1])
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policy")
+def test_niced_workers_yield_every_core_to_ordinary_tasks(slices: list[Path]) -> None:
+    w = EdgeWorkers(UploadCompression.JPEG_LS, 2, nice=10)
+    w.start()
+    try:
+        assert w.wait_ready(60)
+        procs = list(w._executor()._processes.values())  # type: ignore[attr-defined]
+        assert len(procs) == 2
+        assert all(os.sched_getscheduler(p.pid) == os.SCHED_IDLE for p in procs)
+        assert all(r.compressed for r in w.compress(slices))
+    finally:
+        w.stop()
+
+
+def test_a_batch_not_compressed_in_time_goes_up_as_it_came(slices: list[Path]) -> None:
+    w = EdgeWorkers(UploadCompression.JPEG_LS, 1, timeout_s=0.0)
+    w.start()
+    try:
+        assert w.wait_ready(60)
+        late = w.compress(slices)
+        assert len(late) == len(slices)
+        assert any(not r.compressed and "not compressed within" in r.reason for r in late)
+        assert all(r.data == p for r, p in zip(late, slices, strict=True) if not r.compressed)
+        w.timeout_s = 60.0
+        assert all(r.compressed for r in w.compress(slices))  # the worker is still there
+    finally:
+        w.stop()
