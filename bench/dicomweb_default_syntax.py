@@ -4,7 +4,7 @@ VR Little Endian, so the server decodes), CloudFilm against Orthanc in one run.
     .venv/bin/python bench/dicomweb_default_syntax.py [--slices 300] [--repeat 5]
 
 The synthetic CT's axial series goes to `cloudfilm serve` by storescu (upload_compression
-jpeg-ls, the default: the gateway stores it JPEG-LS) and, compressed the same way, to Orthanc
+jpeg-ls: the gateway stores it JPEG-LS) and, compressed the same way, to Orthanc
 (Debian, DICOMweb plugin; it decodes JPEG-LS with its built-in DCMTK codecs) through its REST
 API. Timed, median of --repeat after a warm-up, client on the same machine (urllib, whole
 bodies read): the series with Accept `multipart/related; type="application/dicom"` (the

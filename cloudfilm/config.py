@@ -51,11 +51,12 @@ class StackSettings:
     upload_compress_processes: int = 2
     """Processes that compress at the edge (started with the gateway, niced like the
     uploader); 0 compresses in the uploader's threads."""
-    upload_compression: UploadCompression = UploadCompression.JPEG_LS
+    upload_compression: UploadCompression = UploadCompression.HTJ2K
     """Lossless re-encoding of pixel data before upload, decoded again and compared
-    bit-exact before it is sent: 'jpeg-ls', 'htj2k' (High-Throughput JPEG 2000: a little
-    larger, about half the CPU), 'rle' (smaller gain, less CPU per byte) or 'none'
-    (the bytes as received). Ratios and speeds: bench/codec_table.py and the README."""
+    bit-exact before it is sent: 'htj2k' (High-Throughput JPEG 2000), 'jpeg-ls' (about an
+    eighth fewer bytes for about three times the CPU: for a slow uplink), 'rle' or 'none'
+    (the bytes as received); colour frames are JPEG-LS under 'htj2k' too. Ratios and speeds:
+    bench/codec_table.py, bench/region_ingest.py and the README."""
     fsync: bool = True
     share_ttl_hours: int = 720
     cors_origins: str = ""

@@ -1,16 +1,15 @@
 """Lossless compression at the edge: the gateway re-encodes an instance before upload, proves
 the result decodes bit-exactly to the original pixel data, and only then sends it.
 
-Which codec: ``upload_compression`` chooses JPEG-LS (the best ratio of the codecs
-``bench/codec_table.py`` compares, the default), RLE (our Numba codec: a worse ratio at several
-times the speed, for fast links or a busy CPU) or none; the README gives the measured ratios
-and speeds; HTJ2K (High-Throughput JPEG 2000 lossless, PS3.5 A.4.4, OpenJPH) is a little
-larger than JPEG-LS for about half its CPU. Monochrome JPEG-LS and HTJ2K frames are encoded and
-checked through imagecodecs, which releases the GIL and skips pydicom's per-frame pipeline; the
-sample precision of each codestream is the container's 8 or 16 bits (as dcm4che writes it;
-HTJ2K signed when Pixel Representation is 1), so every stored bit, sign extension included,
-survives whatever Bits Stored says. Colour JPEG-LS goes through pydicom's pyjpegls plugin;
-colour HTJ2K is not encoded (the instance goes up as it came).
+Which codec: ``upload_compression`` chooses HTJ2K (High-Throughput JPEG 2000 lossless, PS3.5
+A.4.4, OpenJPH; the default), JPEG-LS (about an eighth fewer bytes for about three times the
+CPU: for an uplink slower than the gateway's cores), RLE (our Numba codec: a worse ratio) or
+none; the README gives the measured ratios and speeds. Monochrome JPEG-LS and HTJ2K frames are
+encoded and checked through imagecodecs, which releases the GIL and skips pydicom's per-frame
+pipeline; the sample precision of each codestream is the container's 8 or 16 bits (as dcm4che
+writes it; HTJ2K signed when Pixel Representation is 1), so every stored bit, sign extension
+included, survives whatever Bits Stored says. Colour frames are JPEG-LS under either choice,
+through pydicom's pyjpegls plugin (colour HTJ2K is not encoded here).
 
 An instance larger than ``STREAM_BYTES`` goes up as it arrived, streamed from its spool file
 (``compress_file_for_upload`` logs it with the reason): pydicom's encoders take the whole pixel
@@ -99,7 +98,7 @@ def compress_for_upload(part10: bytes, codec: UploadCompression) -> EdgeResult:
         original_syntax = UID(ds.file_meta.TransferSyntaxUID)
         monochrome = int(ds.get("SamplesPerPixel", 1)) == 1
         if codec is UploadCompression.HTJ2K and not monochrome:
-            return EdgeResult(part10, False, "colour: HTJ2K is encoded for one sample only")
+            codec = UploadCompression.JPEG_LS  # colour HTJ2K is not encoded here
         if codec in _FRAME_CODECS and monochrome:
             frames = _monochrome_frames(ds, codec)
             if frames is None:

@@ -184,3 +184,14 @@ def test_pixels_that_do_not_compress_go_up_as_they_came(
     result = compress_for_upload(out.getvalue(), codec)
     assert not result.compressed and result.reason  # "not smaller", or the codec gave up
     assert result.data == out.getvalue()
+
+
+def test_colour_frames_go_up_as_jpeg_ls_when_htj2k_is_chosen() -> None:
+    path = Path(pydicom.data.get_testdata_file("SC_rgb.dcm"))
+    data = path.read_bytes()
+    result = compress_for_upload(data, UploadCompression.HTJ2K)
+    assert result.compressed and isinstance(result.data, bytes)
+    got = pydicom.dcmread(io.BytesIO(result.data))
+    assert got.file_meta.TransferSyntaxUID == JPEGLSLossless
+    original = pydicom.dcmread(io.BytesIO(data))
+    assert np.array_equal(got.pixel_array, original.pixel_array)
