@@ -55,16 +55,60 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def metadata_json(ds: Dataset, instance_path: str) -> str:
-    """DICOM JSON of a dataset's header; values over 1 KiB become BulkDataURIs under
-    ``instance_path`` (``/dicom-web/studies/S/series/R/instances/I/bulkdata/GGGGEEEE``)."""
+_MEMO_MAX_VALUE = 256
+"""Raw values up to this many bytes have their JSON remembered (see :func:`metadata_json`)."""
+_MEMO_ENTRIES = 16_384
+"""Remembered elements (at most a few MB: keys hold values of up to _MEMO_MAX_VALUE bytes);
+the memo starts over when full."""
+_UNMEMOIZED_VRS = frozenset({"SQ", "UN", "US or SS", "OB or OW", "US or OW", "US or SS or OW"})
+_json_memo: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def _memo_key(raw: object, charset: object) -> tuple[Any, ...] | None:
+    """What an element's DICOM JSON depends on, when that is only its own raw bytes: an
+    explicit-VR element not yet converted, short, and neither a sequence nor of an unknown or
+    ambiguous VR (their conversion looks at other elements). Text is decoded by the data set's
+    Specific Character Set, so that is part of the key."""
+    if not isinstance(raw, RawDataElement) or raw.VR is None or raw.VR in _UNMEMOIZED_VRS:
+        return None
+    value = raw.value
+    if value is None or len(value) > _MEMO_MAX_VALUE:
+        return None
+    return (raw.tag, raw.VR, value, raw.is_implicit_VR, raw.is_little_endian, charset)
+
+
+def metadata_json(ds: Dataset, instance_path: str, skip: frozenset[int] = frozenset()) -> str:
+    """DICOM JSON of a dataset's header without the elements in ``skip``; values over 1 KiB
+    become BulkDataURIs under ``instance_path``
+    (``/dicom-web/studies/S/series/R/instances/I/bulkdata/GGGGEEEE``).
+
+    Each element is converted by pydicom (``DataElement.to_json_dict``, as
+    ``Dataset.to_json_dict`` does it), but the JSON of a short explicit-VR element is
+    remembered by its raw bytes (:func:`_memo_key`): the instances of a series repeat most
+    of their header (patient, study, series, equipment, geometry), so most elements are
+    converted once per series rather than once per instance."""
 
     def bulk_uri(elem: DataElement) -> str:
         return f"{instance_path}/bulkdata/{elem.tag:08X}"
 
-    obj: dict[str, Any] = ds.to_json_dict(
-        bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=bulk_uri
-    )
+    charset_elem = ds.get_item(0x00080005)
+    charset = getattr(charset_elem, "value", None)
+    charset = bytes(charset) if isinstance(charset, bytes | bytearray) else str(charset)
+    memo = _json_memo
+    obj: dict[str, Any] = {}
+    tags = tuple(ds.keys())  # iterating the Dataset itself would convert every element
+    for tag in tags:
+        if tag in skip:
+            continue
+        key = _memo_key(ds.get_item(tag, keep_deferred=True), charset)
+        found = memo.get(key) if key is not None else None
+        if found is None:
+            found = ds[tag].to_json_dict(bulk_uri, _BULK_THRESHOLD)
+            if key is not None and "BulkDataURI" not in found:
+                if len(memo) >= _MEMO_ENTRIES:
+                    memo.clear()
+                memo[key] = found
+        obj[f"{tag:08X}"] = found
     if "Rows" in ds and "7FE00010" not in obj:  # read without its pixels: they are bulk data
         meta = getattr(ds, "file_meta", None)
         syntax = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -295,6 +339,10 @@ def original_transfer_syntax(meta: Dataset | None) -> str:
     return check_uid(value.rstrip(b"\0 ").decode("ascii", "replace"), "original transfer syntax")
 
 
+_NOT_IN_METADATA = (0x7FE00010, 0x00101000, 0x00101002)
+"""Pixel Data (bulk data); Other Patient IDs and its sequence (person identifiers)."""
+
+
 def header_from_dataset(ds: Dataset) -> InstanceHeader:
     """Build the index record of an already-read dataset (pixel data, if any, is ignored)."""
     try:
@@ -308,15 +356,15 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
             uids[keyword] = check_uid(value, keyword)
         if ts:
             check_uid(ts, "TransferSyntaxUID")
-        ds_for_json = ds
-        # leave out the pixels (of a fully read dataset) and other patient identifiers: the
-        # index keeps person identifiers only as keyed hashes (image_store.persons)
-        dropped = {t for t in (0x7FE00010, 0x00101000, 0x00101002) if t in ds}
-        if dropped:  # a new dataset: Dataset.copy() shares its elements with the original
-            ds_for_json = Dataset()
-            for elem in ds:
-                if elem.tag not in dropped:
-                    ds_for_json.add(elem)
+        # the index keeps person identifiers only as keyed hashes (image_store.persons), and
+        # the pixels of a fully read dataset are bulk data
+        skip = frozenset(t for t in _NOT_IN_METADATA if t in ds)
+        doc = metadata_json(
+            ds,
+            f"/dicom-web/studies/{uids['StudyInstanceUID']}/series/"
+            f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}",
+            skip,
+        )
         patient = PatientInfo(
             patient_id=text_value(ds, "PatientID"),
             issuer=text_value(ds, "IssuerOfPatientID"),
@@ -348,11 +396,7 @@ def header_from_dataset(ds: Dataset) -> InstanceHeader:
             columns=_int(ds, "Columns"),
             number_of_frames=_int(ds, "NumberOfFrames"),
             specific_character_set=text_value(ds, "SpecificCharacterSet"),
-            metadata_json=metadata_json(
-                ds_for_json,
-                f"/dicom-web/studies/{uids['StudyInstanceUID']}/series/"
-                f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}",
-            ),
+            metadata_json=doc,
         )
     except InvalidDicom:
         raise
