@@ -320,7 +320,9 @@ def cloudfilm_region(
                     stop(proc)  # type: ignore[arg-type]
 
 
-def orthanc_forward(study: Path, script: Path) -> str:
+def orthanc_forward(study: Path, script: Path) -> tuple[float, float] | str:
+    """Orthanc A's ingest rate (inst/s) and B's completion after A's last Success (s), or
+    why they were not measured."""
     if not script.is_file() or shutil.which("Orthanc") is None:
         return "Orthanc A → B: not measured (no Orthanc or no script)"
     done = subprocess.run(
@@ -330,7 +332,16 @@ def orthanc_forward(study: Path, script: Path) -> str:
         env={**os.environ, "CF_NETNS": os.environ.get("CLOUDFILM_BENCH_NETNS", "")},
         timeout=900,
     )
-    return (done.stdout.strip().splitlines() or [done.stderr[-300:]])[-1]
+    line = (done.stdout.strip().splitlines() or [done.stderr[-300:]])[-1]
+    m = re.search(r"ingest ([\d.]+) inst/s .* B complete ([\d.]+) s", line)
+    return (float(m[1]), float(m[2])) if m else f"Orthanc A → B: {line}"
+
+
+def _settle() -> None:
+    """Let the previous run's deletions and writeback reach the disk before the next run
+    (its fdatasyncs would otherwise wait behind them)."""
+    os.sync()
+    time.sleep(1.0)
 
 
 def main() -> int:
@@ -364,14 +375,23 @@ def main() -> int:
     codecs = [c.strip() for c in args.compression.split(",") if c.strip()] or [""]
     configs = list(itertools.product(runs, codecs))
     results: dict[int, list[dict[str, float]]] = {n: [] for n in range(len(configs))}
+    orthanc: list[tuple[float, float]] = []
+    orthanc_note = ""
     for _ in range(args.repeat):  # interleaved: the machine's noise falls on every config
         for n, ((_name, link_args), codec) in enumerate(configs):
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
+            _settle()
             try:
                 results[n].append(cloudfilm_region(files, work, link_args, codec))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+        _settle()
+        anchor = orthanc_forward(files[0].parent, args.orthanc_script)
+        if isinstance(anchor, str):
+            orthanc_note = anchor
+        else:
+            orthanc.append(anchor)
     if args.repeat > 1:
         print(f"medians of {args.repeat} interleaved runs (viewable: min-max)")
     for n, ((name, _link), codec) in enumerate(configs):
@@ -379,10 +399,17 @@ def main() -> int:
         views = [max(run["queryable_s"], run["rendered_s"]) for run in results[n]]
         spread = f" (viewable {min(views):.2f}-{max(views):.2f} s)" if len(views) > 1 else ""
         label = f"{name}, {codec}" if codec else name
+        ratio = ""
+        if len(orthanc) == len(results[n]):  # each run against the anchor of its round
+            ratios = [run["inst_s"] / o[0] for run, o in zip(results[n], orthanc, strict=True)]
+            ratio = f" ({statistics.median(ratios):.2f}x Orthanc A's, {min(ratios):.2f}-"
+            ratio += f"{max(ratios):.2f}x)" if len(ratios) > 1 else ")"
+            ratio = ratio.replace("-)", ")")
         print(
             f"CloudFilm gateway → HTTP → cloud, {label}: {r['inst_s']:.0f} inst/s at the "
-            f"modality; wire {r['wire_pct']:.0f} % of raw; queryable {r['queryable_s']:.2f} s "
-            f"and first rendered frame {r['rendered_s']:.2f} s after the last Success{spread}; "
+            f"modality{ratio}; wire {r['wire_pct']:.0f} % of raw; queryable "
+            f"{r['queryable_s']:.2f} s and first rendered frame {r['rendered_s']:.2f} s after "
+            f"the last Success{spread}; "
             f"CPU meanwhile: gateway {r['cpu_gateway_s']:.2f} s, cloud {r['cpu_cloud_s']:.2f} s"
         )
         if "ideal_s" in r:
@@ -397,7 +424,16 @@ def main() -> int:
                 f"{(r['send_s'] + viewable) / r['ideal_s']:.2f}x from the first byte "
                 f"(target ≤ 1.2x)"
             )
-    print(orthanc_forward(files[0].parent, args.orthanc_script))
+    if orthanc:
+        rates = [o[0] for o in orthanc]
+        print(
+            f"Orthanc A forwarding to B per instance (Lua), one run per round: ingest "
+            f"{statistics.median(rates):.1f} inst/s at A ({min(rates):.1f}-{max(rates):.1f}); "
+            f"B complete {statistics.median(o[1] for o in orthanc):.2f} s after the last "
+            f"Success at A"
+        )
+    if orthanc_note:
+        print(orthanc_note)
     return 0
 
 
