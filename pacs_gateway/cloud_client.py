@@ -9,9 +9,23 @@ pool for its uploads and its priors.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
+
+
+class CloudSession(requests.Session):
+    """A ``requests.Session`` whose ``verify`` (the cloud's CA bundle) holds for every request.
+
+    A plain Session lets ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` in the environment, often
+    set on hospital machines for their proxy, replace the session's bundle for each request that
+    does not name one; the cloud's private CA would then be ignored and every upload fail. The
+    environment still supplies the proxies (``HTTPS_PROXY``, ``NO_PROXY``) and, when no bundle
+    is configured (``verify`` is True), the system's bundle."""
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("verify", self.verify)
+        return super().request(method, url, *args, **kwargs)
 
 
 class BearerToken(Protocol):

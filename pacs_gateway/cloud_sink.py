@@ -35,6 +35,7 @@ from requests.adapters import HTTPAdapter
 
 from image_store.gateway_assertion import BATCH_PATH
 from image_store.ingest import IngestItem, IngestOutcome, item_size
+from pacs_gateway.cloud_client import CloudSession
 from pacs_gateway.credential import GatewayCredential, token_url
 from pacs_gateway.errors import GatewayError
 
@@ -175,7 +176,7 @@ class HttpIngestSink:
         self.settings = settings
         self.base = settings.cloud_url.rstrip("/")
         self.clock = clock
-        self.session = requests.Session()
+        self.session = CloudSession()
         adapter = HTTPAdapter(
             pool_connections=1, pool_maxsize=max(1, settings.connections), max_retries=0
         )

@@ -19,6 +19,7 @@ if [ "$dev" = 1 ]; then
   [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)              # cloud-film page tests
   [ -d /usr/share/fonts/opentype/noto ] || apt_pkgs+=(fonts-noto-cjk)  # Chinese on the page
   command -v npm >/dev/null || apt_pkgs+=(npm)                   # fetches the OHIF Viewer
+  command -v tinyproxy >/dev/null || apt_pkgs+=(tinyproxy)       # a hospital's HTTPS proxy
 fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_pkgs[*]}"
@@ -26,8 +27,8 @@ if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${apt_pkgs[@]}"
-  # the orthanc package's own service is not wanted: tests start Orthanc themselves on loopback
-  for svc in orthanc postgresql; do
+  # the packages' own services are not wanted: tests start these themselves on loopback
+  for svc in orthanc postgresql tinyproxy; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
       $SUDO systemctl stop "$svc"
     fi
