@@ -49,8 +49,8 @@ class StackSettings:
     others send, so the uplink stays busy."""
     upload_batch: int = 32
     upload_compress_processes: int = 2
-    """Processes that compress at the edge (started with the gateway, niced like the
-    uploader); 0 compresses in the uploader's threads."""
+    """Processes that compress at the edge (started with the gateway, under SCHED_IDLE:
+    pacs_gateway/edge_workers.py); 0 compresses in the uploader's threads."""
     upload_compression: UploadCompression = UploadCompression.HTJ2K
     """Lossless re-encoding of pixel data before upload, decoded again and compared
     bit-exact before it is sent: 'htj2k' (High-Throughput JPEG 2000), 'jpeg-ls' (about an

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -93,6 +94,7 @@ def http(
     method: str = "GET",
     body: object | None = None,
     accept: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> Reply:
     headers = {}
     if token:
@@ -105,7 +107,7 @@ def http(
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=60, context=context) as r:
             return Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
     except urllib.error.HTTPError as e:
         return Reply(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -128,6 +129,8 @@ class Region:
     url: str = ""
     proc: subprocess.Popen[str] | None = None
     gateways: dict[str, Gateway] = field(default_factory=dict)
+    context: ssl.SSLContext | None = None
+    """Trust for a cloud behind HTTPS with its own CA."""
 
     def start_cloud(self, http_addr: str = "127.0.0.1:0") -> None:
         self.proc, m = _spawn(
@@ -152,7 +155,11 @@ class Region:
         ).stdout.strip()  # fmt: skip
 
     def instances(self, token: str, study_uid: str) -> list[str]:
-        r = http(f"{self.url}/dicom-web/studies/{study_uid}/instances", token=token)
+        r = http(
+            f"{self.url}/dicom-web/studies/{study_uid}/instances",
+            token=token,
+            context=self.context,
+        )
         if r.status != 200:
             return []
         return [d["00080018"]["Value"][0] for d in r.json()]  # type: ignore[attr-defined]

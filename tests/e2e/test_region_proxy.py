@@ -6,15 +6,12 @@ their proxy): the cloud's private CA given by ``--cloud-ca`` must still be the o
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +22,17 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from tests.e2e.conftest import register_user
-from tests.e2e.test_region import CLOUD_READY, GATEWAY_READY, _spawn, _stop, cli, storescu, study
+from tests.e2e.conftest import http
+from tests.e2e.test_region import (
+    CLOUD_READY,
+    GATEWAY_READY,
+    Region,
+    _spawn,
+    _stop,
+    cli,
+    storescu,
+    study,
+)
 from tests.pki import make_pki
 
 pytestmark = pytest.mark.e2e
@@ -126,6 +132,7 @@ def test_a_gateway_behind_an_https_proxy_uploads_and_queries_through_it_only(
     try:
         url = m[1]
         assert url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=str(pki / "ca.pem"))
         cloud_port = int(url.rsplit(":", 1)[1])
         cli("hospitals", "add", "H1", "--name", "Hospital H1", "--data", str(cloud_dir))
         cred = tmp_path / "cred.json"
@@ -147,12 +154,11 @@ def test_a_gateway_behind_an_https_proxy_uploads_and_queries_through_it_only(
         )  # fmt: skip
         dicom_port = int(g[4])
 
+        region = Region(tmp_path, cloud_dir, url=url, context=trust)
         folder, paths, uid = study(tmp_path, "study", 3, 7)
         storescu(dicom_port, "GWH1", folder)
-        register_user(cloud_dir, "t.clin", "H1", "clinician")
-        token = cli("token", "--data", str(cloud_dir), "--hospital", "H1",
-                    "--role", "clinician", "--subject", "t.clin").stdout.strip()  # fmt: skip
-        assert _wait_count(url, pki, token, uid, len(paths))
+        token = region.token("H1")
+        assert len(region.wait_instances(token, uid, len(paths))) == len(paths)
         assert proxy.tunnels_to(cloud_port) >= 1  # the upload went through the proxy
         assert _find(dicom_port, uid) == 1  # priors: the cloud answered, through the proxy
 
@@ -163,36 +169,11 @@ def test_a_gateway_behind_an_https_proxy_uploads_and_queries_through_it_only(
         storescu(dicom_port, "GWH1", folder2)
         time.sleep(2)
         assert len(list((gw_dir / "spool" / "ready").glob("*.dcm"))) == len(paths2)
-        assert _count(url, pki, token, uid2) == 0
+        none = http(f"{url}/dicom-web/studies/{uid2}/instances", token=token, context=trust)
+        assert none.status == 404 or (none.status == 200 and none.json() == []), none.status
         proxy.start()
-        assert _wait_count(url, pki, token, uid2, len(paths2), timeout=60)
+        assert len(region.wait_instances(token, uid2, len(paths2))) == len(paths2)
     finally:
         if gateway is not None:
             _stop(gateway)
         _stop(cloud)
-
-
-def _count(url: str, pki: Path, token: str, study_uid: str) -> int:
-    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    req = urllib.request.Request(
-        f"{url}/dicom-web/studies/{study_uid}/instances",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-            return len(json.loads(r.read() or b"[]"))
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return 0
-        raise
-
-
-def _wait_count(
-    url: str, pki: Path, token: str, study_uid: str, want: int, timeout: float = 30
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _count(url, pki, token, study_uid) >= want:
-            return True
-        time.sleep(0.2)
-    return False
