@@ -91,6 +91,12 @@ class DemoRegion:
     """A clinician of the first hospital (where the patient gave consent)."""
     other_token: str
     """A clinician of the second hospital (no consent: break-glass)."""
+    codec: str = ""
+    """The gateways' edge compression (upload_compression)."""
+    raw_bytes: int = 0
+    """What the modalities sent the gateways..."""
+    sent_bytes: int = 0
+    """...and what went up to the cloud for it."""
 
 
 def demo_hospitals(first: str) -> tuple[Hospital, Hospital, Hospital]:
@@ -290,6 +296,23 @@ def _curl(token: str, url: str, *extra: str) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+_CODEC_NAMES = {"htj2k": "HTJ2K", "jpeg-ls": "JPEG-LS", "rle": "RLE"}
+
+
+def _wire_line(region: DemoRegion) -> str:
+    sizes = (
+        f"{region.raw_bytes / 1e6:.1f} MB of DICOM went up as {region.sent_bytes / 1e6:.1f} MB "
+        f"({100 * region.sent_bytes / max(1, region.raw_bytes):.0f} %)"
+    )
+    name = _CODEC_NAMES.get(region.codec)
+    if name is None:
+        return f"  the wire   the gateways sent the images as they came: {sizes}"
+    return (
+        f"  the wire   the gateways re-encoded the images losslessly ({name}; each frame "
+        f"decoded and compared with the original before it went): {sizes}"
+    )
+
+
 def demo_text(region: DemoRegion, settings: StackSettings, *, once: bool) -> str:
     """What the demo prints: what it built, then what each kind of user can open or run."""
     h1, h2, h3 = region.hospitals
@@ -313,6 +336,7 @@ def demo_text(region: DemoRegion, settings: StackSettings, *, once: bool) -> str
         f"  report     on the CT (final, 互认), by radiologist dr.li of {h1.name}",
         f"  consent    given by the patient on their own link: {h1.name} may read all their "
         "studies",
+        _wire_line(region),
         "",
         "For the patient (no login; a phone, or the browser's phone view):",
         f"  Cloud film: {region.film_link}",
@@ -418,6 +442,7 @@ async def _build(stack: Stack, *, images: int, nodes: list[GatewayNode]) -> Demo
     )
     if not all(drained):
         raise DemoFailed(f"the gateways did not deliver their studies within {DRAIN_S:.0f} s")
+    counters = [stack.uploader.counters, node.uploader.counters]
     await asyncio.to_thread(_check_linked, stack, hospitals)
     ct_study = str(pydicom.dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
     tokens = await asyncio.to_thread(_tokens, stack, hospitals)
@@ -435,6 +460,9 @@ async def _build(stack: Stack, *, images: int, nodes: list[GatewayNode]) -> Demo
         film_link=link,
         clinician_token=tokens["dr.wang"],
         other_token=tokens["dr.chen"],
+        codec=str(s.upload_compression),
+        raw_bytes=sum(c.uploaded_bytes for c in counters),
+        sent_bytes=sum(c.sent_bytes for c in counters),
     )
 
 

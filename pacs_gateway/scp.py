@@ -50,6 +50,7 @@ from image_store.errors import InvalidDicom
 from image_store.keys import is_valid_uid
 from image_store.metadata import check_instance
 from image_store.ports import Index, ObjectStore
+from pacs_gateway import pynetdicom_fixes
 from pacs_gateway.access import AccessPolicy, AeRule, Rights, host_allowed, parse_networks
 from pacs_gateway.errors import SpoolFull
 from pacs_gateway.fast_store import StoreReceiver, StoreRequest
@@ -66,6 +67,7 @@ from pacs_gateway.qr import (
 from pacs_gateway.reactor import EventDrivenRequestHandler, ReceiverFactory, may
 from pacs_gateway.spool import Spool, SpoolUsage
 
+pynetdicom_fixes.install()
 logger = logging.getLogger(__name__)
 
 QR_MODELS = (

@@ -11,7 +11,10 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from pacs_gateway import pynetdicom_fixes
+
 logger = logging.getLogger(__name__)
+pynetdicom_fixes.install()
 
 
 class AssociationFailed(ConnectionError):

@@ -1,12 +1,19 @@
 """Suite-wide hooks: with ``CLOUDFILM_NO_SKIPS=1`` (set by scripts/test.sh, so in CI) a skipped
 test fails the run: every test is expected to run on a machine set up by scripts/setup.sh, and a
-skip there means a missing dependency or a broken import, not a passing test."""
+skip there means a missing dependency or a broken import, not a passing test.
+
+The tests' own pynetdicom clients (modalities, workstations) run with the same pynetdicom fixes
+as the gateway (pacs_gateway.pynetdicom_fixes), whatever the tests imported before them."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+from pacs_gateway import pynetdicom_fixes
+
+pynetdicom_fixes.install()
 
 _skipped: list[str] = []
 

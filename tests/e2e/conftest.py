@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -20,6 +21,15 @@ from typing import IO, Any
 import pytest
 
 from tests.servers import Seaweed
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collects garbage as each test ends, so an unclosed socket or file in a reference cycle
+    is reported against the test that left it, not whichever test the collector next runs in."""
+    yield
+    gc.collect()
+
 
 READY = re.compile(r"^ready: http (\S+) dicom (\S+)@([\d.]+):(\d+)")
 

@@ -111,6 +111,16 @@ def test_the_demo_prints_a_region_whose_links_and_commands_do_what_it_says(
         base = re.search(r"A demo region at (\S+) ", out)[1]  # type: ignore[index]
         link = re.search(r"Cloud film: (\S+)", out)[1]  # type: ignore[index]
         assert "▀" in out or "▄" in out  # the link's QR code, in the terminal
+        # the wire: what the gateways sent is what the cloud received, well under the raw size
+        wire = re.search(r"went up as ([\d.]+) MB \((\d+) %\)", out)
+        assert wire is not None and 0 < int(wire[2]) < 60, out
+        metrics = http(f"{base}/metrics").body.decode()
+        received = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("cloudfilm_ingest_received_bytes_total{")
+        )
+        assert abs(received / 1e6 - float(wire[1])) <= 0.1, metrics
         commands = CURL.findall(out)
         consents, one_click, report, withheld, glass, dicomweb = commands
 

@@ -1,0 +1,161 @@
+"""The fixes of pacs_gateway/pynetdicom_fixes.py, each shown needed in the pinned pynetdicom.
+
+pynetdicom's reactor can take a C-STORE response meant for ``send_c_store``. The race tests open
+its window wide, as a busy machine's scheduler does: the reactor stays between its open
+checkpoint and its look at the queue for 0.2 s, and the sender, having sent, waits 0.5 s before
+it looks for the response. With the fix every response reaches its sender; without it,
+pynetdicom loses them. pynetdicom also leaves open a socket whose peer reset the connection."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.transport import AssociationSocket
+
+from pacs_gateway import pynetdicom_fixes
+
+WINDOW_S = 0.2
+SENDER_DELAY_S = 0.5
+
+
+class _SlowCheckpoint(threading.Event):
+    """A checkpoint that, when it lets the reactor through, holds it there WINDOW_S before
+    the reactor goes on to the queue: a sender pausing it meanwhile sees ``_is_paused`` set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        was_open = self.is_set()
+        opened = super().wait(timeout)
+        if was_open:
+            time.sleep(WINDOW_S)
+        return opened
+
+
+@pytest.fixture
+def store_scp() -> Iterator[int]:
+    ae = AE(ae_title="STORESCP")
+    ae.add_supported_context(CTImageStorage)
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
+    )
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+
+
+def _store_through_the_window(port: int, count: int) -> list[int | None]:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, ds.file_meta.TransferSyntaxUID)
+    ae.dimse_timeout = 3
+    assoc: Any = ae.associate("127.0.0.1", port, ae_title="STORESCP")
+    assert assoc.is_established
+    assoc._reactor_checkpoint = _SlowCheckpoint()
+    get_msg = assoc.dimse.get_msg
+
+    def sender_descheduled_after_sending(block: bool = False) -> Any:
+        if block:  # send_c_store's wait for its response; the reactor polls without blocking
+            time.sleep(SENDER_DELAY_S)
+        return get_msg(block)
+
+    assoc.dimse.get_msg = sender_descheduled_after_sending
+    time.sleep(WINDOW_S / 2)  # the reactor is now inside the window
+    statuses: list[int | None] = []
+    try:
+        for _ in range(count):
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if "Status" in status else None)
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return statuses
+
+
+def test_a_response_the_reactor_takes_while_send_c_store_waits_reaches_the_sender(
+    store_scp: int,
+) -> None:
+    pynetdicom_fixes.install()
+    assert _store_through_the_window(store_scp, 3) == [0, 0, 0]
+
+
+def test_without_the_fix_pynetdicom_loses_that_response(store_scp: int) -> None:
+    """The race the fix exists for; if this starts failing, pynetdicom has fixed it and the fix
+    can go."""
+    pynetdicom_fixes.uninstall()
+    try:
+        statuses = _store_through_the_window(store_scp, 3)
+    finally:
+        pynetdicom_fixes.install()
+    assert None in statuses, statuses
+
+
+def test_the_gateways_association_modules_install_the_fixes() -> None:
+    pynetdicom_fixes.uninstall()
+    import pacs_gateway.scu
+
+    importlib.reload(pacs_gateway.scu)
+    assert pynetdicom_fixes.installed()
+
+
+@pytest.mark.parametrize(
+    "theirs,ours",
+    [
+        (pynetdicom_fixes._SERVE_REQUEST, pynetdicom_fixes._serve_request),
+        (pynetdicom_fixes._SHUTDOWN_SOCKET, pynetdicom_fixes._shutdown_socket),
+    ],
+    ids=["_serve_request", "_shutdown_socket"],
+)
+def test_each_fix_keeps_the_signature_of_the_method_it_replaces(theirs: Any, ours: Any) -> None:
+    assert list(inspect.signature(theirs).parameters) == list(inspect.signature(ours).parameters)
+
+
+def _socket_reset_by_its_peer() -> socket.socket:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # an RST: the client's socket is no longer connected
+    with contextlib.suppress(OSError):
+        client.recv(1)
+    return client
+
+
+def test_a_socket_whose_peer_reset_the_connection_is_closed() -> None:
+    pynetdicom_fixes.install()
+    holder = AssociationSocket.__new__(AssociationSocket)
+    holder.socket = _socket_reset_by_its_peer()
+    holder._shutdown_socket()
+    assert holder.socket.fileno() == -1
+
+
+def test_without_the_fix_pynetdicom_leaves_that_socket_open() -> None:
+    pynetdicom_fixes.uninstall()
+    holder = AssociationSocket.__new__(AssociationSocket)
+    holder.socket = sock = _socket_reset_by_its_peer()
+    try:
+        holder._shutdown_socket()
+        assert sock.fileno() != -1
+    finally:
+        sock.close()
+        pynetdicom_fixes.install()
