@@ -35,6 +35,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 from pynetdicom.utils import make_target
 
+from pacs_gateway import pynetdicom_fixes
 from pacs_gateway.access import QR_SOP_CLASSES, AccessPolicy, Rights, decide
 from pacs_gateway.fast_store import ProtocolError, StoreReceiver
 
@@ -82,20 +83,22 @@ class EventDrivenDUL(DULServiceProvider):
             return
         if sock.ready:  # includes TLS bytes already decrypted and buffered
             return
+        # poll, not select: a gateway process may hold descriptors numbered over 1023
+        poller = select.poll()
         try:
-            readable, _, _ = select.select([raw, self._wake_fd], [], [], _IDLE_WAIT_S)
+            poller.register(raw, select.POLLIN)
+            poller.register(self._wake_fd, select.POLLIN)
+            ready = poller.poll(_IDLE_WAIT_S * 1000)
         except (OSError, ValueError):
             return  # the socket closed under us: the next transport check reports it
-        if self._wake_fd in readable:
+        if any(fd == self._wake_fd for fd, _ in ready):
             with contextlib.suppress(OSError):
                 os.eventfd_read(self._wake_fd)
 
     def _kill_wait(self) -> None:
-        try:
-            select.select([self._wake_fd], [], [], _IDLE_WAIT_S)
-            os.eventfd_read(self._wake_fd)
-        except OSError:
-            pass
+        if pynetdicom_fixes.readable(self._wake_fd, _IDLE_WAIT_S):
+            with contextlib.suppress(OSError):
+                os.eventfd_read(self._wake_fd)
 
     def run_reactor(self) -> None:
         try:

@@ -4,18 +4,22 @@ pynetdicom's reactor can take a C-STORE response meant for ``send_c_store``. The
 its window wide, as a busy machine's scheduler does: the reactor stays between its open
 checkpoint and its look at the queue for 0.2 s, and the sender, having sent, waits 0.5 s before
 it looks for the response. With the fix every response reaches its sender; without it,
-pynetdicom loses them. pynetdicom also leaves open a socket whose peer reset the connection."""
+pynetdicom loses them. pynetdicom also leaves open a socket whose peer reset the connection, and
+aborts every association of a process whose sockets are numbered over 1023."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
 import inspect
+import os
+import resource
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -26,6 +30,8 @@ from pynetdicom.sop_class import CTImageStorage
 from pynetdicom.transport import AssociationSocket
 
 from pacs_gateway import pynetdicom_fixes
+from pacs_gateway.scp import ScpSettings, start_scp
+from pacs_gateway.spool import Spool
 
 WINDOW_S = 0.2
 SENDER_DELAY_S = 0.5
@@ -159,3 +165,61 @@ def test_without_the_fix_pynetdicom_leaves_that_socket_open() -> None:
     finally:
         sock.close()
         pynetdicom_fixes.install()
+
+
+@pytest.fixture
+def over_1023_descriptors() -> Iterator[None]:
+    """Enough open files that every new socket's descriptor is numbered over 1023 (the soft
+    limit raised for the test if it is lower)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _store_to_the_gateway(tmp_path: Path) -> int | None:
+    server = start_scp(ScpSettings(ae_title="GW", port=0), Spool(tmp_path / "spool"))
+    try:
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, ds.file_meta.TransferSyntaxUID)
+        assoc: Any = ae.associate("127.0.0.1", server.server_address[1], ae_title="GW")
+        if not assoc.is_established:
+            return None
+        status = assoc.send_c_store(ds)
+        assoc.release()
+        return int(status.Status) if "Status" in status else None
+    finally:
+        server.shutdown()
+
+
+def test_a_process_with_over_1023_files_open_still_stores_through_the_gateway(
+    tmp_path: Path, over_1023_descriptors: None
+) -> None:
+    pynetdicom_fixes.install()
+    assert _store_to_the_gateway(tmp_path) == 0
+
+
+def test_without_the_fix_pynetdicom_aborts_every_association_there(
+    tmp_path: Path, over_1023_descriptors: None
+) -> None:
+    pynetdicom_fixes.uninstall()
+    try:
+        assert _store_to_the_gateway(tmp_path) is None
+    finally:
+        pynetdicom_fixes.install()
+
+
+def test_readable_tells_data_a_silent_socket_and_a_closed_one() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert pynetdicom_fixes.readable(a) is False
+        b.sendall(b"x")
+        assert pynetdicom_fixes.readable(a) is True
+    assert pynetdicom_fixes.readable(a) is None  # closed

@@ -10,14 +10,11 @@ import copy
 import io
 import logging
 import random
-import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pydicom
-import pynetdicom.ae
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import (
@@ -28,7 +25,6 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, _config
-from pynetdicom.association import Association
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
@@ -49,50 +45,6 @@ def chunked_send() -> Iterator[None]:
     _config.STORE_SEND_CHUNKED_DATASET = True
     yield
     _config.STORE_SEND_CHUNKED_DATASET = old
-
-
-class _GatedCheckpoint(threading.Event):
-    """The pause switch of a pynetdicom 3.0.4 requestor's reactor, without its race.
-
-    ``send_c_store`` clears the switch, waits until the reactor says it is paused, sends and
-    takes the response off the DIMSE queue. pynetdicom's reactor says "paused" just before
-    ``wait()`` and "running" just after it, so a reactor that had already passed ``wait()``
-    when the switch was cleared still looks paused, goes on, and takes the response itself
-    ("Received unexpected C-STORE service message"): the SCU then waits out its DIMSE timeout
-    and aborts. Seen under CPU load, when the reactor thread is preempted in that window.
-    Here leaving ``wait()`` and clearing the switch exclude each other, and the reactor is
-    marked running before ``wait()`` returns, so the sender never sees a stale "paused"."""
-
-    def __init__(self, assoc: Association) -> None:
-        super().__init__()
-        self._assoc = assoc
-        self._gate = threading.Lock()
-        self.set()
-
-    def clear(self) -> None:
-        with self._gate:
-            super().clear()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        while True:
-            if not super().wait(timeout):
-                return False
-            with self._gate:
-                if self.is_set():
-                    self._assoc._is_paused = False
-                    return True
-
-
-class _RequestorWithoutRace(Association):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._reactor_checkpoint = _GatedCheckpoint(self)
-
-
-@pytest.fixture
-def scu_without_reactor_race(monkeypatch: pytest.MonkeyPatch) -> None:
-    """AE.associate builds requestors that never lose a response to their own reactor."""
-    monkeypatch.setattr(pynetdicom.ae, "Association", _RequestorWithoutRace)
 
 
 def _part10(ds: pydicom.Dataset, syntax: str, sop: str, dataset_sop: str) -> tuple[bytes, bytes]:
@@ -167,7 +119,6 @@ def _cases(tmp: Path) -> Iterator[tuple[Path, str, bytes, bool]]:
 def test_malformed_and_deflated_data_sets_get_clear_statuses_and_nothing_acked_is_lost(
     tmp_path: Path,
     chunked_send: None,
-    scu_without_reactor_race: None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     spool = Spool(tmp_path / "spool", journal_bytes=64 * 1024 * 1024)
