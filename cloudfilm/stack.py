@@ -276,6 +276,8 @@ class Stack:
             app,
             UploadSettings(s.data_dir / "uploads", max_bytes=s.upload_session_max_mb * 1024**2),
             self.state.audit,
+            self.state.uploads,
+            self.store,
         )
         add_priors_routes(
             app,

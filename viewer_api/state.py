@@ -14,6 +14,7 @@ from image_store.gateway_credentials import SqlGatewayCredentials
 from image_store.state.db import StateDb, as_db
 from image_store.state.ports import RegionalState
 from image_store.state.revocations import SqlRevocations
+from image_store.state.uploads import SqlUploadSessions
 from viewer_api.registry import SqlRegistry
 from viewer_api.report_store import SqlReports
 from viewer_api.share import SqlShareLinks
@@ -37,4 +38,5 @@ def open_sql_state(
         audit=SqlAuditLog(db, head_key=audit_key),
         revocations=SqlRevocations(db, clock=clock),
         gateway_credentials=SqlGatewayCredentials(db),
+        uploads=SqlUploadSessions(db),
     )

@@ -7,34 +7,34 @@ with the open session of the same instance and hash) and answers ``{"session", "
 ``max_open`` open sessions for one hospital 429. ``PATCH /gateway/uploads/{session}`` with
 ``Upload-Offset: N`` appends its body at N: N must be the offset the cloud has (else 409 with
 the current ``offset``), and N plus the body may not pass the declared size (413, nothing of
-the body kept). The bytes are written to the session's file and fsynced before the new offset
-is recorded and answered (204, ``Upload-Offset``); a body cut short keeps what arrived, so the
-gateway resumes from there. ``HEAD``/``GET /gateway/uploads/{session}`` answer the offset
-(``Upload-Offset``, ``Upload-Length``; GET also as JSON). ``POST
-/gateway/uploads/{session}/finalize`` checks the staged file's size and sha256 (a mismatch is
-400 and the session is dropped, nothing stored), commits it exactly like a part of a batch
-(viewer_api.ingest_api: the same per-instance outcome ``stored``/``duplicate``/``refused``,
-the hospital of the credential, the same counters) and deletes the staged bytes; finalizing
-the same session again answers its outcome as ``duplicate``.
+the body kept). The body is staged in this process's scratch space, stored as one object of
+the region's store (under ``uploads.staging/<hospital>/<session>/``), and only then recorded
+in the region's state as received and answered (204, ``Upload-Offset``); a body cut short keeps
+what arrived, so the gateway resumes from there. ``HEAD``/``GET /gateway/uploads/{session}``
+answer the offset (``Upload-Offset``, ``Upload-Length``; GET also as JSON). ``POST
+/gateway/uploads/{session}/finalize`` joins the chunks, checks their size and sha256 (a
+mismatch is 400 and the session is dropped, nothing stored), commits the instance exactly like a
+part of a batch (viewer_api.ingest_api: the same per-instance outcome
+``stored``/``duplicate``/``refused``, the hospital of the credential, the same counters) and
+deletes the chunks; finalizing the same session again answers its outcome as ``duplicate``.
 
 The caller is a gateway with a live token (viewer_api.ingest_api.gateway_principal: 401 without
-one, 403 for a revoked credential or a staff token). Sessions live under the caller's hospital
-(``root/<hospital>/<session>/``: ``meta.json``, ``data``, ``offset``, ``result.json``), so
-another hospital's token finds no session there (404, like one that never existed); they are
-on disk, not in a process, so a restarted cloud, or another API process sharing the data
-directory, resumes them. A session's file is written under an exclusive ``flock``: a second
-writer at the same time gets 409. A full staging disk is 507 (what was acknowledged stays).
-Sessions older than ``ttl_s`` are removed with their files (checked whenever a session is
-opened, and on each request for an expired one). Opening and finalizing are audited.
+one, 403 for a revoked credential or a staff token). A session belongs to the caller's
+hospital: another hospital's token finds none (404, like one that never existed). Its state is
+in the region's database (image_store.state.uploads) and its bytes in the region's store, so a
+restarted cloud, or any other API process of the region behind the same load balancer, resumes
+it. One request at a time writes to a session (a lease in the database; a second writer meanwhile
+gets 409, and a lease a dead process held runs out after ``lease_s``). A full disk is 507 (what
+was acknowledged stays). Sessions older than ``ttl_s`` are removed with their chunks (checked
+whenever a session is opened, and on each request for an expired one). Opening and finalizing
+are audited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
-import json
 import logging
 import os
 import re
@@ -50,9 +50,11 @@ from aiohttp import web
 
 from image_store.audit import AuditEvent
 from image_store.errors import ImageStoreError
-from image_store.fsutil import fsync_dir
 from image_store.keys import check_hospital, is_valid_uid
 from image_store.metadata import check_instance
+from image_store.ports import ObjectStore
+from image_store.state.ports import UploadSessions as UploadSessionStates
+from image_store.state.uploads import UploadSession
 from viewer_api import openapi_schemas as s
 from viewer_api.context import ACTOR, json_object
 from viewer_api.errors import (
@@ -79,43 +81,28 @@ SESSION_PATH = UPLOADS_PATH + "/{session}"
 FINALIZE_PATH = SESSION_PATH + "/finalize"
 OFFSET_HEADER = "Upload-Offset"
 LENGTH_HEADER = "Upload-Length"
+_PREFIX = "uploads.staging"
+"""Object keys of staged chunks (the dot keeps them apart from every hospital's keys)."""
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _WRITE = 1 << 20
-_HASH_READ = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
 class UploadSettings:
     root: Path
-    """Where sessions are staged (the cloud's ``DATA/uploads``)."""
+    """This process's scratch space for chunks on their way to the store and instances being
+    checked (the cloud's ``DATA/uploads``)."""
     max_bytes: int = 4 * 1024**3
     """Largest instance a session may declare (413 beyond)."""
     ttl_s: float = 24 * 3600.0
     """A session (and its staged bytes) is removed this long after it was opened."""
     max_open: int = 64
     """Open sessions one hospital may have at once (429 beyond)."""
+    lease_s: float = 900.0
+    """How long one request may hold a session's writer lease (a process that died holding
+    it leaves the session to others after this)."""
     clock: Callable[[], float] = field(default=time.time)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionMeta:
-    session: str
-    hospital: str
-    sop_uid: str
-    size: int
-    sha256: str
-    created: float
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "session": self.session,
-            "hospital": self.hospital,
-            "sop_uid": self.sop_uid,
-            "size": self.size,
-            "sha256": self.sha256,
-            "created": self.created,
-        }
 
 
 def parse_declaration(body: dict[str, Any]) -> tuple[int, str, str]:
@@ -137,98 +124,56 @@ class SessionBusy(BlockingIOError):
 
 
 class UploadSessions:
-    """The sessions on disk (blocking calls: run them off the event loop)."""
+    """Sessions in the region's state (declaration, bytes received, writer's lease, outcome)
+    with their bytes as objects in the region's store, one per acknowledged chunk (blocking
+    calls: run them off the event loop). ``settings.root`` is this process's scratch space."""
 
-    def __init__(self, settings: UploadSettings) -> None:
+    def __init__(
+        self, settings: UploadSettings, states: UploadSessionStates, objects: ObjectStore
+    ) -> None:
         self.settings = settings
+        self.states = states
+        self.objects = objects
         self.root = Path(settings.root)
 
-    def _dir(self, hospital: str, session: str) -> Path:
+    def _expired(self, meta: UploadSession) -> bool:
+        return meta.created + self.settings.ttl_s <= self.settings.clock()
+
+    def meta(self, hospital: str, session: str) -> UploadSession:
+        """The session of ``hospital`` (NotFound if it is another's, expired or unknown)."""
         check_hospital(hospital)
         if not _SESSION_ID.fullmatch(session):
             raise NotFound("no such upload session")
-        return self.root / hospital / session
-
-    def _write_json(self, path: Path, value: dict[str, Any]) -> None:
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(value, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-
-    def _expired(self, meta: SessionMeta) -> bool:
-        return meta.created + self.settings.ttl_s <= self.settings.clock()
-
-    def _read_meta(self, where: Path) -> SessionMeta | None:
-        try:
-            raw = json.loads((where / "meta.json").read_text(encoding="utf-8"))
-            return SessionMeta(
-                str(raw["session"]),
-                str(raw["hospital"]),
-                str(raw["sop_uid"]),
-                int(raw["size"]),
-                str(raw["sha256"]),
-                float(raw["created"]),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def meta(self, hospital: str, session: str) -> SessionMeta:
-        """The session of ``hospital`` (NotFound if it is another's, expired or unknown)."""
-        where = self._dir(hospital, session)
-        meta = self._read_meta(where)
-        if meta is None or meta.hospital != hospital:
+        meta = self.states.get(hospital, session)
+        if meta is None:
             raise NotFound("no such upload session")
         if self._expired(meta):
-            self.drop(hospital, session)
+            self.drop(meta)
             raise NotFound("no such upload session")
         return meta
 
-    def _metas(self, hospital: str) -> Iterator[SessionMeta]:
-        try:
-            names = os.listdir(self.root / hospital)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if _SESSION_ID.fullmatch(name):
-                meta = self._read_meta(self.root / hospital / name)
-                if meta is not None:
-                    yield meta
-
     def sweep(self) -> int:
-        """Remove expired sessions of every hospital (and leftovers without metadata older
-        than the TTL); returns how many were removed."""
-        removed = 0
-        try:
-            hospitals = os.listdir(self.root)
-        except FileNotFoundError:
-            return 0
-        now = self.settings.clock()
-        for hospital in hospitals:
-            try:
-                names = os.listdir(self.root / hospital)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                where = self.root / hospital / name
-                meta = self._read_meta(where)
-                if meta is not None:
-                    old = self._expired(meta)
-                else:
-                    try:
-                        old = where.stat().st_mtime + self.settings.ttl_s <= now
-                    except FileNotFoundError:
-                        continue
-                if old:
-                    shutil.rmtree(where, ignore_errors=True)
-                    removed += 1
-                    logger.info("upload session %s/%s expired and removed", hospital, name)
-        return removed
+        """Remove expired sessions with their objects, and scratch files older than the TTL
+        (a process that died mid-request left them); returns how many sessions were removed."""
+        before = self.settings.clock() - self.settings.ttl_s
+        expired = self.states.opened_before(before)
+        for meta in expired:
+            self.drop(meta)
+            logger.info("upload session %s/%s expired and removed", meta.hospital, meta.session)
+        stale = time.time() - self.settings.ttl_s  # files carry the real time
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat(follow_symlinks=False).st_mtime <= stale:
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(entry.path, ignore_errors=True)
+                        else:
+                            os.unlink(entry.path)
+        return len(expired)
 
-    def open(self, hospital: str, sop_uid: str, size: int, sha256: str) -> tuple[SessionMeta, bool]:
+    def open(
+        self, hospital: str, sop_uid: str, size: int, sha256: str
+    ) -> tuple[UploadSession, bool]:
         """A session for the instance: the open one with the same UID, size and hash, or a new
         one (True); PayloadTooLarge over ``max_bytes``, TooManySessions over ``max_open``."""
         check_hospital(hospital)
@@ -238,8 +183,8 @@ class UploadSessions:
             )
         self.sweep()
         open_now = 0
-        for meta in self._metas(hospital):
-            if self._result(self.root / hospital / meta.session) is not None:
+        for meta in self.states.of_hospital(hospital):
+            if meta.result is not None:
                 continue
             if (meta.sop_uid, meta.size, meta.sha256) == (sop_uid, size, sha256):
                 return meta, False
@@ -249,74 +194,67 @@ class UploadSessions:
                 f"hospital {hospital} has {open_now} open upload sessions (at most "
                 f"{self.settings.max_open})"
             )
-        session = secrets.token_urlsafe(24)
-        where = self.root / hospital / session
-        where.mkdir(mode=0o700, parents=True)
-        os.close(os.open(where / "data", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self._write_json(where / "offset", {"offset": 0})
-        meta = SessionMeta(session, hospital, sop_uid, size, sha256, self.settings.clock())
-        self._write_json(where / "meta.json", meta.as_json())
+        meta = UploadSession(
+            secrets.token_urlsafe(24), hospital, sop_uid, size, sha256, self.settings.clock()
+        )
+        self.states.add(meta)
         logger.info(
-            "upload session %s/%s opened for %s (%d bytes)", hospital, session, sop_uid, size
+            "upload session %s/%s opened for %s (%d bytes)", hospital, meta.session, sop_uid, size
         )
         return meta, True
 
-    def offset(self, hospital: str, session: str) -> int:
-        where = self._dir(hospital, session)
-        try:
-            return int(json.loads((where / "offset").read_text(encoding="utf-8"))["offset"])
-        except FileNotFoundError:
-            return 0
-
-    def _result(self, where: Path) -> dict[str, Any] | None:
-        try:
-            value = json.loads((where / "result.json").read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return None
-        return value if isinstance(value, dict) else None
-
-    def result(self, hospital: str, session: str) -> dict[str, Any] | None:
-        """The outcome a finalized session recorded, or None."""
-        return self._result(self._dir(hospital, session))
-
     @contextlib.contextmanager
-    def writing(self, hospital: str, session: str) -> Iterator[int]:
-        """The session's data file, opened for writing under an exclusive lock (SessionBusy
-        when another request holds it)."""
-        where = self._dir(hospital, session)
+    def writing(self, meta: UploadSession) -> Iterator[str]:
+        """This request's writer id, holding the session's lease (SessionBusy while another
+        request's runs)."""
+        writer = secrets.token_hex(8)
+        now = self.settings.clock()
+        if not self.states.lease(meta.session, writer, now, now + self.settings.lease_s):
+            raise SessionBusy("another upload to this session is in progress")
         try:
-            fd = os.open(where / "data", os.O_RDWR)
-        except FileNotFoundError as exc:
-            raise NotFound("no such upload session") from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise SessionBusy("another upload to this session is in progress") from exc
-            yield fd
+            yield writer
         finally:
-            os.close(fd)
+            self.states.release(meta.session, writer)
 
-    def acknowledge(self, hospital: str, session: str, fd: int, offset: int) -> None:
-        """Make the data durable, then record ``offset`` as what the cloud has."""
-        os.ftruncate(fd, offset)
-        os.fsync(fd)
-        self._write_json(self._dir(hospital, session) / "offset", {"offset": offset})
+    def scratch(self, meta: UploadSession, writer: str) -> Path:
+        """A file of this process's scratch space for one request on the session."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.root / f"{meta.hospital}.{meta.session}.{writer}"
 
-    def data_path(self, hospital: str, session: str) -> Path:
-        return self._dir(hospital, session) / "data"
+    def acknowledge(self, meta: UploadSession, writer: str, start: int, staged: Path) -> int:
+        """Store the bytes staged by ``writer`` from offset ``start`` as the session's next
+        chunk, then record them as held; the session's offset after."""
+        size = staged.stat().st_size
+        key = f"{_PREFIX}/{meta.hospital}/{meta.session}/{start:015d}-{writer}"
+        with open(staged, "rb") as fh:
+            self.objects.put(key, fh)
+        if not self.states.advance(meta.session, writer, start, start + size, key):
+            self.objects.delete(key)
+            raise SessionBusy("the session moved on while this chunk was written")
+        return start + size
 
-    def settle(self, hospital: str, session: str, result: dict[str, Any]) -> None:
-        """Record the finalized outcome and delete the staged bytes."""
-        where = self._dir(hospital, session)
-        self._write_json(where / "result.json", result)
-        for name in ("data", "offset"):
-            with contextlib.suppress(FileNotFoundError):
-                (where / name).unlink()
-        fsync_dir(where)
+    def assemble(self, meta: UploadSession, into: Path) -> str:
+        """Write the session's chunks in order to ``into``; their sha256."""
+        h = hashlib.sha256()
+        with open(into, "wb") as out:
+            for key in meta.chunks:
+                data = self.objects.get(key)
+                h.update(data)
+                out.write(data)
+        return h.hexdigest()
 
-    def drop(self, hospital: str, session: str) -> None:
-        shutil.rmtree(self._dir(hospital, session), ignore_errors=True)
+    def _remove_objects(self, meta: UploadSession) -> None:
+        for key in list(self.objects.iter_keys(f"{_PREFIX}/{meta.hospital}/{meta.session}/")):
+            self.objects.delete(key)
+
+    def settle(self, meta: UploadSession, result: dict[str, Any]) -> None:
+        """Record the finalized outcome and delete the session's chunks."""
+        self.states.settle(meta.session, result)
+        self._remove_objects(meta)
+
+    def drop(self, meta: UploadSession) -> None:
+        self._remove_objects(meta)
+        self.states.delete(meta.session)
 
 
 class TooManySessions(PermissionError):
@@ -338,13 +276,17 @@ UPLOADS = web.AppKey("upload_sessions", UploadService)
 
 
 def add_upload_routes(
-    app: web.Application, settings: UploadSettings, audit: AuditAppend
+    app: web.Application,
+    settings: UploadSettings,
+    audit: AuditAppend,
+    states: UploadSessionStates,
+    objects: ObjectStore,
 ) -> UploadSessions:
     """Add the upload-session routes to ``app``, which must already have the ingest routes
     (viewer_api.ingest_api.add_ingest_routes: gateway tokens, the commit path, the counters).
     Opening and finalizing a session are appended to ``audit`` under the gateway's credential
     (these paths are outside ``/api/``: the audit middleware does not see them)."""
-    sessions = UploadSessions(settings)
+    sessions = UploadSessions(settings, states, objects)
     app[UPLOADS] = UploadService(sessions, app[INGEST], audit)
     offset_header = {
         "name": OFFSET_HEADER,
@@ -464,11 +406,10 @@ async def create_session(request: web.Request) -> web.Response:
         return web.json_response({"error": str(exc), "status": 429}, status=429)
     if new:
         await _audited(request, who.actor, who.hospital, 201)
-    offset = await asyncio.to_thread(svc.sessions.offset, who.hospital, meta.session)
     return web.json_response(
         {
             "session": meta.session,
-            "offset": offset,
+            "offset": meta.received,
             "size": meta.size,
             "expires_at": meta.created + svc.sessions.settings.ttl_s,
         },
@@ -484,29 +425,21 @@ async def session_state(request: web.Request) -> web.Response:
     request[ACTOR] = who.actor
     session = _session_id(request)
     meta = await asyncio.to_thread(svc.sessions.meta, who.hospital, session)
-    offset = await asyncio.to_thread(svc.sessions.offset, who.hospital, session)
-    done = await asyncio.to_thread(svc.sessions.result, who.hospital, session)
+    done = meta.result is not None
     headers = {
-        OFFSET_HEADER: str(meta.size if done else offset),
+        OFFSET_HEADER: str(meta.size if done else meta.received),
         LENGTH_HEADER: str(meta.size),
         "Cache-Control": "no-store",
     }
     body = {
         "session": session,
-        "offset": meta.size if done else offset,
+        "offset": meta.size if done else meta.received,
         "size": meta.size,
         "sop_uid": meta.sop_uid,
-        "finalized": done is not None,
+        "finalized": done,
         "expires_at": meta.created + svc.sessions.settings.ttl_s,
     }
     return web.json_response(body, headers=headers)
-
-
-def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view, pos = view[n:], pos + n
 
 
 async def append_chunk(request: web.Request) -> web.Response:
@@ -527,73 +460,75 @@ async def _append(request: web.Request) -> web.Response:
     claimed = int(raw)
     sessions = svc.sessions
     meta = await asyncio.to_thread(sessions.meta, who.hospital, session)
-    lock = sessions.writing(who.hospital, session)
+    lease = sessions.writing(meta)
     try:
-        fd = await asyncio.to_thread(lock.__enter__)
+        writer = await asyncio.to_thread(lease.__enter__)
     except SessionBusy as exc:
-        offset = await asyncio.to_thread(sessions.offset, who.hospital, session)
-        return _offset_conflict(str(exc), offset, meta.size)
-    current = pos = -1
+        return _offset_conflict(str(exc), meta.received, meta.size)
+    staged = sessions.scratch(meta, writer)
+    start = pos = -1
+    acked: int | None = None
 
     def close() -> None:
-        """Acknowledge what was written (also from a body cut short: the gateway resumes
-        there), then unlock."""
+        """Store and acknowledge what arrived (also from a body cut short: the gateway resumes
+        there), then give up the lease."""
+        nonlocal acked
         try:
-            if current >= 0:
-                sessions.acknowledge(who.hospital, session, fd, pos)
+            if start >= 0 and pos > start:
+                with contextlib.suppress(SessionBusy):
+                    acked = sessions.acknowledge(meta, writer, start, staged)
         finally:
-            lock.__exit__(None, None, None)
+            staged.unlink(missing_ok=True)
+            lease.__exit__(None, None, None)
 
     try:
-        if await asyncio.to_thread(sessions.result, who.hospital, session) is not None:
+        meta = await asyncio.to_thread(sessions.meta, who.hospital, session)  # under the lease
+        if meta.result is not None:
             return _offset_conflict("the session is finalized", meta.size, meta.size)
-        known = await asyncio.to_thread(sessions.offset, who.hospital, session)
-        if claimed != known:
+        if claimed != meta.received:
             return _offset_conflict(
-                f"{OFFSET_HEADER} {claimed} is not the session's offset {known}", known, meta.size
+                f"{OFFSET_HEADER} {claimed} is not the session's offset {meta.received}",
+                meta.received,
+                meta.size,
             )
         declared = request.content_length
-        if declared is not None and known + declared > meta.size:
+        if declared is not None and meta.received + declared > meta.size:
             raise PayloadTooLarge(
-                f"{declared} bytes at offset {known} pass the declared size {meta.size}"
+                f"{declared} bytes at offset {meta.received} pass the declared size {meta.size}"
             )
-        current = pos = known
-        while chunk := await request.content.read(_WRITE):
-            if pos + len(chunk) > meta.size:
-                pos = current  # nothing of an oversized body is kept
-                raise PayloadTooLarge(
-                    f"the chunk at offset {current} passes the declared size {meta.size}"
-                )
-            await asyncio.to_thread(_pwrite_all, fd, chunk, pos)
-            pos += len(chunk)
+        start = pos = meta.received
+        with open(staged, "wb") as fh:
+            while chunk := await request.content.read(_WRITE):
+                if pos + len(chunk) > meta.size:
+                    pos = start  # nothing of an oversized body is kept
+                    raise PayloadTooLarge(
+                        f"the chunk at offset {start} passes the declared size {meta.size}"
+                    )
+                await asyncio.to_thread(fh.write, chunk)
+                pos += len(chunk)
     finally:
-        # one thread call that a cancelled handler cannot cut between the fsync and the unlock
+        # one thread call that a cancelled handler cannot cut between the store and the lease
         await asyncio.shield(asyncio.to_thread(close))
-        if pos > current:
-            svc.ingest.counters.add(who.hospital, received_bytes=pos - current)
+        if acked is not None:
+            svc.ingest.counters.add(who.hospital, received_bytes=acked - start)
             logger.info(
                 "upload session %s/%s: %d bytes at offset %d",
                 who.hospital,
                 session,
-                pos - current,
-                current,
+                acked - start,
+                start,
             )
+    if acked is None and pos > start:  # another request moved the session on meanwhile
+        meta = await asyncio.to_thread(sessions.meta, who.hospital, session)
+        return _offset_conflict("the session moved on meanwhile", meta.received, meta.size)
+    offset = start if acked is None else acked
     return web.Response(
-        status=204, headers={OFFSET_HEADER: str(pos), LENGTH_HEADER: str(meta.size)}
+        status=204, headers={OFFSET_HEADER: str(offset), LENGTH_HEADER: str(meta.size)}
     )
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_READ):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _finalize(svc: UploadService, meta: SessionMeta, hospital: str) -> dict[str, Any]:
-    """Check and commit the staged file (blocking); the instance's outcome entry."""
-    path = svc.sessions.data_path(hospital, meta.session)
+def _finalize(svc: UploadService, meta: UploadSession, path: Path) -> dict[str, Any]:
+    """Check and commit the assembled instance at ``path`` (blocking); its outcome entry."""
     part = Part(0, path, meta.size, meta.sha256)
     try:
         uid = check_instance(path).sop_instance_uid
@@ -605,10 +540,10 @@ def _finalize(svc: UploadService, meta: SessionMeta, hospital: str) -> dict[str,
                 f"the instance's SOP Instance UID is not the declared {meta.sop_uid}", 422, uid
             )
         else:
-            commit_parts(svc.ingest, hospital, [part])
+            commit_parts(svc.ingest, meta.hospital, [part])
     result = part.result or refused_entry("not processed", 500, meta.sop_uid, retry=True)
     if result["status"] < 500:
-        svc.sessions.settle(hospital, meta.session, result)
+        svc.sessions.settle(meta, result)
     return result
 
 
@@ -617,7 +552,8 @@ async def finalize_session(request: web.Request) -> web.Response:
     who = await gateway_principal(request)
     request[ACTOR] = who.actor
     try:
-        resp = await _finalize_request(request, who.hospital)
+        with full_disk_is_507():
+            resp = await _finalize_request(request, who.hospital)
     except ViewerError as exc:
         await _audited(request, who.actor, who.hospital, exc.status)
         raise
@@ -625,40 +561,53 @@ async def finalize_session(request: web.Request) -> web.Response:
     return resp
 
 
+def _replay(meta: UploadSession, done: dict[str, Any]) -> web.Response:
+    """A finalized session's outcome again: a stored instance is now a duplicate."""
+    replay = {**done, "outcome": "duplicate", "status": 200} if done["status"] < 300 else done
+    return web.json_response(
+        {"hospital": meta.hospital, "session": meta.session, "instance": replay}
+    )
+
+
 async def _finalize_request(request: web.Request, hospital: str) -> web.Response:
     svc = request.app[UPLOADS]
     session = _session_id(request)
     sessions = svc.sessions
     meta = await asyncio.to_thread(sessions.meta, hospital, session)
-    lock = sessions.writing(hospital, session)
+    if meta.result is not None:
+        return _replay(meta, meta.result)
+    lease = sessions.writing(meta)
     try:
-        await asyncio.to_thread(lock.__enter__)
-    except NotFound:
-        done = await asyncio.to_thread(sessions.result, hospital, session)
-        if done is None:
-            raise
-        replay = {**done, "outcome": "duplicate", "status": 200} if done["status"] < 300 else done
-        return web.json_response({"hospital": hospital, "session": session, "instance": replay})
+        writer = await asyncio.to_thread(lease.__enter__)
     except SessionBusy as exc:
-        offset = await asyncio.to_thread(sessions.offset, hospital, session)
-        return _offset_conflict(str(exc), offset, meta.size)
+        return _offset_conflict(str(exc), meta.received, meta.size)
+    staged = sessions.scratch(meta, writer)
+
+    def close() -> None:
+        staged.unlink(missing_ok=True)
+        lease.__exit__(None, None, None)
+
     try:
-        offset = await asyncio.to_thread(sessions.offset, hospital, session)
-        if offset != meta.size:
+        meta = await asyncio.to_thread(sessions.meta, hospital, session)  # under the lease
+        if meta.result is not None:
+            return _replay(meta, meta.result)
+        if meta.received != meta.size:
             return _offset_conflict(
-                f"the session has {offset} of its {meta.size} bytes", offset, meta.size
+                f"the session has {meta.received} of its {meta.size} bytes",
+                meta.received,
+                meta.size,
             )
-        got = await asyncio.to_thread(_file_sha256, sessions.data_path(hospital, session))
+        got = await asyncio.to_thread(sessions.assemble, meta, staged)
         if got != meta.sha256:
-            await asyncio.to_thread(sessions.drop, hospital, session)
+            await asyncio.to_thread(sessions.drop, meta)
             logger.warning("upload session %s/%s: sha-256 mismatch, dropped", hospital, session)
             raise BadRequest(
                 "sha-256 mismatch: the staged bytes are not the instance declared; the session "
                 "is dropped, nothing stored"
             )
-        result = await asyncio.to_thread(_finalize, svc, meta, hospital)
+        result = await asyncio.to_thread(_finalize, svc, meta, staged)
     finally:
-        await asyncio.to_thread(lock.__exit__, None, None, None)
+        await asyncio.shield(asyncio.to_thread(close))
     logger.info(
         "upload session %s/%s finalized: %s %s",
         hospital,

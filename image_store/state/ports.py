@@ -14,6 +14,7 @@ from image_store.consents import CodeOutcome, Consent, ConsentRequest
 from image_store.gateway_credentials import GatewayCredentials
 from image_store.state.db import StateDb
 from image_store.state.records import Audience, CodeCheck, Hospital, Report, Scope, ShareLink, User
+from image_store.state.uploads import UploadSession
 
 __all__ = [
     "AuditLog",
@@ -24,6 +25,7 @@ __all__ = [
     "Reports",
     "Revocations",
     "ShareLinks",
+    "UploadSessions",
 ]
 
 
@@ -131,6 +133,21 @@ class Revocations(Protocol):
     def __contains__(self, jti: object) -> bool: ...
 
 
+class UploadSessions(Protocol):
+    """Resumable upload sessions (image_store.state.uploads): declarations, bytes received,
+    one writer's lease at a time, outcomes."""
+
+    def add(self, s: UploadSession) -> None: ...
+    def get(self, hospital: str, session: str) -> UploadSession | None: ...
+    def of_hospital(self, hospital: str) -> list[UploadSession]: ...
+    def opened_before(self, t: float) -> list[UploadSession]: ...
+    def lease(self, session: str, writer: str, now: float, until: float) -> bool: ...
+    def release(self, session: str, writer: str) -> None: ...
+    def advance(self, session: str, writer: str, old: int, new: int, chunk: str) -> bool: ...
+    def settle(self, session: str, result: dict[str, Any]) -> None: ...
+    def delete(self, session: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RegionalState:
     """Every kind of regional state, opened on one database (cloudfilm.stores.open_state)."""
@@ -143,6 +160,7 @@ class RegionalState:
     audit: AuditLog
     revocations: Revocations
     gateway_credentials: GatewayCredentials
+    uploads: UploadSessions
 
     def close(self) -> None:
         self.db.close()

@@ -15,6 +15,7 @@ from image_store.consents import CODE_MAX_TRIES
 from image_store.gateway_credentials import GatewayCredential
 from image_store.state.ports import RegionalState
 from image_store.state.records import BLOCK_AFTER, Report
+from image_store.state.uploads import UploadSession
 from viewer_api.registry import RegistryError
 from viewer_api.share import LOCK_AFTER, LOCK_S
 
@@ -292,6 +293,45 @@ class GatewayCredentialsContract:
         assert got is not None and got.revoked
 
 
+class UploadSessionsContract:
+    def test_a_session_is_found_only_under_its_hospital_and_settles(
+        self, state: RegionalState
+    ) -> None:
+        ups = state.uploads
+        ups.add(UploadSession("s" * 32, "H1", "1.2.3", 100, "a" * 64, T0))
+        got = ups.get("H1", "s" * 32)
+        assert got is not None and (got.size, got.received, got.result) == (100, 0, None)
+        assert ups.get("H2", "s" * 32) is None
+        assert [s.session for s in ups.of_hospital("H1")] == ["s" * 32]
+        assert ups.of_hospital("H2") == []
+        assert [s.session for s in ups.opened_before(T0)] == ["s" * 32]
+        assert ups.opened_before(T0 - 1) == []
+        ups.settle("s" * 32, {"outcome": "stored", "status": 201})
+        got = ups.get("H1", "s" * 32)
+        assert got is not None and got.result == {"outcome": "stored", "status": 201}
+        ups.delete("s" * 32)
+        assert ups.get("H1", "s" * 32) is None
+
+    def test_one_writer_at_a_time_advances_the_offset_it_read(self, state: RegionalState) -> None:
+        ups = state.uploads
+        ups.add(UploadSession("t" * 32, "H1", "1.2.3", 100, "a" * 64, T0))
+        assert ups.lease("t" * 32, "w1", T0, T0 + 60)
+        assert not ups.lease("t" * 32, "w2", T0 + 1, T0 + 61)  # w1's lease runs
+        assert not ups.advance("t" * 32, "w2", 0, 10, "c0")  # not the writer
+        assert ups.advance("t" * 32, "w1", 0, 10, "c1")
+        assert not ups.advance("t" * 32, "w1", 0, 20, "c2")  # not the offset it read any more
+        ups.release("t" * 32, "w1")
+        assert ups.lease("t" * 32, "w2", T0 + 2, T0 + 62)
+        assert ups.lease("t" * 32, "w3", T0 + 62, T0 + 122)  # w2's lease ran out
+        assert not ups.advance("t" * 32, "w2", 10, 20, "c3")
+        assert ups.advance("t" * 32, "w3", 10, 30, "c4")
+        got = ups.get("H1", "t" * 32)
+        assert got is not None and (got.received, got.chunks) == (30, ("c1", "c4"))
+        ups.settle("t" * 32, {"outcome": "stored"})
+        assert not ups.advance("t" * 32, "w3", 30, 40, "c5")  # finalized
+        assert not ups.lease("u" * 32, "w1", T0, T0 + 60)  # no such session
+
+
 class StateContract(
     ShareLinksContract,
     ConsentsContract,
@@ -300,5 +340,6 @@ class StateContract(
     AuditLogContract,
     RevocationsContract,
     GatewayCredentialsContract,
+    UploadSessionsContract,
 ):
     """Every port's contract; a backend's test class provides the ``state`` fixture."""

@@ -115,6 +115,11 @@ def test_a_gateway_killed_mid_upload_resumes_the_session_and_the_instance_is_sto
     while time.monotonic() < deadline and list((gw.data / "spool" / "ready").iterdir()):
         time.sleep(0.1)
     assert list((gw.data / "spool" / "ready").iterdir()) == []
-    staged = sorted(p.name for p in (region.data / "uploads").rglob("*") if p.is_file())
-    assert staged == ["meta.json", "result.json"]
+    staged = [
+        p.name
+        for where in (region.data / "uploads", region.data / "objects" / "uploads.staging")
+        for p in where.rglob("*")
+        if p.is_file()
+    ]
+    assert staged == []
     sink.close()

@@ -2,10 +2,11 @@
 data directories over one PostgreSQL and one SeaweedFS bucket agree on share links, extraction-
 code lockouts, consents, disabled users and revoked tokens, and their audit rows verify as one
 chain; an API process SIGKILLed in the middle of a STOW-RS and of share creations leaves nothing
-half-written for the others."""
+half-written for the others; a gateway's upload session goes on from one process to another."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client as http_client
 import json
 import os
@@ -25,6 +26,8 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 
 from cloudfilm.synth import synthesize_study
+from pacs_gateway.cloud_sink import CloudSinkSettings, HttpIngestSink
+from pacs_gateway.credential import load_credential
 from tests.e2e.conftest import Server, http, start_server, stop_server
 from tests.servers import Postgres, Seaweed, postgresql
 from viewer_api.share import LOCK_AFTER
@@ -286,3 +289,67 @@ def _stow_until_killed(srv: Server, token: str, paths: list[Path]) -> int | None
         return _stow(srv, token, paths)
     except (OSError, http_client.HTTPException):
         return None
+
+
+def test_an_upload_session_opened_on_one_api_process_is_resumed_and_finalized_on_another(
+    weed: Seaweed, pg: Postgres, tmp_path: Path
+) -> None:
+    """A gateway behind a load balancer: its large instance's chunks land on whichever API
+    process the balancer picks; the session's state is in PostgreSQL and its chunks in S3."""
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE uploads")
+    env = _region_env(weed, pg.dsn.replace("dbname=postgres", "dbname=uploads"), "up/")
+    procs = []
+    try:
+        proc, a = start_server(tmp_path / "a", tmp_path / "a.log", env)
+        procs.append(proc)
+        (tmp_path / "b").mkdir()
+        shutil.copytree(tmp_path / "a" / "secrets", tmp_path / "b" / "secrets")
+        proc, b = start_server(tmp_path / "b", tmp_path / "b.log", env)
+        procs.append(proc)
+        a.cli("gateway", "credential", "--data", str(a.data), "--hospital", "HOSP1",
+              "--out", str(tmp_path / "cred.json"), "--cloud-url", a.base)  # fmt: skip
+        sink = HttpIngestSink(load_credential(tmp_path / "cred.json"), CloudSinkSettings(a.base))
+        (path,) = synthesize_study(tmp_path / "us", modality="US", images=1, frames=5, seed=73)
+        data = path.read_bytes()
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        auth = {"Authorization": f"Bearer {sink.token().value}"}
+        opened = sink.session.post(
+            f"{a.base}/gateway/uploads",
+            json={"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "sop_uid": uid},
+            headers=auth,
+            timeout=30,
+        )
+        assert opened.status_code == 201, opened.text
+        session = f"/gateway/uploads/{opened.json()['session']}"
+        offset, chunk = 0, 1 << 20
+        for n, start in enumerate(range(0, len(data), chunk)):
+            srv = (a, b)[n % 2]  # the balancer alternates
+            resp = sink.session.patch(
+                srv.base + session,
+                data=data[start : start + chunk],
+                headers={**auth, "Upload-Offset": str(offset)},
+                timeout=30,
+            )
+            assert resp.status_code == 204, resp.text
+            offset = int(resp.headers["Upload-Offset"])
+        assert offset == len(data)
+        assert sink.session.head(a.base + session, headers=auth).headers["Upload-Offset"] == str(
+            len(data)
+        )
+        done = sink.session.post(b.base + session + "/finalize", headers=auth, timeout=60)
+        assert done.status_code == 200, done.text
+        assert done.json()["instance"]["outcome"] == "stored"
+        again = sink.session.post(a.base + session + "/finalize", headers=auth, timeout=60)
+        assert again.json()["instance"]["outcome"] == "duplicate"
+        s3 = weed.client()
+        staged = s3.list_objects_v2(Bucket="region", Prefix="up/uploads.staging/")
+        assert staged.get("KeyCount", 0) == 0, staged.get("Contents")
+        study = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+        token = a.token()
+        found = http(f"{a.base}/dicom-web/studies/{study}/instances", token=token)
+        assert [i["00080018"]["Value"][0] for i in json.loads(found.body)] == [uid]
+        sink.close()
+    finally:
+        for proc in procs:
+            stop_server(proc)

@@ -16,6 +16,7 @@ from cloudfilm.synth import synthesize_study
 from image_store.audit import SqlAuditLog
 from image_store.records import InstanceQuery
 from image_store.state.db import SqliteStateDb
+from image_store.state.uploads import SqlUploadSessions
 from pacs_gateway.cloud_sink import CloudUnavailable, HttpIngestSink
 from pacs_gateway.large_upload import read_sidecar, sidecar_path
 from tests.pacs_gateway.test_cloud_sink import ThreadedCloud, make_sink
@@ -29,10 +30,12 @@ class UploadCloud(ThreadedCloud):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        add_upload_routes(
+        self.sessions = add_upload_routes(
             self.app,
             UploadSettings(self.data / "uploads"),
             SqlAuditLog(SqliteStateDb(self.data / "index.sqlite")),
+            SqlUploadSessions(SqliteStateDb(self.data / "index.sqlite")),
+            self.store,
         )
         self.app.middlewares.append(self._chunks)
         self.patches: list[tuple[int, int]] = []
@@ -125,7 +128,8 @@ def test_a_session_the_cloud_no_longer_knows_is_opened_anew(
         sink.ingest("H1", [spooled])
     old = read_sidecar(spooled)
     assert old is not None
-    shutil.rmtree(cloud.data / "uploads")  # expired and swept meanwhile
+    for meta in cloud.sessions.states.of_hospital("H1"):  # expired and swept meanwhile
+        cloud.sessions.drop(meta)
     cloud.fail_after = None
     (outcome,) = sink.ingest("H1", [spooled])
     assert outcome.ok

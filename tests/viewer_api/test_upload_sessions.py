@@ -1,5 +1,6 @@
 """Resumable upload sessions for large instances, through aiohttp's test client over a real
-SQLite index and filesystem store."""
+SQLite index and state and a filesystem store (the sessions' state is in the database, their
+bytes in the store: a second cloud process on the same two resumes them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from image_store.ingest import LocalIngest
 from image_store.objects.filesystem import FilesystemObjectStore
 from image_store.records import InstanceQuery
 from image_store.state.db import SqliteStateDb
+from image_store.state.uploads import SqlUploadSessions
 from pacs_gateway.credential import load_credential
 from tests.gateway_credentials import GATEWAYS_FILE, REGISTRY_FILE, issue_gateway_credential
 from viewer_api import middlewares
@@ -125,12 +128,10 @@ class Cloud:
         return sorted((s.sop_uid, s.object_key) for s in self.index.find_instances(q, limit=100))
 
     def staged(self) -> list[str]:
+        """Chunks in the store and scratch files of the process."""
         root = self.data / "uploads"
-        return (
-            sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-            if root.exists()
-            else []
-        )
+        scratch = sorted(p.name for p in root.rglob("*") if p.is_file()) if root.exists() else []
+        return sorted(self.store.iter_keys("uploads.staging/")) + scratch
 
 
 def _prepare(tmp_path: Path) -> Path:
@@ -178,6 +179,8 @@ async def make_cloud(
             data / "uploads", max_bytes=max_bytes, max_open=max_open, clock=lambda: clock[0]
         ),
         audit,
+        SqlUploadSessions(SqliteStateDb(data / "index.sqlite")),
+        store,
     )
     client = await aiohttp_client(app)
     return Cloud(client, data, index, store, counters, signer, clock, tmp_path, audit)
@@ -208,7 +211,7 @@ async def test_an_instance_sent_in_chunks_is_stored_once_and_its_staged_bytes_re
     ((uid, key),) = cloud.stored()
     assert uid == sop(cine) and key.startswith("H1/")
     assert cloud.store.get(key) == cine
-    assert [n.split("/")[-1] for n in cloud.staged()] == ["meta.json", "result.json"]
+    assert cloud.staged() == []
     audited = [(e.action, e.resource, e.status, e.role) for e in cloud.audit.iter_events()]
     assert audited == [
         ("POST", UPLOADS_PATH, 201, "gateway"),
@@ -299,7 +302,9 @@ async def test_a_chunk_past_the_declared_size_is_413_and_nothing_of_it_is_kept(
     resp = await cloud.patch(session, len(cine) - 10, cine[-10:] + b"0123456789", token)
     assert resp.status == 413
     assert await cloud.offset(session, token) == len(cine) - 10
-    assert (cloud.data / "uploads" / "H1" / session / "data").stat().st_size == len(cine) - 10
+    chunks = [k for k in cloud.staged() if k.startswith(f"uploads.staging/H1/{session}/")]
+    assert sum(len(cloud.store.get(k)) for k in chunks) == len(cine) - 10
+    assert len(chunks) == len(cloud.staged())  # no scratch file left behind
 
 
 async def test_a_hash_mismatch_is_400_json_and_stores_nothing(cloud: Cloud, cine: bytes) -> None:
@@ -445,7 +450,7 @@ async def test_expired_sessions_are_removed_with_their_files(cloud: Cloud, cine:
     assert later != session
 
 
-async def test_a_restarted_cloud_resumes_a_session_from_its_data_dir(
+async def test_a_restarted_cloud_resumes_a_session_from_its_state_and_store(
     tmp_path: Path, aiohttp_client: Callable[[web.Application], Any], cine: bytes
 ) -> None:
     first = await make_cloud(tmp_path, aiohttp_client)
@@ -461,7 +466,11 @@ async def test_a_restarted_cloud_resumes_a_session_from_its_data_dir(
     assert done["instance"]["outcome"] == "stored"
     ((_uid, key),) = second.stored()
     assert second.store.get(key) == cine
-    assert os.path.exists(second.data / "uploads" / "H1" / session / "result.json")
+    assert second.staged() == []
+    state = await second.client.get(
+        f"{UPLOADS_PATH}/{session}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert (await state.json())["finalized"] is True
 
 
 async def _hold(cloud: Cloud, session: str, token: str, offset: int, data: bytes) -> Any:
@@ -485,15 +494,18 @@ async def test_a_second_writer_on_a_session_in_use_is_409(cloud: Cloud, cine: by
     token = await cloud.token()
     session = await cloud.session(cine, token)
     writer = await _hold(cloud, session, token, 0, cine[:CHUNK])
-    data = cloud.data / "uploads" / "H1" / session / "data"
+
+    def held() -> int:
+        return sum(p.stat().st_size for p in (cloud.data / "uploads").glob(f"H1.{session}.*"))
+
     try:
-        # the held writer has the lock once its bytes land in the staged file (probing with
-        # requests instead would compete with it for the lock)
+        # the held writer has the lease once its bytes land in its scratch file (probing with
+        # requests instead would compete with it for the lease)
         for _ in range(1000):
-            if data.stat().st_size > 0:
+            if (cloud.data / "uploads").exists() and held() > 0:
                 break
             await asyncio.sleep(0.02)
-        assert data.stat().st_size > 0
+        assert held() > 0
         busy = await cloud.patch(session, 1, cine[1:CHUNK], token)
         assert busy.status == 409
         assert "in progress" in (await busy.json())["error"]
@@ -523,14 +535,15 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-async def test_a_full_staging_disk_is_507_and_keeps_what_was_acknowledged(
+async def test_a_full_store_is_507_and_keeps_what_was_acknowledged(
     tmp_path: Path,
     aiohttp_client: Callable[[web.Application], Any],
     cine: bytes,
     small_disk: Path,
 ) -> None:
+    _prepare(tmp_path)
+    (tmp_path / "cloud" / "objects").symlink_to(small_disk)
     cloud = await make_cloud(tmp_path, aiohttp_client)
-    cloud.data.joinpath("uploads").symlink_to(small_disk)
     token = await cloud.token()
     session = await cloud.session(cine, token)
     offset, statuses = 0, []
@@ -545,3 +558,18 @@ async def test_a_full_staging_disk_is_507_and_keeps_what_was_acknowledged(
     assert 0 < offset < len(cine)
     assert await cloud.offset(session, token) == offset
     assert cloud.stored() == []
+
+
+async def test_scratch_files_a_dead_process_left_are_removed_after_the_ttl(
+    cloud: Cloud, cine: bytes
+) -> None:
+    scratch = cloud.data / "uploads"
+    scratch.mkdir(exist_ok=True)
+    old, fresh = scratch / "H1.old.0123456789abcdef", scratch / "H1.fresh.0123456789abcdef"
+    old.write_bytes(b"x" * 10)
+    fresh.write_bytes(b"y" * 10)
+    day_and_more = time.time() - 24 * 3600 - 60
+    os.utime(old, (day_and_more, day_and_more))
+    token = await cloud.token()
+    await cloud.session(cine, token)  # opening sweeps
+    assert not old.exists() and fresh.exists()
