@@ -7,14 +7,14 @@ with the open session of the same instance and hash) and answers ``{"session", "
 ``max_open`` open sessions for one hospital 429. ``PATCH /gateway/uploads/{session}`` with
 ``Upload-Offset: N`` appends its body at N: N must be the offset the cloud has (else 409 with
 the current ``offset``), and N plus the body may not pass the declared size (413, nothing of
-the body kept). The body is staged in this process's scratch space, stored as one object of
-the region's store (under ``uploads.staging/<hospital>/<session>/``), and only then recorded
-in the region's state as received and answered (204, ``Upload-Offset``); a body cut short keeps
-what arrived, so the gateway resumes from there. ``HEAD``/``GET /gateway/uploads/{session}``
-answer the offset (``Upload-Offset``, ``Upload-Length``; GET also as JSON). ``POST
-/gateway/uploads/{session}/finalize`` joins the chunks, checks their size and sha256 (a
-mismatch is 400 and the session is dropped, nothing stored), commits the instance exactly like a
-part of a batch (viewer_api.ingest_api: the same per-instance outcome
+the body kept). The body waits in memory (or this process's scratch space), is stored as one
+object of the region's store (under ``uploads.staging/<hospital>/<session>/``), and only then
+recorded in the region's state as received and answered (204, ``Upload-Offset``); a body cut
+short keeps what arrived, so the gateway resumes from there. ``HEAD``/``GET
+/gateway/uploads/{session}`` answer the offset (``Upload-Offset``, ``Upload-Length``; GET also
+as JSON). ``POST /gateway/uploads/{session}/finalize`` joins the chunks, checks their size and
+sha256 (a mismatch is 400 and the session is dropped, nothing stored), commits the instance
+exactly like a part of a batch (viewer_api.ingest_api: the same per-instance outcome
 ``stored``/``duplicate``/``refused``, the hospital of the credential, the same counters) and
 deletes the chunks; finalizing the same session again answers its outcome as ``duplicate``.
 
@@ -40,11 +40,12 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from aiohttp import web
 
@@ -81,6 +82,8 @@ SESSION_PATH = UPLOADS_PATH + "/{session}"
 FINALIZE_PATH = SESSION_PATH + "/finalize"
 OFFSET_HEADER = "Upload-Offset"
 LENGTH_HEADER = "Upload-Length"
+_BODY_IN_MEMORY = 8 << 20
+"""A request body up to this size waits for the store in memory (a gateway's default chunk)."""
 _PREFIX = "uploads.staging"
 """Object keys of staged chunks (the dot keeps them apart from every hospital's keys)."""
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{32}")
@@ -221,13 +224,23 @@ class UploadSessions:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self.root / f"{meta.hospital}.{meta.session}.{writer}"
 
-    def acknowledge(self, meta: UploadSession, writer: str, start: int, staged: Path) -> int:
-        """Store the bytes staged by ``writer`` from offset ``start`` as the session's next
-        chunk, then record them as held; the session's offset after."""
-        size = staged.stat().st_size
+    def body(self) -> BinaryIO:
+        """Where one request's body waits for the store: memory up to a gateway's usual chunk,
+        an unnamed file of the scratch space beyond."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return cast(
+            BinaryIO,
+            tempfile.SpooledTemporaryFile(max_size=_BODY_IN_MEMORY, dir=str(self.root)),
+        )
+
+    def acknowledge(self, meta: UploadSession, writer: str, start: int, body: BinaryIO) -> int:
+        """Store the bytes ``writer`` received from offset ``start`` (``body``, written to its
+        end) as the session's next chunk, then record them as held; the session's offset
+        after."""
+        size = body.tell()
+        body.seek(0)
         key = f"{_PREFIX}/{meta.hospital}/{meta.session}/{start:015d}-{writer}"
-        with open(staged, "rb") as fh:
-            self.objects.put(key, fh)
+        self.objects.put(key, body)
         if not self.states.advance(meta.session, writer, start, start + size, key):
             self.objects.delete(key)
             raise SessionBusy("the session moved on while this chunk was written")
@@ -465,20 +478,21 @@ async def _append(request: web.Request) -> web.Response:
         writer = await asyncio.to_thread(lease.__enter__)
     except SessionBusy as exc:
         return _offset_conflict(str(exc), meta.received, meta.size)
-    staged = sessions.scratch(meta, writer)
     start = pos = -1
     acked: int | None = None
+    body: BinaryIO | None = None
 
     def close() -> None:
         """Store and acknowledge what arrived (also from a body cut short: the gateway resumes
         there), then give up the lease."""
         nonlocal acked
         try:
-            if start >= 0 and pos > start:
+            if body is not None and start >= 0 and pos > start:
                 with contextlib.suppress(SessionBusy):
-                    acked = sessions.acknowledge(meta, writer, start, staged)
+                    acked = sessions.acknowledge(meta, writer, start, body)
         finally:
-            staged.unlink(missing_ok=True)
+            if body is not None:
+                body.close()
             lease.__exit__(None, None, None)
 
     try:
@@ -497,15 +511,15 @@ async def _append(request: web.Request) -> web.Response:
                 f"{declared} bytes at offset {meta.received} pass the declared size {meta.size}"
             )
         start = pos = meta.received
-        with open(staged, "wb") as fh:
-            while chunk := await request.content.read(_WRITE):
-                if pos + len(chunk) > meta.size:
-                    pos = start  # nothing of an oversized body is kept
-                    raise PayloadTooLarge(
-                        f"the chunk at offset {start} passes the declared size {meta.size}"
-                    )
-                await asyncio.to_thread(fh.write, chunk)
-                pos += len(chunk)
+        body = sessions.body()
+        while chunk := await request.content.read(_WRITE):
+            if pos + len(chunk) > meta.size:
+                pos = start  # nothing of an oversized body is kept
+                raise PayloadTooLarge(
+                    f"the chunk at offset {start} passes the declared size {meta.size}"
+                )
+            await asyncio.to_thread(body.write, chunk)
+            pos += len(chunk)
     finally:
         # one thread call that a cancelled handler cannot cut between the store and the lease
         await asyncio.shield(asyncio.to_thread(close))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -495,17 +496,21 @@ async def test_a_second_writer_on_a_session_in_use_is_409(cloud: Cloud, cine: by
     session = await cloud.session(cine, token)
     writer = await _hold(cloud, session, token, 0, cine[:CHUNK])
 
-    def held() -> int:
-        return sum(p.stat().st_size for p in (cloud.data / "uploads").glob(f"H1.{session}.*"))
+    def held() -> bool:
+        with sqlite3.connect(cloud.data / "index.sqlite") as db:
+            row = db.execute(
+                "SELECT writer FROM upload_sessions WHERE session = ?", (session,)
+            ).fetchone()
+        return row is not None and row[0] is not None
 
     try:
-        # the held writer has the lease once its bytes land in its scratch file (probing with
-        # requests instead would compete with it for the lease)
+        # the held writer has the lease once the database names it (probing with requests
+        # instead would compete with it for the lease)
         for _ in range(1000):
-            if (cloud.data / "uploads").exists() and held() > 0:
+            if held():
                 break
             await asyncio.sleep(0.02)
-        assert held() > 0
+        assert held()
         busy = await cloud.patch(session, 1, cine[1:CHUNK], token)
         assert busy.status == 409
         assert "in progress" in (await busy.json())["error"]
