@@ -10,12 +10,13 @@ aborts every association of a process whose sockets are numbered over 1023."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import os
 import resource
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -116,12 +117,17 @@ def test_without_the_fix_pynetdicom_loses_that_response(store_scp: int) -> None:
     assert None in statuses, statuses
 
 
-def test_the_gateways_association_modules_install_the_fixes() -> None:
-    pynetdicom_fixes.uninstall()
-    import pacs_gateway.scu
-
-    importlib.reload(pacs_gateway.scu)
-    assert pynetdicom_fixes.installed()
+@pytest.mark.parametrize("module", ["pacs_gateway.scu", "pacs_gateway.scp"])
+def test_the_gateways_association_modules_install_the_fixes(module: str) -> None:
+    """In a fresh interpreter: importing the module puts the fixes in place."""
+    code = (
+        "from pacs_gateway import pynetdicom_fixes as f; before = f.installed(); "
+        f"import {module}; print(before, f.installed())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["False", "True"]
 
 
 @pytest.mark.parametrize(
