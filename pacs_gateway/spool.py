@@ -363,6 +363,9 @@ class Spool:
                     existed = True
                 except FileNotFoundError:
                     existed = False
+                # a partial file of this entry is its gone writer's (entry names are unique
+                # to their writer): the start's sweep may have seen that writer still dying
+                (self.incoming / r.name).unlink(missing_ok=True)
                 self._write_entry(r.name, [r.data], len(r.data), fsync=True)
                 if not existed:
                     restored[0] += 1

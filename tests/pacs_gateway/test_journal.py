@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pacs_gateway import journal as jn
+from pacs_gateway import spool as spool_module
 from pacs_gateway.journal import Journal, read_segment
 from pacs_gateway.spool import Spool
 
@@ -237,3 +238,20 @@ def test_a_clean_stop_waits_for_pending_spool_files_then_removes_the_journal(
     assert not closing.is_alive()
     assert _journals(spool) == []
     assert [e.path.read_bytes() for e in spool.pending()] == [b"acked"]
+
+
+def test_a_partial_file_of_a_writer_that_died_during_the_start_is_replaced_from_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restart's sweep of incoming/ still saw the killed writer running (it was dying) and
+    kept its partial file; by the journal replay it is gone, and its entry comes back whole."""
+    items = [("1.2.840.99.7", b"x" * 5000)]
+    _accept_then_die(tmp_path, items)
+    (entry,) = (tmp_path / "ready").iterdir()
+    entry.unlink()  # never reached the disk ...
+    (tmp_path / "incoming" / entry.name).write_bytes(b"x" * 100)  # ... but a torn start did
+    dead = spool_module._writer_tag(entry.name)
+    monkeypatch.setattr(spool_module, "_live_pid_tags", lambda: {dead})
+    spool = Spool(tmp_path)
+    assert [e.path.read_bytes() for e in spool.pending()] == [items[0][1]]
+    assert list((tmp_path / "incoming").iterdir()) == []
